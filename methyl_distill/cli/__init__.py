@@ -1,0 +1,59 @@
+"""`methyl-distill` command line: one subcommand per stage.
+
+Each module in `SUBCOMMAND_MODULES` defines `register(subparsers)`, which adds its subcommands
+and sets `handler` on them. Modules import heavy dependencies (torch, ms-swift, Prefect flows)
+inside their handlers, so `methyl-distill --help` stays fast and a CPU extraction worker never
+imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from methyl_distill import __version__
+
+SUBCOMMAND_MODULES = (
+    "methyl_distill.cli.extract",
+    "methyl_distill.cli.dataset",
+    "methyl_distill.cli.training",
+    "methyl_distill.cli.pipeline",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="methyl-distill",
+        description="Turn DNA-methylation marker papers into a domain-expert language model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debug messages.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clean message for users; --verbose shows the traceback
+        if args.verbose:
+            raise
+        print(f"methyl-distill {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
