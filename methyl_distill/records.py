@@ -135,6 +135,9 @@ class PaperRecord(BaseModel):
     additional_qa: list[QAPair]
     usage: TokenUsage
     estimated_cost_usd: float | None = None
+    dropped_evidence_quotes: int = Field(
+        default=0, ge=0, description="Teacher quotes not found verbatim in the paper, dropped from the record."
+    )
     extracted_at: datetime = Field(default_factory=_now)
 
 

@@ -1,0 +1,431 @@
+"""Extracting one paper: chunk it, ask the teacher per chunk, merge the chunks into one record.
+
+`extract_paper` is the plain core of the extraction stage: no Prefect, no files. It returns a
+`PaperRecord` or, when the paper cannot be extracted, a `FailureRecord` with the stage, the
+reason, the teacher's raw output and the tokens spent. A request the teacher reports as too large
+is split further, up to `ExtractionConfig.max_split_depth` times.
+
+Evidence quotes are checked against the paper: a quote that does not occur in the text (compared
+case-, whitespace- and punctuation-style-insensitively) is dropped and counted, so every quote in a
+record can be found in its paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from methyl_distill.chunking import (
+    ChunkBudgetError,
+    ChunkingConfig,
+    chunk_token_budget,
+    split_into_chunks,
+)
+from methyl_distill.papers import Paper
+from methyl_distill.prompts import NOT_REPORTED, PROMPT_VERSION, build_messages
+from methyl_distill.question_bank import QuestionBank
+from methyl_distill.records import (
+    SCHEMA_VERSION,
+    AnsweredQuestion,
+    FailureRecord,
+    FailureStage,
+    MarkerPerformance,
+    MarkerRecord,
+    PaperRecord,
+    QAPair,
+    TeacherExtraction,
+    TokenUsage,
+)
+from methyl_distill.teacher import RequestTooLargeError, Teacher, TeacherError
+from methyl_distill.token_count import estimate_chat_tokens, estimate_tokens
+
+logger = logging.getLogger(__name__)
+
+
+class ExtractionConfig(BaseModel):
+    """How papers are cut into requests and what a request may cost."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_output_tokens: int = Field(default=4096, ge=256, description="max_tokens of every teacher request.")
+    context_tokens: int = Field(default=128_000, ge=1024, description="The teacher's context window.")
+    request_token_limit: int | None = Field(
+        default=200_000,
+        ge=1024,
+        description="Most tokens one request may reserve (the TPM limit: larger requests are rejected).",
+    )
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    max_split_depth: int = Field(
+        default=3, ge=0, le=8, description="How often a chunk the teacher finds too large is halved again."
+    )
+    input_price_per_million: float | None = Field(default=None, ge=0, description="USD per 1M prompt tokens.")
+    output_price_per_million: float | None = Field(
+        default=None, ge=0, description="USD per 1M completion tokens."
+    )
+
+    def estimate_cost(self, usage: TokenUsage) -> float | None:
+        if self.input_price_per_million is None or self.output_price_per_million is None:
+            return None
+        return (
+            usage.prompt_tokens * self.input_price_per_million
+            + usage.completion_tokens * self.output_price_per_million
+        ) / 1_000_000
+
+
+def framing_tokens(bank: QuestionBank) -> int:
+    """Estimated prompt tokens of a request without its paper text (the chunked wording, the longer one)."""
+    return estimate_chat_tokens(build_messages("", bank, chunk_index=0, chunk_count=2))
+
+
+def paper_chunk_budget(bank: QuestionBank, config: ExtractionConfig) -> int:
+    return chunk_token_budget(
+        framing_tokens=framing_tokens(bank),
+        max_output_tokens=config.max_output_tokens,
+        context_tokens=config.context_tokens,
+        request_token_limit=config.request_token_limit,
+        max_chunk_tokens=config.chunking.max_chunk_tokens,
+    )
+
+
+def chunking_fingerprint(text: str, bank: QuestionBank, config: ExtractionConfig) -> str:
+    """What of the chunking configuration shapes this paper's requests, for the cache key.
+
+    A paper that fits one request is asked the same way whatever the limits are ("whole"), so
+    raising a limit re-extracts only the papers that were chunked.
+    """
+    try:
+        budget = paper_chunk_budget(bank, config)
+    except ChunkBudgetError:
+        return "no-budget"
+    if estimate_tokens(text) <= budget:
+        return "whole"
+    return f"chunks:{budget}:{config.chunking.overlap_tokens}"
+
+
+def extraction_cache_key(paper: Paper, bank: QuestionBank, teacher_model: str, config: ExtractionConfig) -> str:
+    """Everything that determines a paper's extraction: content, questions, prompt, model, schema, chunking."""
+    parts = [
+        f"content={paper.content_sha256}",
+        f"bank={bank.version}",
+        f"prompt={PROMPT_VERSION}",
+        f"model={teacher_model}",
+        f"schema={SCHEMA_VERSION}",
+        f"max_tokens={config.max_output_tokens}",
+        f"chunking={chunking_fingerprint(paper.text, bank, config)}",
+    ]
+    digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+    return f"extract-{digest}"
+
+
+# --- evidence grounding -------------------------------------------------------------------------
+
+_QUOTE_CHARS = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "–": "-", "—": "-", "−": "-"})
+_ELLIPSIS = re.compile(r"\s*(?:\.\.\.|…|\[\.\.\.\])\s*")
+
+
+def _fold(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).translate(_QUOTE_CHARS).casefold()
+    return " ".join(text.split())
+
+
+class EvidenceChecker:
+    """Keeps the quotes that occur in the paper; counts the ones dropped."""
+
+    def __init__(self, paper_text: str) -> None:
+        self._folded = _fold(paper_text)
+        self.dropped = 0
+
+    def occurs(self, quote: str) -> bool:
+        fragments = [_fold(part).strip(" \"'.,;:") for part in _ELLIPSIS.split(quote.strip().strip("\"'"))]
+        fragments = [fragment for fragment in fragments if fragment]
+        return bool(fragments) and all(fragment in self._folded for fragment in fragments)
+
+    def keep(self, quotes: Iterable[str]) -> list[str]:
+        kept: list[str] = []
+        seen: set[str] = set()
+        for quote in quotes:
+            quote = quote.strip()
+            if not quote or _fold(quote) in seen:
+                continue
+            if self.occurs(quote):
+                kept.append(quote)
+                seen.add(_fold(quote))
+            else:
+                self.dropped += 1
+        return kept
+
+
+# --- merging chunk results ------------------------------------------------------------------------
+
+
+def _is_not_reported(answer: str) -> bool:
+    folded = _fold(answer).rstrip(".")
+    return not folded or folded.startswith(("not reported", "not stated", "not mentioned", "not available"))
+
+
+def merge_answers(
+    bank: QuestionBank, extractions: list[TeacherExtraction], checker: EvidenceChecker
+) -> list[AnsweredQuestion]:
+    """One answer per bank question: the substantive answers of all chunks, in chunk order."""
+    collected: dict[str, list[tuple[str, list[str]]]] = {question_id: [] for question_id in bank.ids}
+    unknown: set[str] = set()
+    for extraction in extractions:
+        for answer in extraction.answers:
+            if answer.question_id not in collected:
+                unknown.add(answer.question_id)
+                continue
+            collected[answer.question_id].append((answer.answer.strip(), answer.evidence))
+    if unknown:
+        logger.warning("Teacher answered questions not in the bank (ignored): %s", ", ".join(sorted(unknown)))
+
+    merged = []
+    for question in bank.questions:
+        texts: list[str] = []
+        evidence: list[str] = []
+        for text, quotes in collected[question.id]:
+            if _is_not_reported(text):
+                continue
+            if _fold(text) not in {_fold(existing) for existing in texts}:
+                texts.append(text)
+            evidence.extend(quotes)
+        if not collected[question.id]:
+            logger.warning("Teacher gave no answer to question %r", question.id)
+        merged.append(
+            AnsweredQuestion(
+                question_id=question.id,
+                question=question.text,
+                answer="\n".join(texts) if texts else NOT_REPORTED,
+                evidence=checker.keep(evidence) if texts else [],
+            )
+        )
+    return merged
+
+
+def _union(*lists: Iterable[str]) -> list[str]:
+    result: list[str] = []
+    folded: set[str] = set()
+    for items in lists:
+        for item in items:
+            item = item.strip()
+            if item and _fold(item) not in folded:
+                result.append(item)
+                folded.add(_fold(item))
+    return result
+
+
+def _marker_identity(marker: MarkerRecord) -> str:
+    return (marker.gene or marker.marker).strip().upper()
+
+
+def _sites(marker: MarkerRecord) -> set[str]:
+    return {site.strip().lower() for site in marker.cpg_sites if site.strip()}
+
+
+def _same_marker(a: MarkerRecord, b: MarkerRecord) -> bool:
+    if _marker_identity(a) != _marker_identity(b):
+        return False
+    if a.condition and b.condition and _fold(a.condition) != _fold(b.condition):
+        return False
+    sites_a, sites_b = _sites(a), _sites(b)
+    return not (sites_a and sites_b and sites_a.isdisjoint(sites_b))
+
+
+def _merge_performance(a: MarkerPerformance, b: MarkerPerformance) -> MarkerPerformance:
+    return MarkerPerformance(
+        sensitivity=a.sensitivity if a.sensitivity is not None else b.sensitivity,
+        specificity=a.specificity if a.specificity is not None else b.specificity,
+        auc=a.auc if a.auc is not None else b.auc,
+        cohort_size=a.cohort_size if a.cohort_size is not None else b.cohort_size,
+        notes="; ".join(_union([a.notes], [b.notes])),
+    )
+
+
+def _merge_marker(a: MarkerRecord, b: MarkerRecord) -> MarkerRecord:
+    if a.direction == b.direction or b.direction == "not_stated":
+        direction = a.direction
+    elif a.direction == "not_stated":
+        direction = b.direction
+    else:
+        direction = "mixed"
+    return MarkerRecord(
+        marker=a.marker,
+        gene=a.gene or b.gene,
+        cpg_sites=_union(a.cpg_sites, b.cpg_sites),
+        region=a.region or b.region,
+        direction=direction,
+        condition=a.condition or b.condition,
+        sample_types=_union(a.sample_types, b.sample_types),
+        assays=_union(a.assays, b.assays),
+        clinical_uses=list(dict.fromkeys([*a.clinical_uses, *b.clinical_uses])),
+        performance=_merge_performance(a.performance, b.performance),
+        related=_union(a.related, b.related),
+        evidence=_union(a.evidence, b.evidence),
+    )
+
+
+def merge_markers(extractions: list[TeacherExtraction], checker: EvidenceChecker) -> list[MarkerRecord]:
+    """Markers of all chunks, deduplicated by gene (or name), condition and CpG sites."""
+    merged: list[MarkerRecord] = []
+    for extraction in extractions:
+        for marker in extraction.markers:
+            for index, existing in enumerate(merged):
+                if _same_marker(existing, marker):
+                    merged[index] = _merge_marker(existing, marker)
+                    break
+            else:
+                merged.append(marker)
+    return [marker.model_copy(update={"evidence": checker.keep(marker.evidence)}) for marker in merged]
+
+
+def merge_additional_qa(extractions: list[TeacherExtraction], checker: EvidenceChecker) -> list[QAPair]:
+    """Extra Q&A of all chunks, one per distinct question, kept only when grounded in a quote."""
+    pairs: list[QAPair] = []
+    seen: set[str] = set()
+    for extraction in extractions:
+        for pair in extraction.additional_qa:
+            key = _fold(pair.question)
+            if not key or key in seen or _is_not_reported(pair.answer):
+                continue
+            evidence = checker.keep(pair.evidence)
+            if not evidence:
+                continue  # an extra pair without a quote found in the paper is not grounded
+            seen.add(key)
+            pairs.append(pair.model_copy(update={"evidence": evidence}))
+    return pairs
+
+
+# --- the core ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Failure(Exception):
+    stage: FailureStage
+    reason: str
+    raw_output: str | None = None
+
+
+@dataclass
+class _ChunkRun:
+    """The requests of one paper: a queue of chunk texts, split further on demand."""
+
+    paper: Paper
+    teacher: Teacher
+    bank: QuestionBank
+    config: ExtractionConfig
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    requests_sent: int = 0
+
+    def run(self, chunks: list[str]) -> list[TeacherExtraction]:
+        queue: list[tuple[str, int]] = [(chunk, 0) for chunk in chunks]
+        results: list[TeacherExtraction] = []
+        while queue:
+            text, depth = queue.pop(0)
+            index, count = len(results), len(results) + 1 + len(queue)
+            try:
+                results.append(self._ask(text, index, count))
+            except RequestTooLargeError as exc:
+                queue[:0] = [(part, depth + 1) for part in self._split_further(text, depth, exc)]
+        return results
+
+    def _ask(self, text: str, index: int, count: int) -> TeacherExtraction:
+        messages = build_messages(text, self.bank, chunk_index=index, chunk_count=count)
+        label = f"chunk {index + 1}/{count}" if count > 1 else "paper"
+        self.requests_sent += 1
+        try:
+            reply = self.teacher.complete_structured(
+                messages, TeacherExtraction, max_tokens=self.config.max_output_tokens
+            )
+        except RequestTooLargeError:
+            raise
+        except TeacherError as exc:
+            raise _Failure("request", f"{label}: {exc}") from exc
+        self.usage = self.usage + reply.usage
+        if reply.parsed is None:
+            raise _Failure(
+                "validate",
+                f"{label}: invalid output after {reply.attempts} attempt(s) ({reply.mode}): {reply.error}",
+                reply.raw_text,
+            )
+        return reply.parsed
+
+    def _split_further(self, text: str, depth: int, exc: RequestTooLargeError) -> list[str]:
+        if depth >= self.config.max_split_depth:
+            raise _Failure(
+                "chunk",
+                f"request still too large after {depth} split(s): {exc} "
+                f"(requested {exc.requested_tokens} tokens, limit {exc.limit_tokens})",
+            )
+        room = exc.limit_tokens - framing_tokens(self.bank) - self.config.max_output_tokens
+        budget = min(estimate_tokens(text) // 2 + 1, room)
+        if budget < 2:
+            raise _Failure(
+                "chunk",
+                f"{exc}: the limit of {exc.limit_tokens} tokens leaves no room for paper text "
+                f"with max_tokens={self.config.max_output_tokens}",
+            )
+        overlap = min(self.config.chunking.overlap_tokens, budget // 4)
+        parts = split_into_chunks(text, budget, overlap)
+        logger.info("%s: request too large, split a chunk into %d parts", self.paper.file_id, len(parts))
+        return parts
+
+
+def extract_paper(
+    paper: Paper, teacher: Teacher, question_bank: QuestionBank, config: ExtractionConfig
+) -> PaperRecord | FailureRecord:
+    """Extract one paper with `teacher`; never raises for a paper the teacher cannot handle.
+
+    Errors that are not the paper's fault (bugs, an unreachable infrastructure the client gave up
+    on with an unexpected exception) propagate, so the caller's retries can deal with them.
+    """
+    run = _ChunkRun(paper, teacher, question_bank, config)
+
+    def failure(stage: FailureStage, reason: str, raw_output: str | None = None) -> FailureRecord:
+        logger.warning("%s: extraction failed at %s: %s", paper.file_id, stage, reason)
+        return FailureRecord(
+            file_id=paper.file_id,
+            source_path=paper.source_path,
+            stage=stage,
+            reason=reason,
+            raw_output=raw_output,
+            usage=run.usage.model_copy(update={"requests": max(run.usage.requests, run.requests_sent)}),
+        )
+
+    try:
+        budget = paper_chunk_budget(question_bank, config)
+    except ChunkBudgetError as exc:
+        return failure("chunk", str(exc))
+    chunks = split_into_chunks(paper.text, budget, config.chunking.overlap_tokens)
+    try:
+        extractions = run.run(chunks)
+    except _Failure as exc:
+        return failure(exc.stage, exc.reason, exc.raw_output)
+
+    checker = EvidenceChecker(paper.text)
+    answers = merge_answers(question_bank, extractions, checker)
+    markers = merge_markers(extractions, checker)
+    additional = merge_additional_qa(extractions, checker)
+    if checker.dropped:
+        logger.info("%s: dropped %d evidence quote(s) not found in the paper", paper.file_id, checker.dropped)
+    usage = run.usage.model_copy(update={"requests": max(run.usage.requests, run.requests_sent)})
+    return PaperRecord(
+        file_id=paper.file_id,
+        file_ids=list(paper.file_ids),
+        source_paths=list(paper.source_paths),
+        content_sha256=paper.content_sha256,
+        question_bank_version=question_bank.version,
+        prompt_version=PROMPT_VERSION,
+        teacher_model=teacher.model,
+        chunks=len(extractions),
+        answers=answers,
+        markers=markers,
+        additional_qa=additional,
+        usage=usage,
+        estimated_cost_usd=config.estimate_cost(usage),
+        dropped_evidence_quotes=checker.dropped,
+    )

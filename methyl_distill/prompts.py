@@ -1,0 +1,79 @@
+"""The teacher's prompts.
+
+The system prompt sets the task and the grounding rules; the user message carries the paper text
+between a line `<paper>` and a line `</paper>`, and the questions as lines `- [question_id] text`
+(the project's test server parses exactly this layout). The expected output is the JSON schema of
+`records.TeacherExtraction`, which the teacher client sends as a structured-output schema or, for
+endpoints without one, spells out itself.
+
+Bump `PROMPT_VERSION` on any change to the wording: it is part of the extraction cache key.
+"""
+
+from __future__ import annotations
+
+from methyl_distill.question_bank import QuestionBank
+from methyl_distill.teacher import ChatMessage
+
+PROMPT_VERSION = "1"
+
+NOT_REPORTED = "Not reported in the paper."
+MAX_ADDITIONAL_QA = 5
+
+SYSTEM_PROMPT = f"""\
+You are an expert in cancer epigenetics and DNA-methylation biomarkers. You read research papers and \
+extract, for researchers, exactly what a paper reports about DNA-methylation markers.
+
+Rules:
+- Use only the paper text you are given. Never add facts from memory or from other studies.
+- Answer every listed question, using its id as question_id. When the text does not answer a \
+question, answer exactly "{NOT_REPORTED}" with no evidence.
+- Support every answer with evidence: short verbatim quotes copied character for character from the \
+paper (one sentence or less each). Do not paraphrase inside a quote.
+- Report numbers as the paper states them (percentages, confidence intervals, p-values, cohort sizes).
+- List every methylation marker in `markers`: the marker as named, its HGNC gene symbol, CpG probe \
+ids (cg########) or coordinates, region (promoter, CpG island, ...), direction of the methylation \
+change in the condition relative to controls (hypermethylated, hypomethylated, mixed, or not_stated), \
+condition, sample types, assays, clinical uses, performance (sensitivity, specificity and AUC as \
+fractions between 0 and 1, cohort size as a count; null when not reported), related markers, \
+mutations or expression changes, and verbatim evidence.
+- Add up to {MAX_ADDITIONAL_QA} further question-answer pairs in `additional_qa` that a \
+methylation researcher would ask about this paper and that the text answers, each with verbatim evidence.
+- Reply with a single JSON object and nothing else."""
+
+
+def format_questions(bank: QuestionBank) -> str:
+    lines = []
+    for question in bank.questions:
+        lines.append(f"- [{question.id}] {question.text}")
+        if question.guidance:
+            lines.append(f"  Guidance: {question.guidance}")
+    return "\n".join(lines)
+
+
+def build_user_prompt(paper_text: str, bank: QuestionBank, *, chunk_index: int = 0, chunk_count: int = 1) -> str:
+    """The user message for one paper or one chunk of it (`chunk_index` counts from 0)."""
+    if chunk_count > 1:
+        scope = (
+            f"The text below is part {chunk_index + 1} of {chunk_count} of a longer paper; neighbouring "
+            "parts overlap slightly. Answer from this part only: where this part does not answer a "
+            f'question, answer "{NOT_REPORTED}". Answers from all parts are merged afterwards.'
+        )
+    else:
+        scope = "The text below is the full paper."
+    return (
+        f"{scope}\n\n<paper>\n{paper_text}\n</paper>\n\n"
+        f"Answer each of these questions about the paper:\n{format_questions(bank)}\n\n"
+        "Then list the methylation markers and add grounded question-answer pairs, as instructed."
+    )
+
+
+def build_messages(
+    paper_text: str, bank: QuestionBank, *, chunk_index: int = 0, chunk_count: int = 1
+) -> list[ChatMessage]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {
+            "role": "user",
+            "content": build_user_prompt(paper_text, bank, chunk_index=chunk_index, chunk_count=chunk_count),
+        },
+    ]
