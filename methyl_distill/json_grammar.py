@@ -1,0 +1,389 @@
+"""JSON schema → GBNF grammar for llama.cpp's raw `grammar` request field.
+
+llama.cpp's OpenAI-compatible server rejects `response_format={"type": "json_schema", ...}` but
+accepts a GBNF grammar that constrains sampling token by token. Its own schema converter has two
+pitfalls with small models (FACTS.md): its string rule `[^"\\]` admits raw control characters
+(SmolLM2 then writes raw newlines inside strings: invalid JSON), and unbounded arrays let a model
+repeat an item until `max_tokens` truncates the output. This converter therefore
+
+- excludes control characters from strings (`[^"\\\x7F\x00-\x1F]`; escapes such as `\n` remain),
+- bounds every array (`maxItems`, or `max_array_items` when the schema sets none),
+- bounds the digits of numbers and, optionally, the length of strings,
+- resolves local `$ref`s (`#/$defs/...`, `#/definitions/...`, recursion included), nullable unions
+  (`anyOf` with `null`, type lists, `nullable`), enums, `const` and pydantic `Literal`s.
+
+Keywords that only narrow values inside a type (`pattern`, `format`, `minimum`, `maximum`,
+`multipleOf`) are not enforced by the grammar: the output is still validated with pydantic.
+Properties are emitted in schema order; properties outside `properties` are never generated.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["GrammarError", "schema_to_gbnf"]
+
+# The shared primitive rules. `char` is the important one: no raw control characters, no DEL.
+_PRIMITIVES: dict[str, str] = {
+    "ws": '| " " | "\\n" [ \\t]{0,16}',
+    "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+    "boolean": '"true" | "false"',
+    "null": '"null"',
+    "integer": '"-"? ("0" | [1-9] [0-9]{0,15})',
+    "number": '"-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,3})?',
+}
+_PRIMITIVE_DEPENDENCIES: dict[str, tuple[str, ...]] = {"string": ("char",)}
+
+_IGNORED_KEYWORDS = frozenset(
+    {
+        "title",
+        "description",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "uniqueItems",
+        "discriminator",
+        "$defs",
+        "definitions",
+        "additionalProperties",
+    }
+)
+_RULE_NAME = re.compile(r"[a-zA-Z0-9-]+")
+_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
+
+
+class GrammarError(ValueError):
+    """The schema uses something that cannot be turned into a grammar."""
+
+
+def schema_to_gbnf(
+    schema: dict[str, Any],
+    *,
+    max_array_items: int | None = 16,
+    max_string_length: int | None = None,
+) -> str:
+    """A GBNF grammar whose sentences are JSON documents valid against `schema` (see module doc).
+
+    `max_array_items` bounds arrays whose schema sets no `maxItems` (None: unbounded, which small
+    models punish with endless repetition). `max_string_length` bounds strings whose schema sets no
+    `maxLength` (None: unbounded). The grammar's start rule is `root`.
+    """
+    if not isinstance(schema, dict):
+        raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    if max_array_items is not None and max_array_items < 0:
+        raise GrammarError(f"max_array_items must be >= 0, got {max_array_items}")
+    if max_string_length is not None and max_string_length < 0:
+        raise GrammarError(f"max_string_length must be >= 0, got {max_string_length}")
+    converter = _Converter(schema, max_array_items=max_array_items, max_string_length=max_string_length)
+    return converter.convert()
+
+
+def _literal(text: str) -> str:
+    """A GBNF double-quoted literal matching `text` exactly."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _json_literal(value: Any) -> str:
+    """A GBNF literal matching the compact JSON encoding of `value`."""
+    return _literal(json.dumps(value, ensure_ascii=True, separators=(",", ":")))
+
+
+def _repeat(item: str, min_count: int, max_count: int | None) -> str:
+    """`item` repeated min..max times (max None: unbounded), as GBNF."""
+    if max_count is None:
+        return {0: f"{item}*", 1: f"{item}+"}.get(min_count, f"{item}{{{min_count},}}")
+    if min_count == max_count:
+        return "" if min_count == 0 else item if min_count == 1 else f"{item}{{{min_count}}}"
+    if (min_count, max_count) == (0, 1):
+        return f"{item}?"
+    return f"{item}{{{min_count},{max_count}}}"
+
+
+class _Converter:
+    def __init__(self, schema: dict[str, Any], *, max_array_items: int | None, max_string_length: int | None):
+        self._schema = schema
+        self._max_array_items = max_array_items
+        self._max_string_length = max_string_length
+        self._rules: dict[str, str] = {}
+        self._body_to_name: dict[str, str] = {}
+        self._ref_names: dict[str, str] = {}
+
+    def convert(self) -> str:
+        root_body = self._visit(self._schema, "root")
+        composite = {k: v for k, v in self._rules.items() if k not in _PRIMITIVES}
+        primitives = {k: v for k, v in self._rules.items() if k in _PRIMITIVES}
+        rules = {"root": root_body, **composite, **primitives}
+        return "".join(f"{name} ::= {body}\n" for name, body in rules.items())
+
+    # -- rule bookkeeping -------------------------------------------------------------------
+
+    def _primitive(self, name: str) -> str:
+        for dependency in _PRIMITIVE_DEPENDENCIES.get(name, ()):
+            self._primitive(dependency)
+        if name not in self._rules:
+            self._rules[name] = _PRIMITIVES[name]
+        return name
+
+    def _add_rule(self, hint: str, body: str) -> str:
+        """A named rule for `body`, reusing an identical one; returns its name."""
+        if body in self._body_to_name:
+            return self._body_to_name[body]
+        name = self._fresh_name(hint)
+        self._rules[name] = body
+        self._body_to_name[body] = name
+        return name
+
+    def _fresh_name(self, hint: str) -> str:
+        base = re.sub(r"[^a-zA-Z0-9-]+", "-", hint).strip("-").lower() or "rule"
+        if base in _PRIMITIVES or base in {"root", "value"}:
+            base = f"{base}-value"
+        name, counter = base, 1
+        while name in self._rules:
+            counter += 1
+            name = f"{base}-{counter}"
+        return name
+
+    # -- schema walking ---------------------------------------------------------------------
+
+    def _resolve(self, ref: str) -> dict[str, Any]:
+        if ref == "#":
+            return self._schema
+        if not ref.startswith("#/"):
+            raise GrammarError(f"only local $ref is supported, got {ref!r}")
+        node: Any = self._schema
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                raise GrammarError(f"$ref {ref!r} does not resolve inside the schema")
+            node = node[part]
+        if not isinstance(node, dict):
+            raise GrammarError(f"$ref {ref!r} does not point at a schema object")
+        return node
+
+    def _ref_rule(self, ref: str) -> str:
+        """A named rule for a referenced schema; created once, so recursion terminates."""
+        if ref not in self._ref_names:
+            name = self._fresh_name(ref.rsplit("/", 1)[-1] if ref != "#" else "root-ref")
+            self._ref_names[ref] = name
+            self._rules[name] = ""  # reserve the name while the body is built
+            self._rules[name] = self._visit(self._resolve(ref), name)
+        return self._ref_names[ref]
+
+    def _visit(self, schema: Any, hint: str) -> str:
+        """The GBNF expression (a rule body) matching `schema`."""
+        if schema is True or schema == {}:
+            return self._any_value()
+        if schema is False:
+            raise GrammarError(f"schema at {hint!r} is `false`: no value can match it")
+        if not isinstance(schema, dict):
+            raise GrammarError(f"schema at {hint!r} must be an object, got {type(schema).__name__}")
+
+        if schema.get("nullable") is True:
+            inner = {k: v for k, v in schema.items() if k != "nullable"}
+            return self._alternatives([self._as_item(self._visit(inner, hint), hint), self._primitive("null")], hint)
+        if "$ref" in schema:
+            siblings = set(schema) - {"$ref"} - _IGNORED_KEYWORDS
+            if siblings:
+                raise GrammarError(f"$ref at {hint!r} has sibling keywords {sorted(siblings)}")
+            return self._ref_rule(schema["$ref"])
+        if "const" in schema:
+            return _json_literal(schema["const"])
+        if "enum" in schema:
+            values = schema["enum"]
+            if not isinstance(values, list) or not values:
+                raise GrammarError(f"enum at {hint!r} must be a non-empty list")
+            return " | ".join(_json_literal(value) for value in values)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                options = schema[keyword]
+                if not isinstance(options, list) or not options:
+                    raise GrammarError(f"{keyword} at {hint!r} must be a non-empty list")
+                alternatives = [
+                    self._as_item(self._visit(option, f"{hint}-{i}"), f"{hint}-{i}")
+                    for i, option in enumerate(options)
+                ]
+                return self._alternatives(alternatives, hint)
+        if "allOf" in schema:
+            return self._visit(self._merge_all_of(schema, hint), hint)
+
+        schema_type = schema.get("type")
+        if schema_type is None:
+            if "properties" in schema:
+                schema_type = "object"
+            elif "items" in schema or "prefixItems" in schema:
+                schema_type = "array"
+            else:
+                return self._any_value()
+        if isinstance(schema_type, list):
+            if not schema_type:
+                raise GrammarError(f"type list at {hint!r} is empty")
+            alternatives = [
+                self._as_item(self._visit({**schema, "type": t}, f"{hint}-{t}"), f"{hint}-{t}")
+                for t in schema_type
+            ]
+            return self._alternatives(alternatives, hint)
+        if schema_type not in _JSON_TYPES:
+            raise GrammarError(f"unknown type {schema_type!r} at {hint!r}")
+        if schema_type == "object":
+            return self._object(schema, hint)
+        if schema_type == "array":
+            return self._array(schema, hint)
+        if schema_type == "string":
+            return self._string(schema)
+        return self._primitive(schema_type)
+
+    def _alternatives(self, alternatives: list[str], hint: str) -> str:
+        """A union; named after its members when they all are rules (`string-or-null`)."""
+        body = " | ".join(alternatives)
+        if all(_RULE_NAME.fullmatch(alternative) for alternative in alternatives):
+            return self._add_rule("-or-".join(alternatives), body)
+        return body
+
+    def _as_item(self, body: str, hint: str) -> str:
+        """`body` usable as one item of a sequence: a rule name, or a new rule named after `hint`."""
+        if _RULE_NAME.fullmatch(body) or _LITERAL.fullmatch(body):
+            return body
+        return self._add_rule(hint, body)
+
+    def _merge_all_of(self, schema: dict[str, Any], hint: str) -> dict[str, Any]:
+        parts = schema["allOf"]
+        if not isinstance(parts, list) or not parts:
+            raise GrammarError(f"allOf at {hint!r} must be a non-empty list")
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in parts:
+            while isinstance(part, dict) and "$ref" in part:
+                part = {**self._resolve(part["$ref"]), **{k: v for k, v in part.items() if k != "$ref"}}
+            if not isinstance(part, dict):
+                raise GrammarError(f"allOf at {hint!r} holds a non-object schema")
+            for key, value in part.items():
+                if key == "properties":
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required":
+                    merged["required"] = [*merged.get("required", []), *value]
+                elif key in merged and merged[key] != value and key not in _IGNORED_KEYWORDS:
+                    raise GrammarError(f"allOf at {hint!r} has conflicting {key!r}")
+                else:
+                    merged[key] = value
+        return merged
+
+    def _string(self, schema: dict[str, Any]) -> str:
+        min_length = int(schema.get("minLength", 0))
+        max_length = schema.get("maxLength", self._max_string_length)
+        if max_length is not None and int(max_length) < min_length:
+            raise GrammarError(f"maxLength {max_length} < minLength {min_length}")
+        self._primitive("char")
+        body = f'"\\"" {_repeat("char", min_length, None if max_length is None else int(max_length))} "\\""'
+        return self._add_rule("string", body)
+
+    def _array(self, schema: dict[str, Any], hint: str) -> str:
+        if "prefixItems" in schema:
+            raise GrammarError(f"tuple arrays (prefixItems) at {hint!r} are not supported")
+        ws = self._primitive("ws")
+        item = self._as_item(self._visit(schema.get("items", True), f"{hint}-item"), f"{hint}-item")
+        min_items = int(schema.get("minItems", 0))
+        max_items = schema.get("maxItems", self._max_array_items)
+        max_items = None if max_items is None else int(max_items)
+        if max_items is not None and max_items < min_items:
+            raise GrammarError(f"maxItems {max_items} < minItems {min_items} at {hint!r}")
+        if max_items == 0:
+            return f'"[" {ws} "]"'
+        named_item = _RULE_NAME.fullmatch(item) is not None
+        rest = _repeat(f'("," {ws} {item} {ws})', max(min_items - 1, 0), None if max_items is None else max_items - 1)
+        elements = f"{item} {ws} {rest}".strip()
+        if min_items == 0:
+            elements = f"({elements})?"
+        body = f'"[" {ws} {elements} "]"'
+        return self._add_rule(f"{item}-list", body) if named_item else body
+
+    def _object(self, schema: dict[str, Any], hint: str) -> str:
+        ws = self._primitive("ws")
+        properties: dict[str, Any] = schema.get("properties") or {}
+        required = list(schema.get("required", []))
+        unknown = [name for name in required if name not in properties]
+        if unknown:
+            raise GrammarError(f"object at {hint!r} requires properties it does not define: {unknown}")
+        if not properties:
+            additional = schema.get("additionalProperties", True)
+            if additional is False:
+                return f'"{{" {ws} "}}"'
+            value = self._as_item(self._visit(additional, f"{hint}-value"), f"{hint}-value")
+            pair = f'{self._string({})} {ws} ":" {ws} {value} {ws}'
+            return f'"{{" {ws} ({pair} ("," {ws} {pair})*)? "}}"'
+
+        pairs: dict[str, str] = {}
+        for name, prop_schema in properties.items():
+            value = self._as_item(self._visit(prop_schema, f"{hint}-{name}"), f"{hint}-{name}")
+            pairs[name] = self._add_rule(f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value} {ws}')
+        required_names = [name for name in properties if name in required]
+        optional_names = [name for name in properties if name not in required]
+
+        sequence = f' "," {ws} '.join(pairs[name] for name in required_names)
+        if optional_names:
+            if required_names:
+                # Each optional property may follow, in schema order.
+                sequence += "".join(f' ("," {ws} {pairs[name]})?' for name in optional_names)
+            else:
+                sequence = self._optional_only(hint, [pairs[name] for name in optional_names], ws)
+        return f'"{{" {ws} {sequence} "}}"'
+
+    def _optional_only(self, hint: str, pairs: list[str], ws: str) -> str:
+        """Any subset of `pairs`, in order, comma-separated: rule `rest_i` = what may follow pair i."""
+        rest_names: list[str] = []
+        for index in range(len(pairs) - 1, -1, -1):
+            later = [f'"," {ws} {pairs[j]} {rest_names[len(pairs) - 1 - j]}' for j in range(index + 1, len(pairs))]
+            body = " | ".join(later)
+            rest_names.append(self._add_rule(f"{hint}-after-{index}", f"({body})?") if later else "")
+        rest_names.reverse()
+        firsts = [f"{pairs[i]} {rest_names[i]}".strip() for i in range(len(pairs))]
+        return "(" + " | ".join(firsts) + ")?"
+
+    def _any_value(self) -> str:
+        """A rule for any JSON value (arrays and strings bounded as configured)."""
+        if "value" in self._rules:
+            return "value"
+        self._rules["value"] = ""
+        ws = self._primitive("ws")
+        string = self._string({})
+        items = _repeat(f'("," {ws} value {ws})', 0, None if self._max_array_items is None else self._max_array_items - 1)
+        if self._max_array_items == 0:
+            array = f'"[" {ws} "]"'
+        else:
+            array = f'"[" {ws} (value {ws} {items})? "]"'
+        member = f'{string} {ws} ":" {ws} value {ws}'
+        obj = f'"{{" {ws} ({member} ("," {ws} {member})*)? "}}"'
+        self._rules["value"] = " | ".join(
+            [f"({obj})", f"({array})", string, self._primitive("number"), self._primitive("boolean"),
+             self._primitive("null")]
+        )
+        return "value"

@@ -1,0 +1,274 @@
+"""schema_to_gbnf: the grammar accepts exactly the JSON documents we want from a small model.
+
+Without llama.cpp, the grammar is checked by translating it (it is not recursive for these
+schemas) into a Python regular expression and matching JSON texts against it. With llama.cpp
+installed, llama.cpp's own GBNF parser must accept it too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from methyl_distill.json_grammar import GrammarError, schema_to_gbnf
+from methyl_distill.records import TeacherExtraction
+
+# -- a GBNF → regex translator for non-recursive grammars ----------------------------------------
+
+_TOKEN = re.compile(
+    r'\s*(?:(?P<literal>"(?:[^"\\]|\\.)*")|(?P<cls>\[(?:[^\]\\]|\\.)*\])|(?P<name>[a-zA-Z0-9-]+)'
+    r"|(?P<repeat>\{\d+(?:,\d*)?\})|(?P<op>[()|?*+]))"
+)
+
+
+def _decode_literal(literal: str) -> str:
+    body = literal[1:-1]
+    return re.sub(
+        r"\\(x[0-9A-Fa-f]{2}|.)",
+        lambda m: chr(int(m.group(1)[1:], 16))
+        if m.group(1).startswith("x") and len(m.group(1)) == 3
+        else {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(1), m.group(1)),
+        body,
+    )
+
+
+def gbnf_to_regex(grammar: str, max_depth: int = 5) -> re.Pattern[str]:
+    rules = {}
+    for line in grammar.strip().splitlines():
+        name, _, body = line.partition(" ::= ")
+        rules[name] = body
+
+    def translate(name: str, stack: tuple[str, ...]) -> str:
+        if stack.count(name) >= max_depth:  # recursion unrolled a few levels deep, then cut off
+            return "(?!)"
+        body, out, position = rules[name], [], 0
+        while position < len(body):
+            match = _TOKEN.match(body, position)
+            if match is None:
+                if body[position:].strip() == "":
+                    break
+                raise ValueError(f"cannot tokenize {body[position:]!r}")
+            position = match.end()
+            if match["literal"]:
+                out.append(re.escape(_decode_literal(match["literal"])))
+            elif match["cls"]:
+                out.append(match["cls"])
+            elif match["name"]:
+                out.append(f"(?:{translate(match['name'], (*stack, name))})")
+            elif match["repeat"]:
+                out.append(match["repeat"])
+            else:
+                out.append({"(": "(?:"}.get(match["op"], match["op"]))
+        return "".join(out)
+
+    return re.compile(translate("root", ()), re.DOTALL)
+
+
+def accepts(grammar: str, text: str) -> bool:
+    return gbnf_to_regex(grammar).fullmatch(text) is not None
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+def _extraction(evidence_count: int = 2) -> dict:
+    marker = {
+        "marker": "MGMT promoter",
+        "gene": "MGMT",
+        "cpg_sites": ["cg12434587"],
+        "region": None,
+        "direction": "hypermethylated",
+        "condition": "glioblastoma",
+        "sample_types": ["tumour tissue"],
+        "assays": ["MSP"],
+        "clinical_uses": ["prediction_of_therapy_response"],
+        "performance": {"sensitivity": 0.82, "specificity": None, "auc": 0.9, "cohort_size": 206, "notes": ""},
+        "related": [],
+        "evidence": [f"quote {i}" for i in range(evidence_count)],
+    }
+    return {
+        "answers": [{"question_id": "markers", "answer": "MGMT, \"quoted\" \\ path", "evidence": []}],
+        "markers": [marker],
+        "additional_qa": [{"question": "Q?", "answer": "A \u00e9\u4e2d", "evidence": ["line one\nline two"]}],
+    }
+
+
+@pytest.fixture(scope="module")
+def teacher_grammar() -> str:
+    return schema_to_gbnf(TeacherExtraction.model_json_schema(), max_array_items=16)
+
+
+# -- tests -------------------------------------------------------------------------------------------
+
+
+def test_valid_extraction_is_accepted_compact_and_indented(teacher_grammar: str) -> None:
+    document = _extraction()
+    TeacherExtraction.model_validate(document)
+    assert accepts(teacher_grammar, json.dumps(document))
+    assert accepts(teacher_grammar, json.dumps(document, separators=(",", ":")))
+    assert accepts(teacher_grammar, json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def test_raw_control_characters_in_strings_are_rejected(teacher_grammar: str) -> None:
+    text = json.dumps(_extraction())
+    assert "line one\\nline two" in text
+    assert not accepts(teacher_grammar, text.replace("line one\\nline two", "line one\nline two"))
+    assert not accepts(teacher_grammar, text.replace("quote 0", "quote\t0"))
+    assert not accepts(teacher_grammar, text.replace("quote 0", "quote\x7f0"))
+    assert "char ::= [^\"\\\\\\x7F\\x00-\\x1F]" in teacher_grammar
+
+
+def test_arrays_are_bounded(teacher_grammar: str) -> None:
+    assert accepts(teacher_grammar, json.dumps(_extraction(evidence_count=16)))
+    assert not accepts(teacher_grammar, json.dumps(_extraction(evidence_count=17)))
+    tight = schema_to_gbnf(TeacherExtraction.model_json_schema(), max_array_items=2)
+    assert accepts(tight, json.dumps(_extraction(evidence_count=2)))
+    assert not accepts(tight, json.dumps(_extraction(evidence_count=3)))
+
+
+def test_enums_extra_keys_and_missing_keys_are_rejected(teacher_grammar: str) -> None:
+    document = _extraction()
+    document["markers"][0]["direction"] = "up"
+    assert not accepts(teacher_grammar, json.dumps(document))
+    document = _extraction()
+    document["markers"][0]["clinical_uses"] = ["cure"]
+    assert not accepts(teacher_grammar, json.dumps(document))
+    document = _extraction()
+    document["extra"] = 1
+    assert not accepts(teacher_grammar, json.dumps(document))
+    document = _extraction()
+    del document["markers"][0]["performance"]["auc"]
+    assert not accepts(teacher_grammar, json.dumps(document))
+
+
+def test_numbers_and_nulls(teacher_grammar: str) -> None:
+    document = _extraction()
+    for value, ok in [(None, True), (0, True), (-1.5e-3, True), ("0.9", False), (True, False)]:
+        document["markers"][0]["performance"]["sensitivity"] = value
+        assert accepts(teacher_grammar, json.dumps(document)) is ok, value
+    document = _extraction()
+    document["markers"][0]["performance"]["cohort_size"] = 12.5
+    assert not accepts(teacher_grammar, json.dumps(document))
+    assert not accepts(teacher_grammar, json.dumps(_extraction()).replace("206", "0206"))
+
+
+class _Optional(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    a: int = 1
+    b: str | None = None
+    c: Literal["x", 'y"z'] = "x"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{}, {"a": 2}, {"b": None}, {"c": 'y"z'}, {"a": 1, "c": "x"}, {"a": 1, "b": "s", "c": "x"}, {"b": "", "c": "x"}],
+)
+def test_optional_properties_any_subset_in_order(document: dict) -> None:
+    grammar = schema_to_gbnf(_Optional.model_json_schema())
+    assert accepts(grammar, json.dumps(document))
+
+
+def test_optional_properties_reject_wrong_order_and_duplicates() -> None:
+    grammar = schema_to_gbnf(_Optional.model_json_schema())
+    assert not accepts(grammar, '{"c": "x", "a": 1}')
+    assert not accepts(grammar, '{"a": 1, "a": 1}')
+    assert not accepts(grammar, '{"a": 1,}')
+
+
+class _Bounded(BaseModel):
+    tags: list[str] = Field(min_length=1, max_length=3)
+    name: str = Field(max_length=4)
+    scores: dict[str, float]
+
+
+def test_schema_bounds_and_maps() -> None:
+    grammar = schema_to_gbnf(_Bounded.model_json_schema(), max_array_items=None)
+    ok = {"tags": ["a"], "name": "abcd", "scores": {"x": 1.0, "y": 2}}
+    assert accepts(grammar, json.dumps(ok))
+    assert not accepts(grammar, json.dumps({**ok, "tags": []}))
+    assert not accepts(grammar, json.dumps({**ok, "tags": ["a", "b", "c", "d"]}))
+    assert not accepts(grammar, json.dumps({**ok, "name": "abcde"}))
+    assert accepts(grammar, json.dumps({**ok, "scores": {}}))
+
+
+def test_max_string_length_default_applies_to_unbounded_strings() -> None:
+    grammar = schema_to_gbnf({"type": "string"}, max_string_length=3)
+    assert accepts(grammar, '"abc"')
+    assert not accepts(grammar, '"abcd"')
+    assert accepts(grammar, '"\\n\\u00e9"')
+
+
+def test_type_lists_const_and_untyped_values() -> None:
+    grammar = schema_to_gbnf(
+        {
+            "type": "object",
+            "properties": {"k": {"type": ["integer", "null"]}, "v": {"const": "fixed"}, "any": {}},
+            "required": ["k", "v", "any"],
+        }
+    )
+    assert accepts(grammar, '{"k": null, "v": "fixed", "any": [1, {"a": [true, null]}, "s"]}')
+    assert not accepts(grammar, '{"k": 1, "v": "other", "any": 1}')
+
+
+def test_recursive_refs_terminate() -> None:
+    class Node(BaseModel):
+        value: int
+        children: list[Node]
+
+    grammar = schema_to_gbnf(Node.model_json_schema())
+    assert grammar.startswith("root ::= ")
+    assert accepts(grammar, '{"value": 1, "children": [{"value": 2, "children": []}]}')
+    assert not accepts(grammar, '{"value": 1, "children": [{"value": 2}]}')
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"$ref": "other.json#/x"}, "only local"),
+        ({"$ref": "#/$defs/Missing"}, "does not resolve"),
+        ({"type": "array", "items": {"type": "string"}, "minItems": 3, "maxItems": 2}, "maxItems"),
+        ({"type": "frob"}, "unknown type"),
+        ({"type": "object", "properties": {}, "required": ["x"]}, "does not define"),
+        ({"enum": []}, "non-empty"),
+    ],
+)
+def test_bad_schemas_raise_clear_errors(schema: dict, message: str) -> None:
+    with pytest.raises(GrammarError, match=message):
+        schema_to_gbnf(schema)
+
+
+def test_every_rule_is_defined_once_and_used(teacher_grammar: str) -> None:
+    names = [line.split(" ::= ")[0] for line in teacher_grammar.strip().splitlines()]
+    assert len(names) == len(set(names))
+    bodies = " ".join(line.split(" ::= ", 1)[1] for line in teacher_grammar.strip().splitlines())
+    referenced = set(re.findall(r'(?<![\w"\\-])([a-z][a-z0-9-]*)(?![\w"-])', re.sub(r'"(?:[^"\\]|\\.)*"|\[[^\]]*\]', "", bodies)))
+    assert referenced <= set(names)
+    assert set(names) - {"root"} <= referenced
+
+
+def _llama_cpp_accepts(grammar: str) -> bool:
+    """Whether llama.cpp's GBNF parser accepts `grammar` (it needs a vocabulary: SmolLM2's)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from methyl_distill.embedded_teacher import smollm2_gguf_path
+
+    model = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), vocab_only=True, verbose=False)
+    try:
+        sampler = llama_cpp.llama_sampler_init_grammar(model._model.vocab, grammar.encode(), b"root")
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
+    finally:
+        model.close()
+
+
+def test_llama_cpp_parses_the_grammar(teacher_grammar: str) -> None:
+    """llama.cpp's own GBNF parser accepts the grammar (and rejects a broken one)."""
+    assert _llama_cpp_accepts(teacher_grammar)
+    assert _llama_cpp_accepts(schema_to_gbnf(_Optional.model_json_schema()))
+    assert _llama_cpp_accepts(schema_to_gbnf({"type": "object", "properties": {"any": {}}}))
+    assert not _llama_cpp_accepts('root ::= "{" undefined-rule "}"\n')
