@@ -1,0 +1,154 @@
+"""Writing the extraction stage's outputs, atomically.
+
+Layout of the output directory:
+
+- `processed_files/<file_id>.txt`: the readable Q&A of one paper file, question then answer;
+- `all_results.json`: one entry per paper file: `file_id`, `input_questions`, `generated_answers`
+  (the original script's layout) plus `record`, the structured `PaperRecord`;
+- `records.jsonl`: one `PaperRecord` per distinct paper (the dataset stage reads this);
+- `failures.jsonl`: one `FailureRecord` per file that could not be read or extracted.
+
+Every file is written to a temporary file in the same directory, flushed, fsynced and renamed over
+the target, so a crash (even `kill -9`) leaves either the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from methyl_distill.records import FailureRecord, PaperRecord
+
+PROCESSED_FILES_DIR = "processed_files"
+ALL_RESULTS_FILE = "all_results.json"
+RECORDS_FILE = "records.jsonl"
+FAILURES_FILE = "failures.jsonl"
+
+
+class ExtractionOutputPaths(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    output_directory: str
+    records: str
+    all_results: str
+    failures: str
+    processed_files: str
+
+    @classmethod
+    def under(cls, output_directory: str | Path) -> ExtractionOutputPaths:
+        root = Path(output_directory).expanduser().resolve()
+        return cls(
+            output_directory=str(root),
+            records=str(root / RECORDS_FILE),
+            all_results=str(root / ALL_RESULTS_FILE),
+            failures=str(root / FAILURES_FILE),
+            processed_files=str(root / PROCESSED_FILES_DIR),
+        )
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old or the new content, never a mix."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(target.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def format_processed_file(record: PaperRecord, file_id: str | None = None) -> str:
+    """The readable Q&A of one paper: each question, then its answer and its evidence."""
+    lines = [f"# {file_id or record.file_id}", ""]
+    for answered in record.answers:
+        lines.append(f"Question: {answered.question}")
+        lines.append(f"Answer: {answered.answer}")
+        lines.extend(f'Evidence: "{quote}"' for quote in answered.evidence)
+        lines.append("")
+    if record.additional_qa:
+        lines.append("## Additional questions")
+        lines.append("")
+        for pair in record.additional_qa:
+            lines.append(f"Question: {pair.question}")
+            lines.append(f"Answer: {pair.answer}")
+            lines.extend(f'Evidence: "{quote}"' for quote in pair.evidence)
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def processed_file_path(output_directory: str | Path, file_id: str) -> Path:
+    return Path(output_directory) / PROCESSED_FILES_DIR / f"{file_id}.txt"
+
+
+def write_processed_files(output_directory: str | Path, record: PaperRecord) -> list[Path]:
+    """`processed_files/<file_id>.txt` for every file holding the record's paper."""
+    paths = []
+    for file_id in record.file_ids:
+        path = processed_file_path(output_directory, file_id)
+        atomic_write_text(path, format_processed_file(record, file_id))
+        paths.append(path)
+    return paths
+
+
+def all_results_entries(records: Iterable[PaperRecord]) -> list[dict[str, object]]:
+    """One entry per paper file, in the original script's layout plus the structured record."""
+    entries = []
+    for record in records:
+        structured = record.model_dump(mode="json")
+        for file_id in record.file_ids:
+            entries.append(
+                {
+                    "file_id": file_id,
+                    "input_questions": [answered.question for answered in record.answers],
+                    "generated_answers": [answered.answer for answered in record.answers],
+                    "record": structured,
+                }
+            )
+    return sorted(entries, key=lambda entry: str(entry["file_id"]))
+
+
+def _jsonl(models: Iterable[BaseModel]) -> str:
+    return "".join(model.model_dump_json() + "\n" for model in models)
+
+
+def write_extraction_outputs(
+    output_directory: str | Path, records: Sequence[PaperRecord], failures: Sequence[FailureRecord]
+) -> ExtractionOutputPaths:
+    """Write every output file of a run; each one atomically. Returns their paths."""
+    paths = ExtractionOutputPaths.under(output_directory)
+    Path(paths.processed_files).mkdir(parents=True, exist_ok=True)
+    ordered = sorted(records, key=lambda record: record.file_id)
+    for record in ordered:
+        write_processed_files(paths.output_directory, record)
+    atomic_write_text(
+        paths.all_results, json.dumps(all_results_entries(ordered), indent=2, ensure_ascii=False) + "\n"
+    )
+    atomic_write_text(paths.records, _jsonl(ordered))
+    atomic_write_text(paths.failures, _jsonl(sorted(failures, key=lambda failure: failure.file_id)))
+    return paths

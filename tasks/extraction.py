@@ -1,0 +1,119 @@
+"""The extraction task: `extract_paper` with Prefect caching and retries around it.
+
+Caching replaces the original script's progress file. The cache key is the paper's content hash,
+the question-bank version, the prompt version, the teacher model, the record schema version and
+whatever of the chunking configuration shapes the paper's requests
+(`methyl_distill.extraction.extraction_cache_key`). Results are persisted as JSON to a local
+folder (METHYL_DISTILL_CACHE_DIR, default ~/.cache/methyl-distill) or to a Prefect storage block
+(METHYL_DISTILL_CACHE_STORAGE_BLOCK), one file per paper, as soon as the task finishes.
+
+A paper that fails is NOT cached: the task raises `PaperExtractionFailed` carrying the
+`FailureRecord`, so Prefect records a Failed state (never cached) and the flow reads the record
+from the exception. Those failures are the paper's (bad output, too large), so they are not
+retried; other exceptions (infrastructure) are retried by Prefect.
+
+Only the paper record is persisted: the teacher object (which holds the API key) is a task
+parameter that the cache key function ignores and Prefect never serialises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.client.schemas.objects import TaskRun
+from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
+from prefect.states import State
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from methyl_distill.extraction import ExtractionConfig, extract_paper, extraction_cache_key
+from methyl_distill.papers import Paper
+from methyl_distill.question_bank import QuestionBank
+from methyl_distill.records import FailureRecord, PaperRecord
+from methyl_distill.teacher import Teacher
+
+INFRASTRUCTURE_RETRIES = 2
+
+
+class ExtractionCacheSettings(BaseSettings):
+    """Where extraction results are cached (environment or `.env`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METHYL_DISTILL_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    cache_dir: Path = Field(
+        default=Path("~/.cache/methyl-distill"),
+        description="Local folder of the extraction cache (METHYL_DISTILL_CACHE_DIR).",
+    )
+    cache_storage_block: str | None = Field(
+        default=None,
+        description="Slug of a Prefect storage block to cache in instead, e.g. 's3-bucket/extractions' "
+        "(METHYL_DISTILL_CACHE_STORAGE_BLOCK).",
+    )
+
+
+def resolve_cache_storage(
+    cache_dir: str | Path | None = None, storage_block: str | None = None
+) -> WritableFileSystem | str:
+    """The result storage of the extraction cache: a named block if configured, else a local folder."""
+    settings = ExtractionCacheSettings()
+    block = storage_block or settings.cache_storage_block
+    if block:
+        return block  # Prefect resolves a block slug itself
+    folder = Path(cache_dir if cache_dir is not None else settings.cache_dir).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return LocalFileSystem(basepath=str(folder))
+
+
+class PaperExtractionFailed(Exception):
+    """The paper could not be extracted; carries the failure record. Not cached, not retried."""
+
+    def __init__(self, failure: FailureRecord) -> None:
+        super().__init__(f"{failure.file_id}: {failure.stage}: {failure.reason}")
+        self.failure = failure
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with its record
+        return (PaperExtractionFailed, (self.failure,))
+
+
+def extraction_task_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key from the paper and the settings that shape its answer: never the teacher object."""
+    teacher: Teacher = parameters["teacher"]
+    return extraction_cache_key(
+        parameters["paper"], parameters["question_bank"], teacher.model, parameters["config"]
+    )
+
+
+def _retry_unless_paper_failed(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    try:
+        state.result(raise_on_failure=True)
+    except PaperExtractionFailed:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="extract-paper",
+    task_run_name="extract-{paper.file_id}",
+    cache_key_fn=extraction_task_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    retries=INFRASTRUCTURE_RETRIES,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_unless_paper_failed,
+    tags=["teacher"],
+)
+def extract_paper_task(
+    paper: Paper, teacher: Teacher, question_bank: QuestionBank, config: ExtractionConfig
+) -> PaperRecord:
+    """Extract one paper; raises `PaperExtractionFailed` (not cached) when it cannot be."""
+    outcome = extract_paper(paper, teacher, question_bank, config)
+    if isinstance(outcome, FailureRecord):
+        raise PaperExtractionFailed(outcome)
+    return outcome
