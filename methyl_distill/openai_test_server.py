@@ -1,0 +1,681 @@
+"""The project's own OpenAI-compatible HTTP server, for tests and benchmarks.
+
+It speaks the parts of the Chat Completions API the teacher uses (`/v1/models`,
+`/v1/chat/completions`, non-streaming) and enforces TPM and RPM as OpenAI documents it: a request is
+charged at admission (estimated prompt tokens + max_tokens), one request alone above the TPM limit
+is refused outright ("Request too large"), the charge is settled to the actual usage when the
+response completes, the buckets refill continuously, and every response carries
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (429s also `retry-after`).
+
+Its answers are grounded `TeacherExtraction` JSON (`methyl_distill.extractive_answers`). Faults are
+injected on demand, by count, by seeded probability or by a marker string in the request text:
+see `FaultRule`. Stats (requests, 429s, tokens charged over time, faults) are readable in-process
+from `ServerHandle.stats()` or over HTTP at `GET /control/stats`.
+
+In tests: `with running_test_server(OpenAITestServerConfig(...)) as server: server.base_url`.
+From a shell: `python -m methyl_distill.openai_test_server --port 8123 --tpm 200000 --latency 10 20`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from methyl_distill.extractive_answers import extract_grounded, parse_prompt
+from methyl_distill.openai_test_server_stats import ServerStats, StatsSnapshot
+from methyl_distill.token_bucket import RefillingBucket, format_reset_duration
+
+FaultKind = Literal[
+    "rate_limit",
+    "server_error",
+    "service_unavailable",
+    "drop_connection",
+    "slow",
+    "invalid_json",
+    "truncated",
+    "empty_content",
+]
+SchemaSupport = Literal["supported", "rejected_400", "rejected_500"]
+
+_PIECE = re.compile(r"\w+|[^\w\s]+")
+
+
+def server_count_tokens(text: str) -> int:
+    """The server's own tokenizer stand-in: words and punctuation runs, long words split every 8 characters.
+
+    Deliberately not `methyl_distill.token_count.estimate_tokens` (which errs high), so the client's
+    reservations are always reconciled against a different, smaller actual count.
+    """
+    return sum(1 + (len(piece) - 1) // 8 for piece in _PIECE.findall(text))
+
+
+def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(part["text"] for part in content if isinstance(part, dict) and "text" in part)
+    return texts
+
+
+class FaultRule(BaseModel):
+    """One kind of fault and when it fires: the next `count` requests, with `probability`, or for
+    every request whose text contains `marker` (a paper that always fails)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FaultKind
+    count: int | None = Field(default=None, ge=1, description="Fire for this many requests, then stop.")
+    probability: float | None = Field(default=None, ge=0, le=1, description="Fire with this probability.")
+    marker: str | None = Field(default=None, min_length=1, description="Fire when a message contains this.")
+
+
+class OpenAITestServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_per_minute: int = Field(default=200_000, gt=0, description="TPM limit enforced.")
+    requests_per_minute: int | None = Field(default=None, gt=0, description="RPM limit; None: unlimited.")
+    latency_s: tuple[float, float] = Field(default=(0.0, 0.0), description="Uniform response latency range.")
+    context_tokens: int = Field(default=128_000, gt=0, description="Context window of the served models.")
+    default_max_tokens: int = Field(
+        default=4096, gt=0, description="Charged when a request sets no max_tokens."
+    )
+    retry_after_s: float = Field(default=1.0, ge=0, description="retry-after of injected 429s.")
+    slow_s: float = Field(default=30.0, ge=0, description="Delay of the `slow` fault.")
+    seed: int = Field(default=0, description="Seed of latencies and probabilistic faults.")
+    models: list[str] = Field(default_factory=lambda: ["gpt-4o"], description="Model ids served.")
+    json_schema: SchemaSupport = Field(
+        default="supported", description="How response_format json_schema is met (llama.cpp: rejected_500)."
+    )
+    prompt_mode_fences: bool = Field(
+        default=True, description="Wrap JSON in ```json fences when no response_format is given."
+    )
+    faults: list[FaultRule] = Field(default_factory=list)
+
+
+def _error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def strict_schema_problem(schema: Any, path: str = "#") -> str | None:
+    """Why a schema is not valid for OpenAI's strict mode, or None: every object needs
+    additionalProperties false and all its properties required."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "object" or "properties" in schema:
+            properties = schema.get("properties", {})
+            if schema.get("additionalProperties") is not False:
+                return (
+                    f"In context={path}, 'additionalProperties' is required to be supplied and to be false."
+                )
+            missing = sorted(set(properties) - set(schema.get("required", [])))
+            if missing:
+                return (
+                    f"In context={path}, 'required' is required to include every property; missing {missing}."
+                )
+        for key, value in schema.items():
+            problem = strict_schema_problem(value, f"{path}/{key}")
+            if problem:
+                return problem
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            problem = strict_schema_problem(value, f"{path}/{index}")
+            if problem:
+                return problem
+    return None
+
+
+class TestServerState:
+    """Limits, faults and stats of one server; safe to call from any thread."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, config: OpenAITestServerConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        now = time.monotonic()
+        self._tokens = RefillingBucket(config.tokens_per_minute, now=now)
+        self._requests = (
+            RefillingBucket(config.requests_per_minute, now=now) if config.requests_per_minute else None
+        )
+        self._faults = [rule.model_copy() for rule in config.faults]
+        self._random = random.Random(config.seed)
+        self.stats = ServerStats(config.tokens_per_minute)
+
+    # -- faults ---------------------------------------------------------------------------------
+    def add_fault(self, rule: FaultRule) -> None:
+        with self._lock:
+            self._faults.append(rule.model_copy())
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pick_fault(self, text: str, kinds: set[str]) -> FaultKind | None:
+        """The first rule among `kinds` that fires for a request with this text (consuming a count)."""
+        with self._lock:
+            for rule in list(self._faults):
+                if rule.kind not in kinds:
+                    continue
+                if rule.marker is not None:
+                    if rule.marker in text:
+                        return rule.kind
+                elif rule.probability is not None:
+                    if self._random.random() < rule.probability:
+                        return rule.kind
+                elif rule.count is not None:
+                    rule.count -= 1
+                    if rule.count <= 0:
+                        self._faults.remove(rule)
+                    return rule.kind
+                else:
+                    return rule.kind
+        return None
+
+    def latency(self) -> float:
+        low, high = self.config.latency_s
+        with self._lock:
+            return self._random.uniform(low, high) if high > low else low
+
+    # -- limits ---------------------------------------------------------------------------------
+    def admit(self, charge: int) -> float:
+        """Charge a request; 0.0 when admitted, else the seconds to wait before it could be."""
+        with self._lock:
+            now = time.monotonic()
+            wait = self._tokens.seconds_until(charge, now)
+            if self._requests is not None:
+                wait = max(wait, self._requests.seconds_until(1, now))
+            if wait > 0:
+                return wait
+            self._tokens.take(charge, now)
+            if self._requests is not None:
+                self._requests.take(1, now)
+            self.stats.charge(now, charge)
+            return 0.0
+
+    def settle(self, charge: int, actual: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if charge >= actual:
+                self._tokens.give(charge - actual, now)
+            else:
+                self._tokens.take(actual - charge, now)
+            self.stats.charge(now, actual - charge)
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        with self._lock:
+            now = time.monotonic()
+            headers = {
+                "x-ratelimit-limit-tokens": str(int(self._tokens.capacity)),
+                "x-ratelimit-remaining-tokens": str(max(0, math.floor(self._tokens.level(now)))),
+                "x-ratelimit-reset-tokens": format_reset_duration(self._tokens.seconds_until_full(now)),
+            }
+            if self._requests is not None:
+                headers["x-ratelimit-limit-requests"] = str(int(self._requests.capacity))
+                headers["x-ratelimit-remaining-requests"] = str(max(0, math.floor(self._requests.level(now))))
+                headers["x-ratelimit-reset-requests"] = format_reset_duration(
+                    self._requests.seconds_until_full(now)
+                )
+            return headers
+
+    def used_tokens(self) -> int:
+        with self._lock:
+            return int(self._tokens.capacity - self._tokens.level(time.monotonic()))
+
+
+class TestServerApp:
+    """The ASGI application."""
+
+    __test__ = False
+
+    def __init__(self, state: TestServerState) -> None:
+        self.state = state
+        self.shutdown = asyncio.Event()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        path, method = scope["path"].rstrip("/"), scope["method"]
+        if path == "/v1/chat/completions" and method == "POST":
+            response = await self.chat_completions(request, receive)
+        elif path == "/v1/models" and method == "GET":
+            response = JSONResponse(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 0, "owned_by": "methyl-distill"}
+                        for m in self.state.config.models
+                    ],
+                }
+            )
+        elif path == "/control/stats" and method == "GET":
+            response = JSONResponse(self.state.stats.snapshot().model_dump(mode="json"))
+        elif path == "/control/faults" and method == "POST":
+            response = await self.add_faults(request)
+        elif path == "/control/faults" and method == "DELETE":
+            self.state.clear_faults()
+            response = JSONResponse({"cleared": True})
+        else:
+            response = JSONResponse(
+                _error_body(f"Unknown route {method} {path}", "invalid_request_error"), 404
+            )
+        if response is not None:
+            await response(scope, receive, send)
+
+    async def add_faults(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+            rules = [FaultRule.model_validate(item) for item in (body if isinstance(body, list) else [body])]
+        except (ValueError, ValidationError) as exc:
+            return JSONResponse(_error_body(f"Invalid fault rule: {exc}", "invalid_request_error"), 400)
+        for rule in rules:
+            self.state.add_fault(rule)
+        return JSONResponse({"added": len(rules)})
+
+    def _json(self, body: dict, status: int = 200, extra: dict[str, str] | None = None) -> JSONResponse:
+        headers = self.state.rate_limit_headers()
+        headers["x-request-id"] = f"req_{uuid.uuid4().hex[:24]}"
+        headers.update(extra or {})
+        self.state.stats.response(status)
+        return JSONResponse(body, status, headers=headers)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shutdown.wait(), timeout=seconds)
+
+    async def _drop(self, receive: Any) -> None:
+        """Close the socket without sending a response (uvicorn's cycle owns the transport)."""
+        cycle = getattr(receive, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if transport is None:
+            raise ConnectionAbortedError("dropped connection (transport not reachable)")
+        transport.close()
+        for _ in range(20):  # let connection_lost mark the cycle disconnected, so uvicorn sends no 500
+            if getattr(cycle, "disconnected", True):
+                break
+            await asyncio.sleep(0)
+
+    def _too_many(self, wait_s: float, charge: int, model: str) -> JSONResponse:
+        self.state.stats.rate_limited()
+        limit = self.state.config.tokens_per_minute
+        used = self.state.used_tokens()
+        message = (
+            f"Rate limit reached for {model} in organization org-test on tokens per min (TPM): "
+            f"Limit {limit}, Used {used}, Requested {charge}. "
+            f"Please try again in {format_reset_duration(wait_s)}."
+        )
+        return self._json(
+            _error_body(message, "tokens", "rate_limit_exceeded"),
+            429,
+            {"retry-after": str(max(1, math.ceil(wait_s))), "retry-after-ms": str(math.ceil(wait_s * 1000))},
+        )
+
+    async def chat_completions(self, request: Request, receive: Any) -> Response | None:
+        state, config = self.state, self.state.config
+        state.stats.request()
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("body is not an object")
+        except ValueError as exc:
+            return self._json(
+                _error_body(
+                    f"We could not parse the JSON body of your request: {exc}", "invalid_request_error"
+                ),
+                400,
+            )
+        model, messages = body.get("model"), body.get("messages")
+        if model not in config.models:
+            return self._json(
+                _error_body(
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    "model_not_found",
+                ),
+                404,
+            )
+        if not isinstance(messages, list) or not messages:
+            return self._json(
+                _error_body(
+                    "'messages' must be a non-empty array.", "invalid_request_error", param="messages"
+                ),
+                400,
+            )
+        if body.get("stream"):
+            return self._json(
+                _error_body(
+                    "stream=true is not supported by this test server.",
+                    "invalid_request_error",
+                    param="stream",
+                ),
+                400,
+            )
+        response_format = body.get("response_format") or {"type": "text"}
+        format_type = response_format.get("type") if isinstance(response_format, dict) else None
+        if format_type == "json_schema":
+            if config.json_schema == "rejected_500":
+                return self._json(
+                    {"error": {"message": "Internal Server Error", "type": "server_error"}}, 500
+                )
+            if config.json_schema == "rejected_400":
+                return self._json(
+                    _error_body(
+                        "Invalid parameter: 'response_format' of type 'json_schema' is not "
+                        "supported with this model.",
+                        "invalid_request_error",
+                        param="response_format",
+                    ),
+                    400,
+                )
+            spec = response_format.get("json_schema") or {}
+            problem = strict_schema_problem(spec.get("schema")) if spec.get("strict") else None
+            if problem or not isinstance(spec.get("schema"), dict):
+                return self._json(
+                    _error_body(
+                        f"Invalid schema for response_format '{spec.get('name')}': "
+                        f"{problem or 'schema missing'}",
+                        "invalid_request_error",
+                        param="response_format",
+                    ),
+                    400,
+                )
+        elif format_type not in ("json_object", "text"):
+            return self._json(
+                _error_body(
+                    f"Invalid value for 'response_format.type': {format_type!r}.",
+                    "invalid_request_error",
+                    param="response_format",
+                ),
+                400,
+            )
+        if body.get("grammar"):
+            state.stats.grammar_request()
+
+        texts = _message_texts(messages)
+        joined = "\n".join(texts)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or config.default_max_tokens
+        admission_prompt = sum(math.ceil(len(text) / 4) + 4 for text in texts) + 3  # OpenAI's rough estimate
+        charge = admission_prompt + int(max_tokens)
+        if charge > config.tokens_per_minute:
+            state.stats.too_large()
+            message = (
+                f"Request too large for {model} in organization org-test on tokens per min (TPM): "
+                f"Limit {config.tokens_per_minute}, Requested {charge}. The input or output tokens must "
+                "be reduced in order to run successfully."
+            )
+            return self._json(_error_body(message, "tokens", "rate_limit_exceeded"), 429)
+        prompt_tokens = sum(server_count_tokens(text) + 4 for text in texts) + 3
+        if prompt_tokens + int(max_tokens) > config.context_tokens:
+            message = (
+                f"This model's maximum context length is {config.context_tokens} tokens. However, you "
+                f"requested {prompt_tokens + int(max_tokens)} tokens ({prompt_tokens} in the messages, "
+                f"{max_tokens} in the completion). Please reduce the length of the messages or completion."
+            )
+            return self._json(
+                _error_body(message, "invalid_request_error", "context_length_exceeded", "messages"), 400
+            )
+
+        if state.pick_fault(joined, {"rate_limit"}):
+            state.stats.fault("rate_limit")
+            wait = config.retry_after_s
+            return self._json(
+                _error_body("Rate limit reached (injected).", "requests", "rate_limit_exceeded"),
+                429,
+                {"retry-after": f"{wait:g}", "retry-after-ms": str(round(wait * 1000))},
+            )
+        wait = state.admit(charge)
+        if wait > 0:
+            return self._too_many(wait, charge, model)
+
+        state.stats.enter()
+        try:
+            fault = state.pick_fault(
+                joined,
+                {
+                    "server_error",
+                    "service_unavailable",
+                    "drop_connection",
+                    "slow",
+                    "invalid_json",
+                    "truncated",
+                    "empty_content",
+                },
+            )
+            if fault:
+                state.stats.fault(fault)
+            await self._sleep(config.slow_s if fault == "slow" else state.latency())
+            if fault in ("server_error", "service_unavailable", "drop_connection"):
+                state.settle(charge, prompt_tokens)  # failed requests still cost their prompt
+                if fault == "drop_connection":
+                    await self._drop(receive)
+                    return None
+                status = 500 if fault == "server_error" else 503
+                message = (
+                    "The server had an error while processing your request. Sorry about that!"
+                    if status == 500
+                    else "The engine is currently overloaded, please try again later."
+                )
+                return self._json(_error_body(message, "server_error"), status)
+            return self._completion(
+                body, model, texts, format_type, int(max_tokens), prompt_tokens, charge, fault
+            )
+        finally:
+            state.stats.leave()
+
+    def _completion(
+        self,
+        body: dict,
+        model: str,
+        texts: list[str],
+        format_type: str | None,
+        max_tokens: int,
+        prompt_tokens: int,
+        charge: int,
+        fault: str | None,
+    ) -> JSONResponse:
+        prompt = parse_prompt(texts)
+        extraction = extract_grounded(prompt.paper, prompt.questions)
+        content: str | None = extraction.model_dump_json()
+        if format_type == "text" and self.state.config.prompt_mode_fences:
+            content = f"```json\n{content}\n```"
+        finish_reason = "stop"
+        assert content is not None
+        completion_tokens = server_count_tokens(content)
+        if fault == "invalid_json":
+            content = content[: len(content) // 2] + ' "unterminated'
+        elif fault == "empty_content":
+            content, completion_tokens = "", 0
+        if fault == "truncated" or completion_tokens > max_tokens:
+            keep = max_tokens if completion_tokens > max_tokens else completion_tokens // 2
+            content = _cut_to_tokens(content, keep)
+            completion_tokens, finish_reason = server_count_tokens(content), "length"
+        self.state.settle(charge, prompt_tokens + completion_tokens)
+        self.state.stats.completed(prompt_tokens, completion_tokens)
+        return self._json(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_methyl_distill_test",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+
+def _cut_to_tokens(text: str, tokens: int) -> str:
+    """The longest prefix of `text` that the server counts as at most `tokens` tokens."""
+    count = 0
+    for match in _PIECE.finditer(text):
+        count += 1 + (len(match.group(0)) - 1) // 8
+        if count > tokens:
+            return text[: match.start()]
+    return text
+
+
+class ServerHandle:
+    """A running server: its base URL and its controls."""
+
+    def __init__(self, base_url: str, state: TestServerState) -> None:
+        self.base_url = base_url
+        self.state = state
+
+    def stats(self) -> StatsSnapshot:
+        return self.state.stats.snapshot()
+
+    def inject(
+        self,
+        kind: FaultKind,
+        *,
+        count: int | None = None,
+        probability: float | None = None,
+        marker: str | None = None,
+    ) -> None:
+        self.state.add_fault(FaultRule(kind=kind, count=count, probability=probability, marker=marker))
+
+    def clear_faults(self) -> None:
+        self.state.clear_faults()
+
+
+@contextlib.contextmanager
+def running_test_server(config: OpenAITestServerConfig | None = None) -> Iterator[ServerHandle]:
+    """Serve on a free loopback port in a background thread; stop (cancelling slow requests) on exit."""
+    state = TestServerState(config or OpenAITestServerConfig())
+    app = TestServerApp(state)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="critical",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            backlog=2048,
+            timeout_keep_alive=30,
+        )
+    )
+    loop_box: dict[str, asyncio.AbstractEventLoop] = {}
+
+    async def serve() -> None:
+        loop_box["loop"] = asyncio.get_running_loop()
+        await server.serve(sockets=[sock])
+
+    thread = threading.Thread(
+        target=asyncio.run, args=(serve(),), name=f"openai-test-server-{port}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the OpenAI test server did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield ServerHandle(f"http://127.0.0.1:{port}/v1", state)
+    finally:
+        loop = loop_box.get("loop")
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(app.shutdown.set)
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+def _parse_fault(text: str) -> FaultRule:
+    """'kind', 'kind:count=3', 'kind:p=0.05' or 'kind:marker=FAIL-ME'."""
+    kind, _, condition = text.partition(":")
+    fields: dict[str, Any] = {"kind": kind}
+    if condition:
+        key, _, value = condition.partition("=")
+        key = {"p": "probability"}.get(key, key)
+        fields[key] = value if key == "marker" else json.loads(value)
+    return FaultRule.model_validate(fields)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="OpenAI-compatible test server with TPM/RPM limits and faults."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--tpm", type=int, default=200_000, help="Tokens-per-minute limit.")
+    parser.add_argument("--rpm", type=int, default=None, help="Requests-per-minute limit.")
+    parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN_S", "MAX_S"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", action="append", default=None, help="Model id served (repeatable).")
+    parser.add_argument(
+        "--json-schema", choices=["supported", "rejected_400", "rejected_500"], default="supported"
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        type=_parse_fault,
+        help="kind[:count=N|:p=P|:marker=TEXT]; kinds: " + ", ".join(FaultKind.__args__),
+    )
+    args = parser.parse_args(argv)
+    config = OpenAITestServerConfig(
+        tokens_per_minute=args.tpm,
+        requests_per_minute=args.rpm,
+        latency_s=tuple(args.latency),
+        seed=args.seed,
+        models=args.model or ["gpt-4o"],
+        json_schema=args.json_schema,
+        faults=args.fault,
+    )
+    app = TestServerApp(TestServerState(config))
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        backlog=2048,
+        timeout_graceful_shutdown=2,
+    )
+
+
+if __name__ == "__main__":
+    main()

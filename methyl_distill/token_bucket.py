@@ -1,0 +1,486 @@
+"""One tokens-per-minute (and requests-per-minute) budget shared by every teacher call of a run.
+
+OpenAI's limits replenish continuously: a limit of L tokens per minute is a bucket of capacity L
+that refills at L/60 tokens per second. A request is charged at admission (estimated prompt tokens
++ max_tokens) and settled afterwards against the `usage` the server reports.
+
+Reconcile semantics (both backends): `reserve` takes the estimate before the HTTP call;
+`reconcile(reservation, actual)` gives back `estimate - actual` when the request cost less (the
+usual case: max_tokens is a ceiling) and takes the difference when it cost more. A refund never
+lifts the level above the capacity, so refunds cannot create a burst the server would refuse.
+
+Backends:
+- `LocalTokenBucket`: in-process and thread-safe; waiters are served first come, first served,
+  so a large reservation is never starved by a stream of small ones.
+- `PrefectTokenBucket`: a Prefect global concurrency limit with slot decay is the same bucket
+  seen from the other side (occupied slots = capacity - level, decaying at L/60 per second), shared
+  by every process and worker that uses the same limit name. Reserving is
+  `rate_limit(name, occupy=n, strict=True)`; a refund releases slots through the client's
+  `release_concurrency_slots` (the server floors active slots at 0, exactly like a capacity cap).
+
+Both adapt when the server says the budget is tighter than configured: `observe_headers` lowers
+the limit or level from `x-ratelimit-*` headers, `penalize` holds every new reservation until a
+429's retry-after has passed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from methyl_distill.teacher import RequestTooLargeError
+
+if TYPE_CHECKING:
+    from methyl_distill.teacher_settings import TeacherSettings
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Waiter = Callable[[threading.Condition, float | None], object]
+
+
+class RefillingBucket:
+    """Continuous-refill bucket arithmetic: no locking, the caller passes the time.
+
+    The level may go below zero (a debt) when a request turns out to cost more than reserved;
+    it never exceeds the capacity.
+    """
+
+    def __init__(self, capacity: float, per_minute: float | None = None, *, now: float) -> None:
+        if capacity <= 0:
+            raise ValueError(f"bucket capacity must be positive, got {capacity}")
+        self.capacity = float(capacity)
+        self.per_second = float(per_minute if per_minute is not None else capacity) / 60.0
+        self._level = self.capacity
+        self._updated = now
+
+    def level(self, now: float) -> float:
+        self._refill(now)
+        return self._level
+
+    def _refill(self, now: float) -> None:
+        if now > self._updated:
+            self._level = min(self.capacity, self._level + (now - self._updated) * self.per_second)
+            self._updated = now
+
+    def seconds_until(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken (0 when it can now; inf when it never can)."""
+        if amount > self.capacity:
+            return math.inf
+        missing = amount - self.level(now)
+        return max(0.0, missing / self.per_second)
+
+    def seconds_until_full(self, now: float) -> float:
+        return max(0.0, (self.capacity - self.level(now)) / self.per_second)
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self._level -= amount
+
+    def give(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self._level = min(self.capacity, self._level + amount)
+
+    def cap_level(self, value: float, now: float) -> None:
+        """Lower the level to `value` if it is higher (the server knows better)."""
+        self._refill(now)
+        self._level = min(self._level, value)
+
+    def set_capacity(self, capacity: float, now: float) -> None:
+        """Change the limit: capacity and refill rate together, as a per-minute limit does."""
+        self._refill(now)
+        self.capacity = float(capacity)
+        self.per_second = self.capacity / 60.0
+        self._level = min(self._level, self.capacity)
+
+
+_reservation_ids = itertools.count(1)
+
+
+@dataclass
+class Reservation:
+    """Tokens and requests taken from a budget for one HTTP call, until it is reconciled."""
+
+    tokens: int
+    requests: int = 1
+    id: int = field(default_factory=lambda: next(_reservation_ids))
+    settled: bool = False
+
+
+class TokenBudget(Protocol):
+    """What the teacher client needs from a budget."""
+
+    @property
+    def limit_tokens(self) -> int: ...
+
+    def reserve(self, tokens: int, *, timeout: float | None = None) -> Reservation:
+        """Block until `tokens` and one request are admitted; RequestTooLargeError if they never can be."""
+        ...
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Settle a reservation against what the request really cost."""
+        ...
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Tighten the budget from a response's x-ratelimit-* headers."""
+        ...
+
+    def penalize(self, retry_after_s: float) -> None:
+        """Hold every new reservation for `retry_after_s` seconds (after a 429)."""
+        ...
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_reset_duration(value: str) -> float | None:
+    """Parse OpenAI's reset durations ('6m0s', '1.5s', '20ms', '1h2m') into seconds."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return None
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def format_reset_duration(seconds: float) -> str:
+    """The inverse, in OpenAI's style: '0s', '250ms', '1.5s', '2m3.5s'."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{rest_text}" if minutes else rest_text
+
+
+@dataclass(frozen=True)
+class RateLimitHeaders:
+    """The x-ratelimit-* headers of one response (absent ones are None)."""
+
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
+        lowered = {key.lower(): value for key, value in headers.items()}
+
+        def integer(name: str) -> int | None:
+            raw = lowered.get(name)
+            try:
+                return int(float(raw)) if raw is not None else None
+            except ValueError:
+                return None
+
+        def duration(name: str) -> float | None:
+            raw = lowered.get(name)
+            return parse_reset_duration(raw) if raw is not None else None
+
+        return cls(
+            limit_tokens=integer("x-ratelimit-limit-tokens"),
+            remaining_tokens=integer("x-ratelimit-remaining-tokens"),
+            reset_tokens_s=duration("x-ratelimit-reset-tokens"),
+            limit_requests=integer("x-ratelimit-limit-requests"),
+            remaining_requests=integer("x-ratelimit-remaining-requests"),
+            reset_requests_s=duration("x-ratelimit-reset-requests"),
+        )
+
+
+def _condition_wait(condition: threading.Condition, timeout: float | None) -> object:
+    return condition.wait(timeout)
+
+
+class LocalTokenBucket:
+    """Thread-safe TPM + RPM bucket for the threads of one process.
+
+    `clock` and `wait` are injectable so tests can drive time without sleeping: `wait(condition,
+    seconds)` is called with the condition held and must return after (at most) `seconds`.
+    """
+
+    def __init__(
+        self,
+        tokens_per_minute: int,
+        requests_per_minute: int | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        wait: Waiter = _condition_wait,
+    ) -> None:
+        self._clock = clock
+        self._wait = wait
+        self._condition = threading.Condition()
+        now = clock()
+        self._tokens = RefillingBucket(tokens_per_minute, now=now)
+        self._requests = (
+            RefillingBucket(requests_per_minute, now=now) if requests_per_minute is not None else None
+        )
+        self._blocked_until = 0.0
+        self._queue: deque[object] = deque()
+
+    def __repr__(self) -> str:
+        rpm = int(self._requests.capacity) if self._requests else None
+        return f"LocalTokenBucket(tokens_per_minute={self.limit_tokens}, requests_per_minute={rpm})"
+
+    @property
+    def limit_tokens(self) -> int:
+        return int(self._tokens.capacity)
+
+    @property
+    def limit_requests(self) -> int | None:
+        return int(self._requests.capacity) if self._requests else None
+
+    def available_tokens(self) -> float:
+        with self._condition:
+            return self._tokens.level(self._clock())
+
+    def _check_size(self, tokens: int) -> None:
+        if tokens > self._tokens.capacity:
+            raise RequestTooLargeError(
+                f"request of {tokens} tokens exceeds the budget of {self.limit_tokens} tokens per minute: "
+                "split the input",
+                requested_tokens=tokens,
+                limit_tokens=self.limit_tokens,
+            )
+
+    def _delay(self, tokens: int, now: float) -> float:
+        delay = max(self._blocked_until - now, self._tokens.seconds_until(tokens, now))
+        if self._requests is not None:
+            delay = max(delay, self._requests.seconds_until(1, now))
+        return delay
+
+    def reserve(self, tokens: int, *, timeout: float | None = None) -> Reservation:
+        if tokens < 0:
+            raise ValueError(f"cannot reserve a negative number of tokens ({tokens})")
+        self._check_size(tokens)
+        me = object()
+        with self._condition:
+            start = self._clock()
+            self._queue.append(me)
+            try:
+                while True:
+                    self._check_size(tokens)  # the limit may have been lowered while waiting
+                    now = self._clock()
+                    delay: float | None = None
+                    if self._queue[0] is me:
+                        delay = self._delay(tokens, now)
+                        if delay <= 0:
+                            self._tokens.take(tokens, now)
+                            if self._requests is not None:
+                                self._requests.take(1, now)
+                            return Reservation(tokens=tokens)
+                    if timeout is not None:
+                        left = start + timeout - now
+                        if left <= 0:
+                            raise TimeoutError(f"no budget for {tokens} tokens within {timeout} s")
+                        delay = left if delay is None else min(delay, left)
+                    self._wait(self._condition, delay)
+            finally:
+                self._queue.remove(me)
+                self._condition.notify_all()
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+        with self._condition:
+            if reservation.settled:
+                return
+            reservation.settled = True
+            now = self._clock()
+            difference = reservation.tokens - max(0, actual_tokens)
+            if difference > 0:
+                self._tokens.give(difference, now)
+            elif difference < 0:
+                self._tokens.take(-difference, now)
+            self._condition.notify_all()
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        parsed = RateLimitHeaders.parse(headers)
+        with self._condition:
+            now = self._clock()
+            if parsed.limit_tokens is not None and 0 < parsed.limit_tokens < self._tokens.capacity:
+                logger.warning(
+                    "server limit is %d tokens/min, below the configured %d: adopting it",
+                    parsed.limit_tokens,
+                    self.limit_tokens,
+                )
+                self._tokens.set_capacity(parsed.limit_tokens, now)
+            if parsed.remaining_tokens is not None:
+                self._tokens.cap_level(parsed.remaining_tokens, now)
+            if self._requests is not None:
+                if parsed.limit_requests is not None and 0 < parsed.limit_requests < self._requests.capacity:
+                    self._requests.set_capacity(parsed.limit_requests, now)
+                if parsed.remaining_requests is not None:
+                    self._requests.cap_level(parsed.remaining_requests, now)
+
+    def penalize(self, retry_after_s: float) -> None:
+        with self._condition:
+            self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, retry_after_s))
+            self._condition.notify_all()
+
+
+class PrefectTokenBucket:
+    """The same budget over Prefect global concurrency limits, shared across processes and workers.
+
+    Slots of the limit `name` are tokens (capacity TPM, decay TPM/60 per second); with an RPM, a
+    second limit `name + "-requests"` counts requests. `penalize` holds this process only; the
+    shared level is tightened from response headers by occupying the surplus slots.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tokens_per_minute: int,
+        requests_per_minute: int | None = None,
+        *,
+        ensure: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.requests_name = f"{name}-requests"
+        self._limit_tokens = tokens_per_minute
+        self._limit_requests = requests_per_minute
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._blocked_until = 0.0
+        self._last_header_sync = -math.inf
+        if ensure:
+            ensure_limit(name, tokens_per_minute, tokens_per_minute / 60.0)
+            if requests_per_minute is not None:
+                ensure_limit(self.requests_name, requests_per_minute, requests_per_minute / 60.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"PrefectTokenBucket(name={self.name!r}, tokens_per_minute={self._limit_tokens}, "
+            f"requests_per_minute={self._limit_requests})"
+        )
+
+    @property
+    def limit_tokens(self) -> int:
+        return self._limit_tokens
+
+    def reserve(self, tokens: int, *, timeout: float | None = None) -> Reservation:
+        from prefect.concurrency.sync import rate_limit
+
+        if tokens > self._limit_tokens:
+            raise RequestTooLargeError(
+                f"request of {tokens} tokens exceeds the budget of {self._limit_tokens} tokens per minute "
+                f"(Prefect limit {self.name!r}): split the input",
+                requested_tokens=tokens,
+                limit_tokens=self._limit_tokens,
+            )
+        with self._lock:
+            hold = self._blocked_until - self._clock()
+        if hold > 0:
+            time.sleep(hold)
+        if tokens > 0:
+            rate_limit(self.name, occupy=tokens, timeout_seconds=timeout, strict=True)
+        if self._limit_requests is not None:
+            rate_limit(self.requests_name, occupy=1, timeout_seconds=timeout, strict=True)
+        return Reservation(tokens=tokens)
+
+    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+        with self._lock:
+            if reservation.settled:
+                return
+            reservation.settled = True
+        difference = reservation.tokens - max(0, actual_tokens)
+        if difference > 0:
+            self._release(difference)
+        elif difference < 0:
+            from prefect.concurrency.sync import rate_limit
+
+            rate_limit(self.name, occupy=min(-difference, self._limit_tokens), strict=True)
+
+    def _release(self, slots: int) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots(names=[self.name], slots=slots, occupancy_seconds=0.0)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        parsed = RateLimitHeaders.parse(headers)
+        if parsed.remaining_tokens is None:
+            return
+        now = self._clock()
+        with self._lock:  # one read of the shared limit per second is plenty
+            if now - self._last_header_sync < 1.0:
+                return
+            self._last_header_sync = now
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(self.name)
+            free = limit.limit - limit.active_slots
+            surplus = free - parsed.remaining_tokens
+            # Only a clear disagreement is worth a write (in-flight requests make small ones normal).
+            if surplus > 0.05 * limit.limit:
+                client.increment_concurrency_slots(names=[self.name], slots=surplus, mode="rate_limit")
+
+    def penalize(self, retry_after_s: float) -> None:
+        with self._lock:
+            self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, retry_after_s))
+
+
+def ensure_limit(name: str, limit: int, slot_decay_per_second: float) -> None:
+    """Create the Prefect global concurrency limit `name`, or update it to these values (idempotent)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(
+                        name=name, limit=limit, slot_decay_per_second=slot_decay_per_second, active=True
+                    )
+                )
+                logger.info(
+                    "created global concurrency limit %r: %d, decay %.3f/s",
+                    name,
+                    limit,
+                    slot_decay_per_second,
+                )
+                return
+            except ObjectAlreadyExists:  # another process created it first
+                existing = client.read_global_concurrency_limit_by_name(name)
+        if (
+            existing.limit != limit
+            or not math.isclose(existing.slot_decay_per_second or 0.0, slot_decay_per_second)
+            or not existing.active
+        ):
+            client.update_global_concurrency_limit(
+                name,
+                GlobalConcurrencyLimitUpdate(
+                    limit=limit, slot_decay_per_second=slot_decay_per_second, active=True
+                ),
+            )
+            logger.info(
+                "updated global concurrency limit %r to %d, decay %.3f/s", name, limit, slot_decay_per_second
+            )
+
+
+def build_token_bucket(settings: TeacherSettings) -> TokenBudget:
+    """The budget the settings ask for."""
+    if settings.teacher_bucket_backend == "prefect":
+        return PrefectTokenBucket(
+            settings.teacher_bucket_limit_name, settings.teacher_tpm, settings.teacher_rpm
+        )
+    return LocalTokenBucket(settings.teacher_tpm, settings.teacher_rpm)
