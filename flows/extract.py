@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
 from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.chunking import ChunkingConfig
@@ -65,6 +66,7 @@ class ExtractionSummary(BaseModel):
 def build_teacher(settings: TeacherSettings) -> Teacher:
     """The run's one teacher client with its one token bucket."""
     from methyl_distill.openai_teacher import OpenAITeacher
+
     from methyl_distill.token_bucket import build_token_bucket
 
     return OpenAITeacher(settings, budget=build_token_bucket(settings))
@@ -76,6 +78,9 @@ def _extraction_config(
     chunking: dict[str, int] = {}
     if max_chunk_tokens is not None:
         chunking["max_chunk_tokens"] = max_chunk_tokens
+        # Small chunks get a proportionate default overlap rather than a validation error.
+        default_overlap = ChunkingConfig.model_fields["overlap_tokens"].default
+        chunking["overlap_tokens"] = min(default_overlap, max_chunk_tokens // 4)
     if chunk_overlap_tokens is not None:
         chunking["overlap_tokens"] = chunk_overlap_tokens
     return ExtractionConfig(
@@ -96,7 +101,11 @@ def _batches(items: Sequence[Paper], size: int) -> Iterator[Sequence[Paper]]:
 def _for_paper(record: PaperRecord, paper: Paper) -> PaperRecord:
     """A (possibly cached) record with the file names of this run: renamed or duplicated files."""
     return record.model_copy(
-        update={"file_id": paper.file_id, "file_ids": list(paper.file_ids), "source_paths": list(paper.source_paths)}
+        update={
+            "file_id": paper.file_id,
+            "file_ids": list(paper.file_ids),
+            "source_paths": list(paper.source_paths),
+        }
     )
 
 
@@ -104,7 +113,9 @@ def _failure_from(future: PrefectFuture[PaperRecord], paper: Paper) -> FailureRe
     error = future.result(raise_on_failure=False)
     if isinstance(error, PaperExtractionFailed):
         return error.failure.model_copy(update={"file_id": paper.file_id, "source_path": paper.source_path})
-    reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
+    reason = (
+        f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
+    )
     return FailureRecord(file_id=paper.file_id, source_path=paper.source_path, stage="request", reason=reason)
 
 
@@ -197,7 +208,11 @@ def extract_flow(
     papers = discovery.papers
     logger.info(
         "%d paper file(s): %d distinct paper(s), %d rejected; question bank %s; %s",
-        discovery.file_count, len(papers), len(discovery.rejected), bank.version, settings.describe(),
+        discovery.file_count,
+        len(papers),
+        len(discovery.rejected),
+        bank.version,
+        settings.describe(),
     )
 
     failures = [
@@ -219,9 +234,9 @@ def extract_flow(
             def submit_batch(batch: Sequence[Paper]) -> list[PrefectFuture[PaperRecord]]:
                 parameters = {
                     "paper": list(batch),
-                    "teacher": teacher,
-                    "question_bank": bank,
-                    "config": config,
+                    "teacher": unmapped(teacher),
+                    "question_bank": unmapped(bank),
+                    "config": unmapped(config),
                 }
                 return list(runner.map(extraction_task, parameters))  # type: ignore[arg-type]
 
@@ -249,8 +264,11 @@ def extract_flow(
                     run_usage = run_usage + failure.usage
                     rows.append(
                         _table_row(
-                            paper, f"failed ({failure.stage})", failure.usage,
-                            settings.estimate_cost_usd(failure.usage), failure.reason[:300],
+                            paper,
+                            f"failed ({failure.stage})",
+                            failure.usage,
+                            settings.estimate_cost_usd(failure.usage),
+                            failure.reason[:300],
                         )
                     )
                 progress.advance()
@@ -269,7 +287,13 @@ def extract_flow(
     )
     logger.info(
         "Extraction done: %d extracted, %d cached, %d failed, %d rejected; %d tokens, ~$%.2f; outputs in %s",
-        extracted, cached, failed, len(discovery.rejected), run_usage.total_tokens, cost, paths.output_directory,
+        extracted,
+        cached,
+        failed,
+        len(discovery.rejected),
+        run_usage.total_tokens,
+        cost,
+        paths.output_directory,
     )
     return ExtractionSummary(
         output_directory=paths.output_directory,

@@ -148,7 +148,9 @@ def split_into_chunks(text: str, max_tokens: int, overlap_tokens: int = 0) -> li
     if max_tokens < 2:
         raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
     if overlap_tokens * 2 > max_tokens:
-        raise ValueError(f"overlap_tokens ({overlap_tokens}) must be at most half of max_tokens ({max_tokens})")
+        raise ValueError(
+            f"overlap_tokens ({overlap_tokens}) must be at most half of max_tokens ({max_tokens})"
+        )
     text = text.strip()
     if not text:
         return []

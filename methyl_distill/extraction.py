@@ -108,8 +108,10 @@ def chunking_fingerprint(text: str, bank: QuestionBank, config: ExtractionConfig
     return f"chunks:{budget}:{config.chunking.overlap_tokens}"
 
 
-def extraction_cache_key(paper: Paper, bank: QuestionBank, teacher_model: str, config: ExtractionConfig) -> str:
-    """Everything that determines a paper's extraction: content, questions, prompt, model, schema, chunking."""
+def extraction_cache_key(
+    paper: Paper, bank: QuestionBank, teacher_model: str, config: ExtractionConfig
+) -> str:
+    """Everything that shapes a paper's extraction: content, questions, prompt, model, schema, chunking."""
     parts = [
         f"content={paper.content_sha256}",
         f"bank={bank.version}",
@@ -233,7 +235,10 @@ def _same_marker(a: MarkerRecord, b: MarkerRecord) -> bool:
     if a.condition and b.condition and _fold(a.condition) != _fold(b.condition):
         return False
     sites_a, sites_b = _sites(a), _sites(b)
-    return not (sites_a and sites_b and sites_a.isdisjoint(sites_b))
+    if sites_a and sites_b:
+        return not sites_a.isdisjoint(sites_b)
+    # A gene-level record and a site-level one stay apart unless they carry the same name.
+    return sites_a == sites_b or _fold(a.marker) == _fold(b.marker)
 
 
 def _merge_performance(a: MarkerPerformance, b: MarkerPerformance) -> MarkerPerformance:

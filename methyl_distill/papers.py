@@ -98,9 +98,7 @@ def decode_paper_bytes(data: bytes) -> str:
             ) from exc
     controls = sum(1 for char in text if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS)
     if controls > max(2, _MAX_CONTROL_SHARE * len(text)):
-        raise UnreadablePaperError(
-            f"binary file ({controls} control characters in {len(text)} characters)"
-        )
+        raise UnreadablePaperError(f"binary file ({controls} control characters in {len(text)} characters)")
     text = normalise_text(text)
     if not text:
         raise UnreadablePaperError("file contains only whitespace")
@@ -112,7 +110,7 @@ def content_sha256(text: str) -> str:
 
 
 def slugify_path(relative_path: str) -> str:
-    """A filesystem- and Prefect-safe slug of a relative path: `Lung/SHOX2 study.txt` -> `lung-shox2-study-txt`."""
+    """A filesystem-safe slug of a relative path: `Lung/SHOX2 study.txt` -> `lung-shox2-study-txt`."""
     folded = unicodedata.normalize("NFKD", relative_path).encode("ascii", "ignore").decode("ascii").lower()
     slug = _SLUG_UNSAFE.sub("-", folded).strip("-")
     if len(slug) > _MAX_SLUG_CHARS:
@@ -201,7 +199,8 @@ def discover_papers(input_directory: str | Path) -> PaperDiscovery:
     for sha, members in groups.items():
         if len(members) > 1:
             logger.info(
-                "Identical content in %s: extracted once", ", ".join(member.relative_path for member in members)
+                "Identical content in %s: extracted once",
+                ", ".join(member.relative_path for member in members),
             )
         papers.append(
             Paper(

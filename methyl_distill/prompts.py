@@ -50,7 +50,9 @@ def format_questions(bank: QuestionBank) -> str:
     return "\n".join(lines)
 
 
-def build_user_prompt(paper_text: str, bank: QuestionBank, *, chunk_index: int = 0, chunk_count: int = 1) -> str:
+def build_user_prompt(
+    paper_text: str, bank: QuestionBank, *, chunk_index: int = 0, chunk_count: int = 1
+) -> str:
     """The user message for one paper or one chunk of it (`chunk_index` counts from 0)."""
     if chunk_count > 1:
         scope = (

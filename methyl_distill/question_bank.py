@@ -69,9 +69,7 @@ class QuestionBank(BaseModel):
             seen_ids.add(question.id)
             folded = question.text.casefold()
             if folded in seen_texts:
-                raise ValueError(
-                    f"questions {seen_texts[folded]!r} and {question.id!r} have the same text"
-                )
+                raise ValueError(f"questions {seen_texts[folded]!r} and {question.id!r} have the same text")
             seen_texts[folded] = question.id
         return questions
 

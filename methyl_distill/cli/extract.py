@@ -34,22 +34,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--input_directory", required=True, help="Directory of papers, searched recursively.")
     parser.add_argument("--output_directory", required=True, help="Directory for the outputs.")
     parser.add_argument(
-        "--progress_file", default=None, help="Accepted for compatibility and ignored: Prefect caching replaces it."
+        "--progress_file",
+        default=None,
+        help="Accepted for compatibility and ignored: Prefect caching replaces it.",
     )
     parser.add_argument("--refresh", action="store_true", help="Re-extract every paper, ignoring the cache.")
-    parser.add_argument("--question_bank", default=None, help="Question bank TOML file (default: the bundled one).")
-    parser.add_argument("--teacher_base_url", default=None, help="OpenAI-compatible endpoint (overrides OPENAI_BASE_URL).")
+    parser.add_argument(
+        "--question_bank", default=None, help="Question bank TOML file (default: the bundled one)."
+    )
+    parser.add_argument(
+        "--teacher_base_url", default=None, help="OpenAI-compatible endpoint (overrides OPENAI_BASE_URL)."
+    )
     parser.add_argument("--teacher_model", default=None, help="Teacher model name (overrides TEACHER_MODEL).")
     parser.add_argument(
-        "--max_concurrency", type=_positive_int, default=None, help="Most teacher requests in flight (default 16)."
+        "--max_concurrency",
+        type=_positive_int,
+        default=None,
+        help="Most teacher requests in flight (default 16).",
     )
     parser.add_argument(
-        "--max_chunk_tokens", type=_positive_int, default=None, help="Most paper tokens per request (default 12000)."
+        "--max_chunk_tokens",
+        type=_positive_int,
+        default=None,
+        help="Most paper tokens per request (default 12000).",
     )
     parser.add_argument(
-        "--chunk_overlap_tokens", type=int, default=None, help="Tokens shared by neighbouring chunks (default 200)."
+        "--chunk_overlap_tokens",
+        type=int,
+        default=None,
+        help="Tokens shared by neighbouring chunks (default 200).",
     )
-    parser.add_argument("--cache_dir", default=None, help="Cache folder (overrides METHYL_DISTILL_CACHE_DIR).")
+    parser.add_argument(
+        "--cache_dir", default=None, help="Cache folder (overrides METHYL_DISTILL_CACHE_DIR)."
+    )
     parser.set_defaults(handler=run_extract)
 
 

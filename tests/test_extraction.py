@@ -1,0 +1,257 @@
+"""The extraction core with a fake teacher that replies from a queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from methyl_distill.chunking import ChunkingConfig
+from methyl_distill.extraction import ExtractionConfig, extract_paper, extraction_cache_key
+from methyl_distill.papers import Paper, content_sha256, normalise_text
+from methyl_distill.prompts import NOT_REPORTED
+from methyl_distill.question_bank import Question, QuestionBank
+from methyl_distill.records import (
+    AnswerRecord,
+    FailureRecord,
+    MarkerPerformance,
+    MarkerRecord,
+    PaperRecord,
+    QAPair,
+    TeacherExtraction,
+    TokenUsage,
+)
+from methyl_distill.teacher import ChatMessage, ModelT, RequestTooLargeError, TeacherError, TeacherReply
+
+Reply = TeacherExtraction | TeacherReply[Any] | Exception | Callable[[str], TeacherExtraction]
+
+BANK = QuestionBank(
+    version="test-1",
+    questions=(
+        Question(id="markers", text="Which methylation markers are reported?"),
+        Question(id="assays", text="Which assays measured methylation?"),
+        Question(id="auc", text="What AUC is reported?"),
+    ),
+)
+
+
+class QueuedTeacher:
+    """Answers each request with the next queued reply; records the paper text it was sent."""
+
+    model = "fake-teacher"
+
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = list(replies)
+        self.papers_seen: list[str] = []
+
+    def complete_structured(
+        self, messages: list[ChatMessage], response_model: type[ModelT], *, max_tokens: int
+    ) -> TeacherReply[ModelT]:
+        user = messages[-1]["content"]
+        paper = user.split("<paper>\n", 1)[1].split("\n</paper>", 1)[0]
+        self.papers_seen.append(paper)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        if callable(reply) and not isinstance(reply, TeacherExtraction):
+            reply = reply(paper)
+        if isinstance(reply, TeacherReply):
+            return reply
+        usage = TokenUsage(prompt_tokens=1000, completion_tokens=200, requests=1)
+        return TeacherReply(parsed=reply, raw_text=reply.model_dump_json(), usage=usage)  # type: ignore[arg-type]
+
+
+def _paper(text: str) -> Paper:
+    text = normalise_text(text)
+    return Paper(
+        file_id="p1", file_ids=("p1", "p1-copy"), source_paths=("p1.txt", "copy/p1.txt"),
+        content_sha256=content_sha256(text), text=text,
+    )  # fmt: skip
+
+
+def _marker(**changes: Any) -> MarkerRecord:
+    fields: dict[str, Any] = {
+        "marker": "MGMT promoter", "gene": "MGMT", "cpg_sites": [], "region": "promoter",
+        "direction": "hypermethylated", "condition": "glioblastoma", "sample_types": ["FFPE tumour tissue"],
+        "assays": ["MSP"], "clinical_uses": ["prognosis"],
+        "performance": MarkerPerformance(sensitivity=None, specificity=None, auc=None, cohort_size=206, notes=""),
+        "related": [], "evidence": [],
+    }  # fmt: skip
+    fields.update(changes)
+    return MarkerRecord(**fields)
+
+
+PAPER = (
+    "MGMT promoter methylation was found in 45% of glioblastomas.\n\n"
+    "Methylation was measured by methylation-specific PCR (MSP) and pyrosequencing."
+)
+CONFIG = ExtractionConfig(input_price_per_million=2.5, output_price_per_million=10.0)
+
+
+def test_single_request_record_is_grounded_complete_and_costed() -> None:
+    reply = TeacherExtraction(
+        answers=[
+            AnswerRecord(
+                question_id="markers",
+                answer="The MGMT promoter.",
+                evidence=["MGMT promoter methylation was found in 45% of glioblastomas.", "invented quote"],
+            ),
+            AnswerRecord(
+                question_id="assays",
+                answer="MSP and pyrosequencing.",
+                evidence=["methylation-specific PCR (MSP) and  pyrosequencing"],  # case/space-insensitive
+            ),
+            AnswerRecord(question_id="unknown", answer="x", evidence=[]),
+        ],
+        markers=[_marker(evidence=["“MGMT promoter methylation was found in 45% of glioblastomas”"])],
+        additional_qa=[
+            QAPair(question="How common is methylation?", answer="45%.", evidence=["found in 45% of"]),
+            QAPair(question="Ungrounded?", answer="Yes.", evidence=["not in the paper"]),
+        ],
+    )
+    teacher = QueuedTeacher([reply])
+    record = extract_paper(_paper(PAPER), teacher, BANK, CONFIG)
+
+    assert isinstance(record, PaperRecord)
+    assert teacher.papers_seen == [normalise_text(PAPER)]
+    assert record.chunks == 1 and record.file_ids == ["p1", "p1-copy"]
+    assert record.source_paths == ["p1.txt", "copy/p1.txt"]
+    assert [answer.question_id for answer in record.answers] == BANK.ids
+    assert record.answers[0].question == "Which methylation markers are reported?"
+    assert record.answers[0].evidence == ["MGMT promoter methylation was found in 45% of glioblastomas."]
+    assert record.answers[1].evidence == ["methylation-specific PCR (MSP) and  pyrosequencing"]
+    assert record.answers[2].answer == NOT_REPORTED and record.answers[2].evidence == []
+    assert len(record.markers) == 1 and record.markers[0].evidence  # curly quotes still match
+    assert [pair.question for pair in record.additional_qa] == ["How common is methylation?"]
+    assert record.dropped_evidence_quotes == 2
+    assert record.question_bank_version == "test-1" and record.teacher_model == "fake-teacher"
+    assert record.usage == TokenUsage(prompt_tokens=1000, completion_tokens=200, requests=1)
+    assert record.estimated_cost_usd == pytest.approx((1000 * 2.5 + 200 * 10.0) / 1e6)
+
+
+LONG_PAPER = "\n\n".join(
+    f"Section {index}: MGMT promoter methylation predicted temozolomide response in cohort {index}. "
+    "Pyrosequencing of CpG sites 74 to 78 confirmed the MSP results in most tumours."
+    for index in range(40)
+)
+
+
+def _chunk_reply(paper: str) -> TeacherExtraction:
+    """Answers from the chunk itself: the first section it holds, and chunk-specific markers."""
+    first_sentence = paper.split("\n\n")[0].split(". ")[0] + "."
+    section = first_sentence.split(":")[0]
+    return TeacherExtraction(
+        answers=[
+            AnswerRecord(question_id="markers", answer="MGMT promoter.", evidence=[first_sentence]),
+            AnswerRecord(question_id="assays", answer=f"MSP ({section}).", evidence=["Pyrosequencing of CpG"]),
+            AnswerRecord(question_id="auc", answer="Not reported in this part.", evidence=[]),
+        ],
+        markers=[
+            _marker(
+                direction="not_stated" if section.endswith("0") else "hypermethylated",
+                assays=["MSP", "pyrosequencing"] if section != "Section 0" else ["MSP"],
+                performance=MarkerPerformance(
+                    sensitivity=None if section == "Section 0" else 0.9, specificity=None, auc=None,
+                    cohort_size=206 if section == "Section 0" else None, notes="",
+                ),  # fmt: skip
+            ),
+            _marker(marker="cg12434587", gene="MGMT", cpg_sites=["cg12434587"]),
+            _marker(marker="cg12981137", gene="MGMT", cpg_sites=["cg12981137"]),
+        ],
+        additional_qa=[QAPair(question="Which CpG sites?", answer="74 to 78.", evidence=["CpG sites 74 to 78"])],
+    )
+
+
+def test_chunks_are_merged_into_one_record() -> None:
+    config = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400, overlap_tokens=40))
+    teacher = QueuedTeacher([_chunk_reply] * 20)
+    record = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+
+    assert isinstance(record, PaperRecord)
+    chunks = len(teacher.papers_seen)
+    assert chunks > 2 and record.chunks == chunks
+    assert record.usage.requests == chunks and record.usage.prompt_tokens == 1000 * chunks
+    markers_answer = record.answers[0]
+    assert markers_answer.answer == "MGMT promoter."  # identical answers of all chunks folded into one
+    assert len(markers_answer.evidence) == chunks  # one quote per chunk, all different, all grounded
+    assert record.answers[1].answer.count("MSP (Section") == chunks  # different answers joined in order
+    assert record.answers[2].answer == NOT_REPORTED  # "not reported in this part" everywhere
+    # One MGMT promoter record plus the two probe-level records (distinct CpG sites stay apart).
+    assert [marker.marker for marker in record.markers] == ["MGMT promoter", "cg12434587", "cg12981137"]
+    promoter = record.markers[0]
+    assert promoter.direction == "hypermethylated"  # not_stated in chunk 1 gives way to a stated direction
+    assert promoter.assays == ["MSP", "pyrosequencing"]
+    assert promoter.performance.sensitivity == 0.9 and promoter.performance.cohort_size == 206
+    assert len(record.additional_qa) == 1
+
+
+def test_request_too_large_splits_the_chunk_further() -> None:
+    too_large = RequestTooLargeError("Request too large", requested_tokens=9000, limit_tokens=5000)
+    teacher = QueuedTeacher([too_large, *([_chunk_reply] * 10)])
+    config = ExtractionConfig(max_output_tokens=1024, chunking=ChunkingConfig(max_chunk_tokens=2000))
+    record = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+    assert isinstance(record, PaperRecord)
+    first, *parts = teacher.papers_seen
+    assert len(parts) >= 2 and record.chunks == len(parts)
+    assert all(len(part) < len(first) for part in parts)
+    assert record.usage.requests == len(teacher.papers_seen)
+
+
+def test_request_too_large_every_time_fails_at_chunk_stage() -> None:
+    errors: list[Reply] = [RequestTooLargeError("too large", requested_tokens=9000, limit_tokens=5000)] * 50
+    teacher = QueuedTeacher(errors)
+    config = ExtractionConfig(max_output_tokens=1024, max_split_depth=2)
+    failure = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+    assert isinstance(failure, FailureRecord)
+    assert failure.stage == "chunk" and "after 2 split(s)" in failure.reason
+    assert failure.usage.requests == len(teacher.papers_seen) == 3  # depth first: whole, part, part of part
+
+
+def test_invalid_output_is_kept_raw_with_usage() -> None:
+    bad = TeacherReply(
+        parsed=None, raw_text='{"answers": [', error="truncated (finish_reason=length)", mode="json_object",
+        attempts=3, usage=TokenUsage(prompt_tokens=3000, completion_tokens=900, requests=3),
+    )  # fmt: skip
+    failure = extract_paper(_paper(PAPER), QueuedTeacher([bad]), BANK, CONFIG)
+    assert isinstance(failure, FailureRecord)
+    assert failure.stage == "validate" and failure.file_id == "p1" and failure.source_path == "p1.txt"
+    assert "finish_reason=length" in failure.reason and "3 attempt(s)" in failure.reason
+    assert failure.raw_output == '{"answers": ['
+    assert failure.usage == TokenUsage(prompt_tokens=3000, completion_tokens=900, requests=3)
+
+
+def test_teacher_error_in_a_later_chunk_fails_the_paper_with_tokens_spent() -> None:
+    config = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400, overlap_tokens=0))
+    teacher = QueuedTeacher([_chunk_reply, TeacherError("HTTP 400: invalid model")])
+    failure = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+    assert isinstance(failure, FailureRecord)
+    assert failure.stage == "request" and "chunk 2/" in failure.reason and "invalid model" in failure.reason
+    assert failure.usage.prompt_tokens == 1000 and failure.usage.requests == 2
+
+
+def test_no_room_for_paper_text_fails_without_a_request() -> None:
+    config = ExtractionConfig(max_output_tokens=4000, request_token_limit=4500)
+    teacher = QueuedTeacher([])
+    failure = extract_paper(_paper(PAPER), teacher, BANK, config)
+    assert isinstance(failure, FailureRecord) and failure.stage == "chunk"
+    assert "max_tokens reserves 4000" in failure.reason and teacher.papers_seen == []
+
+
+def test_cache_key_covers_what_shapes_the_answer_and_nothing_else() -> None:
+    paper = _paper(PAPER)
+    key = extraction_cache_key(paper, BANK, "gpt-4o", CONFIG)
+    assert key == extraction_cache_key(paper, BANK, "gpt-4o", CONFIG)
+    assert key != extraction_cache_key(_paper(PAPER + " More."), BANK, "gpt-4o", CONFIG)
+    assert key != extraction_cache_key(paper, BANK.model_copy(update={"version": "test-2"}), "gpt-4o", CONFIG)
+    assert key != extraction_cache_key(paper, BANK, "gpt-4o-mini", CONFIG)
+    # Renaming a file does not change its key; prices and a higher TPM do not change a short paper's key.
+    renamed = paper.model_copy(update={"file_id": "other", "file_ids": ("other",)})
+    assert key == extraction_cache_key(renamed, BANK, "gpt-4o", CONFIG)
+    richer = CONFIG.model_copy(update={"request_token_limit": 800_000, "input_price_per_million": 5.0})
+    assert key == extraction_cache_key(paper, BANK, "gpt-4o", richer)
+    # A paper that is chunked is re-extracted when the chunking changes.
+    long_paper = _paper(LONG_PAPER)
+    small = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400))
+    smaller = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=500))
+    assert extraction_cache_key(long_paper, BANK, "m", small) != extraction_cache_key(long_paper, BANK, "m", smaller)
