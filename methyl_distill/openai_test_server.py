@@ -23,46 +23,29 @@ import asyncio
 import contextlib
 import json
 import math
-import random
-import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from methyl_distill.extractive_answers import extract_grounded, parse_prompt
-from methyl_distill.openai_test_server_stats import ServerStats, StatsSnapshot
-from methyl_distill.token_bucket import RefillingBucket, format_reset_duration
-
-FaultKind = Literal[
-    "rate_limit",
-    "server_error",
-    "service_unavailable",
-    "drop_connection",
-    "slow",
-    "invalid_json",
-    "truncated",
-    "empty_content",
-]
-SchemaSupport = Literal["supported", "rejected_400", "rejected_500"]
-
-_PIECE = re.compile(r"\w+|[^\w\s]+")
-
-
-def server_count_tokens(text: str) -> int:
-    """The server's own tokenizer stand-in: words and punctuation runs, long words split every 8 characters.
-
-    Deliberately not `methyl_distill.token_count.estimate_tokens` (which errs high), so the client's
-    reservations are always reconciled against a different, smaller actual count.
-    """
-    return sum(1 + (len(piece) - 1) // 8 for piece in _PIECE.findall(text))
+from methyl_distill.openai_test_server_state import (
+    FaultKind,
+    FaultRule,
+    OpenAITestServerConfig,
+    StatsSnapshot,
+    TestServerState,
+    cut_to_tokens,
+    server_count_tokens,
+)
+from methyl_distill.token_bucket import format_reset_duration
 
 
 def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -74,41 +57,6 @@ def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
         elif isinstance(content, list):
             texts.extend(part["text"] for part in content if isinstance(part, dict) and "text" in part)
     return texts
-
-
-class FaultRule(BaseModel):
-    """One kind of fault and when it fires: the next `count` requests, with `probability`, or for
-    every request whose text contains `marker` (a paper that always fails)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: FaultKind
-    count: int | None = Field(default=None, ge=1, description="Fire for this many requests, then stop.")
-    probability: float | None = Field(default=None, ge=0, le=1, description="Fire with this probability.")
-    marker: str | None = Field(default=None, min_length=1, description="Fire when a message contains this.")
-
-
-class OpenAITestServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tokens_per_minute: int = Field(default=200_000, gt=0, description="TPM limit enforced.")
-    requests_per_minute: int | None = Field(default=None, gt=0, description="RPM limit; None: unlimited.")
-    latency_s: tuple[float, float] = Field(default=(0.0, 0.0), description="Uniform response latency range.")
-    context_tokens: int = Field(default=128_000, gt=0, description="Context window of the served models.")
-    default_max_tokens: int = Field(
-        default=4096, gt=0, description="Charged when a request sets no max_tokens."
-    )
-    retry_after_s: float = Field(default=1.0, ge=0, description="retry-after of injected 429s.")
-    slow_s: float = Field(default=30.0, ge=0, description="Delay of the `slow` fault.")
-    seed: int = Field(default=0, description="Seed of latencies and probabilistic faults.")
-    models: list[str] = Field(default_factory=lambda: ["gpt-4o"], description="Model ids served.")
-    json_schema: SchemaSupport = Field(
-        default="supported", description="How response_format json_schema is met (llama.cpp: rejected_500)."
-    )
-    prompt_mode_fences: bool = Field(
-        default=True, description="Wrap JSON in ```json fences when no response_format is given."
-    )
-    faults: list[FaultRule] = Field(default_factory=list)
 
 
 def _error_body(message: str, error_type: str, code: str | None = None, param: str | None = None) -> dict:
@@ -140,104 +88,6 @@ def strict_schema_problem(schema: Any, path: str = "#") -> str | None:
             if problem:
                 return problem
     return None
-
-
-class TestServerState:
-    """Limits, faults and stats of one server; safe to call from any thread."""
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, config: OpenAITestServerConfig) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-        now = time.monotonic()
-        self._tokens = RefillingBucket(config.tokens_per_minute, now=now)
-        self._requests = (
-            RefillingBucket(config.requests_per_minute, now=now) if config.requests_per_minute else None
-        )
-        self._faults = [rule.model_copy() for rule in config.faults]
-        self._random = random.Random(config.seed)
-        self.stats = ServerStats(config.tokens_per_minute)
-
-    # -- faults ---------------------------------------------------------------------------------
-    def add_fault(self, rule: FaultRule) -> None:
-        with self._lock:
-            self._faults.append(rule.model_copy())
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def pick_fault(self, text: str, kinds: set[str]) -> FaultKind | None:
-        """The first rule among `kinds` that fires for a request with this text (consuming a count)."""
-        with self._lock:
-            for rule in list(self._faults):
-                if rule.kind not in kinds:
-                    continue
-                if rule.marker is not None:
-                    if rule.marker in text:
-                        return rule.kind
-                elif rule.probability is not None:
-                    if self._random.random() < rule.probability:
-                        return rule.kind
-                elif rule.count is not None:
-                    rule.count -= 1
-                    if rule.count <= 0:
-                        self._faults.remove(rule)
-                    return rule.kind
-                else:
-                    return rule.kind
-        return None
-
-    def latency(self) -> float:
-        low, high = self.config.latency_s
-        with self._lock:
-            return self._random.uniform(low, high) if high > low else low
-
-    # -- limits ---------------------------------------------------------------------------------
-    def admit(self, charge: int) -> float:
-        """Charge a request; 0.0 when admitted, else the seconds to wait before it could be."""
-        with self._lock:
-            now = time.monotonic()
-            wait = self._tokens.seconds_until(charge, now)
-            if self._requests is not None:
-                wait = max(wait, self._requests.seconds_until(1, now))
-            if wait > 0:
-                return wait
-            self._tokens.take(charge, now)
-            if self._requests is not None:
-                self._requests.take(1, now)
-            self.stats.charge(now, charge)
-            return 0.0
-
-    def settle(self, charge: int, actual: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if charge >= actual:
-                self._tokens.give(charge - actual, now)
-            else:
-                self._tokens.take(actual - charge, now)
-            self.stats.charge(now, actual - charge)
-
-    def rate_limit_headers(self) -> dict[str, str]:
-        with self._lock:
-            now = time.monotonic()
-            headers = {
-                "x-ratelimit-limit-tokens": str(int(self._tokens.capacity)),
-                "x-ratelimit-remaining-tokens": str(max(0, math.floor(self._tokens.level(now)))),
-                "x-ratelimit-reset-tokens": format_reset_duration(self._tokens.seconds_until_full(now)),
-            }
-            if self._requests is not None:
-                headers["x-ratelimit-limit-requests"] = str(int(self._requests.capacity))
-                headers["x-ratelimit-remaining-requests"] = str(max(0, math.floor(self._requests.level(now))))
-                headers["x-ratelimit-reset-requests"] = format_reset_duration(
-                    self._requests.seconds_until_full(now)
-                )
-            return headers
-
-    def used_tokens(self) -> int:
-        with self._lock:
-            return int(self._tokens.capacity - self._tokens.level(time.monotonic()))
 
 
 class TestServerApp:
@@ -514,7 +364,7 @@ class TestServerApp:
             content, completion_tokens = "", 0
         if fault == "truncated" or completion_tokens > max_tokens:
             keep = max_tokens if completion_tokens > max_tokens else completion_tokens // 2
-            content = _cut_to_tokens(content, keep)
+            content = cut_to_tokens(content, keep)
             completion_tokens, finish_reason = server_count_tokens(content), "length"
         self.state.settle(charge, prompt_tokens + completion_tokens)
         self.state.stats.completed(prompt_tokens, completion_tokens)
@@ -540,16 +390,6 @@ class TestServerApp:
                 },
             }
         )
-
-
-def _cut_to_tokens(text: str, tokens: int) -> str:
-    """The longest prefix of `text` that the server counts as at most `tokens` tokens."""
-    count = 0
-    for match in _PIECE.finditer(text):
-        count += 1 + (len(match.group(0)) - 1) // 8
-        if count > tokens:
-            return text[: match.start()]
-    return text
 
 
 class ServerHandle:

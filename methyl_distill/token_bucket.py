@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import httpx
+
 from methyl_distill.teacher import RequestTooLargeError
 
 if TYPE_CHECKING:
@@ -429,7 +431,10 @@ class PrefectTokenBucket:
             surplus = free - parsed.remaining_tokens
             # Only a clear disagreement is worth a write (in-flight requests make small ones normal).
             if surplus > 0.05 * limit.limit:
-                client.increment_concurrency_slots(names=[self.name], slots=surplus, mode="rate_limit")
+                try:
+                    client.increment_concurrency_slots(names=[self.name], slots=surplus, mode="rate_limit")
+                except httpx.HTTPStatusError as exc:  # 423: others took the slots meanwhile; fine
+                    logger.debug("could not occupy %d surplus slots of %r: %s", surplus, self.name, exc)
 
     def penalize(self, retry_after_s: float) -> None:
         with self._lock:

@@ -1,0 +1,451 @@
+"""`OpenAITeacher`: the `Teacher` protocol over the official openai SDK, for any compatible endpoint.
+
+One retry layer: the SDK's own retries are off (`max_retries=0`); tenacity retries 429, 5xx,
+timeouts and dropped connections with exponential backoff and full jitter, honouring `retry-after`
+(which also holds the shared token bucket). Other 4xx are not retried.
+
+Every HTTP attempt reserves estimated prompt tokens + max_tokens on the shared budget first and is
+reconciled afterwards: with `usage` when a completion came back, with 0 after a 429 (the request
+was refused, nothing was consumed), with the estimated prompt otherwise (failed requests count).
+
+Structured output, most to least strict: `json_schema` (strict), then `json_object` with the schema
+in the prompt (and llama.cpp's `{"type": "json_object", "schema": ...}` extension), then the schema
+in the prompt only. In `auto` mode an endpoint that rejects a mode (HTTP 400/422, or 500 twice,
+which is how llama.cpp answers `json_schema`) moves the client one step down, and the client
+remembers the mode that worked. Every reply is validated with pydantic; invalid JSON, schema errors,
+empty content or a truncated reply (`finish_reason=length`) are re-asked a bounded number of times,
+telling the model what was wrong. When all re-asks fail, the `TeacherReply` keeps the raw text and
+the error. Thread-safe: one teacher and one budget serve every extraction task of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from methyl_distill.records import TokenUsage
+from methyl_distill.structured_output import (
+    MODES,
+    json_text,
+    schema_instruction,
+    strict_json_schema,
+    with_schema_instruction,
+)
+from methyl_distill.teacher import (
+    ChatMessage,
+    ModelT,
+    OutputMode,
+    RequestTooLargeError,
+    TeacherError,
+    TeacherReply,
+)
+from methyl_distill.teacher_settings import TeacherSettings
+from methyl_distill.token_bucket import LocalTokenBucket, TokenBudget
+from methyl_distill.token_count import estimate_chat_tokens
+
+logger = logging.getLogger(__name__)
+
+# Key sent to local servers that need none: the SDK refuses to start without one.
+NO_KEY_PLACEHOLDER = "sk-no-key-required"
+TRUNCATED_ERROR = "output truncated"
+_MAX_ECHOED_OUTPUT_CHARS = 24_000
+_MAX_RETRY_AFTER_S = 600.0
+_STATED_LIMIT = re.compile(r"Limit (\d+)")
+
+
+class _ModeRejected(Exception):
+    """The endpoint does not accept this structured-output mode."""
+
+    def __init__(self, mode: OutputMode, detail: str) -> None:
+        super().__init__(f"endpoint rejected output mode {mode}: {detail}")
+        self.mode = mode
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    """retry-after(-ms) of an error response, in seconds."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return min(_MAX_RETRY_AFTER_S, max(0.0, float(value) * scale))
+        except ValueError:
+            continue
+    return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """429 (but not quota or request size), 408, 5xx, timeouts and dropped connections."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in (408, 429) or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError)  # APITimeoutError is a subclass
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, str) else ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.APITimeoutError):
+        return "request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"connection failed: {exc.__cause__ or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _CallLog:
+    """Usage of every HTTP attempt of one `complete_structured` call, failed ones included."""
+
+    def __init__(self) -> None:
+        self.usage = TokenUsage()
+
+    def add(self, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        self.usage = self.usage + TokenUsage(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, requests=1
+        )
+
+
+class OpenAITeacher:
+    """The teacher over the openai SDK; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: TeacherSettings,
+        *,
+        budget: TokenBudget | None = None,
+        client: openai.OpenAI | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = settings.teacher_model
+        self.budget: TokenBudget = budget or LocalTokenBucket(settings.teacher_tpm, settings.teacher_rpm)
+        key = settings.resolve_api_key()
+        if key is None and settings.is_openai_public_endpoint:
+            raise TeacherError(
+                "no API key for api.openai.com: set OPENAI_API_KEY (or TEACHER_API_KEY_SECRET_BLOCK), "
+                "or point OPENAI_BASE_URL at a local OpenAI-compatible server"
+            )
+        self._secret = key.get_secret_value() if key is not None else None
+        self.client = client or openai.OpenAI(
+            api_key=self._secret or NO_KEY_PLACEHOLDER,
+            base_url=settings.openai_base_url,
+            timeout=settings.teacher_timeout_s,
+            max_retries=0,  # one retry layer: ours
+        )
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        fixed = settings.teacher_output_mode
+        self._auto = fixed == "auto"
+        self._mode: OutputMode = "json_schema" if fixed == "auto" else fixed
+        self._mode_confirmed = not self._auto
+        self._grammars: dict[type[BaseModel], str] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAITeacher(model={self.model!r}, base_url={self.settings.openai_base_url!r}, "
+            f"mode={self._mode!r}, budget={self.budget!r})"
+        )
+
+    @property
+    def mode(self) -> OutputMode:
+        """The structured-output mode the next request will use."""
+        with self._lock:
+            return self._mode
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    # -- public -------------------------------------------------------------------------------
+    def complete_structured(
+        self, messages: list[ChatMessage], response_model: type[ModelT], *, max_tokens: int
+    ) -> TeacherReply[ModelT]:
+        log = _CallLog()
+        conversation = list(messages)
+        raw_text, error, mode = "", "no attempt made", self.mode
+        attempts = 0
+        for attempt in range(self.settings.teacher_max_reasks + 1):
+            attempts = attempt + 1
+            completion, mode = self._complete_in_some_mode(conversation, response_model, max_tokens, log)
+            parsed, raw_text, error, finish = self._validate(completion, response_model, max_tokens)
+            if parsed is not None:
+                return TeacherReply(
+                    parsed=parsed, raw_text=raw_text, usage=log.usage, mode=mode, attempts=attempts
+                )
+            logger.warning("%s reply invalid (attempt %d, mode %s): %s", self.model, attempts, mode, error)
+            if finish == "refusal":
+                break  # asking again will not change a refusal
+            conversation = [*messages, *self._reask_messages(raw_text, error, finish, max_tokens)]
+        if error.startswith(TRUNCATED_ERROR):
+            error += (
+                f" on every one of {attempts} attempt(s): the input likely needs splitting into smaller "
+                "chunks (or raise TEACHER_MAX_OUTPUT_TOKENS)"
+            )
+        return TeacherReply(
+            parsed=None, raw_text=raw_text, usage=log.usage, error=error, mode=mode, attempts=attempts
+        )
+
+    # -- modes --------------------------------------------------------------------------------
+    def _complete_in_some_mode(
+        self, messages: list[ChatMessage], response_model: type[BaseModel], max_tokens: int, log: _CallLog
+    ) -> tuple[Any, OutputMode]:
+        while True:
+            with self._lock:
+                mode, confirmed = self._mode, self._mode_confirmed
+            try:
+                completion = self._complete(messages, response_model, max_tokens, mode, confirmed, log)
+            except _ModeRejected as exc:
+                with self._lock:
+                    if self._mode == mode and not self._mode_confirmed:
+                        following = MODES[MODES.index(mode) + 1]
+                        logger.warning("%s; falling back to %s", self._redact(str(exc)), following)
+                        self._mode = following
+                continue
+            with self._lock:
+                if self._mode == mode and not self._mode_confirmed:
+                    self._mode_confirmed = True
+                    logger.info("%s accepts output mode %s", self.model, mode)
+            return completion, mode
+
+    def _request_arguments(
+        self, messages: list[ChatMessage], response_model: type[BaseModel], max_tokens: int, mode: OutputMode
+    ) -> dict[str, Any]:
+        schema = strict_json_schema(response_model)
+        arguments: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
+        extra_body: dict[str, Any] = {}
+        if mode == "json_schema":
+            arguments["messages"] = messages
+            arguments["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": response_model.__name__, "strict": True, "schema": schema},
+            }
+        else:
+            arguments["messages"] = with_schema_instruction(messages, schema_instruction(schema))
+            if mode == "json_object":
+                # `schema` is llama.cpp's extension of json_object; OpenAI never sees this mode
+                # unless it rejected json_schema.
+                arguments["response_format"] = {"type": "json_object", "schema": schema}
+            if self.settings.teacher_gbnf_grammar:
+                extra_body["grammar"] = self._grammar(response_model, schema)
+        if extra_body:
+            arguments["extra_body"] = extra_body
+        return arguments
+
+    def _grammar(self, response_model: type[BaseModel], schema: dict[str, Any]) -> str:
+        with self._lock:
+            grammar = self._grammars.get(response_model)
+        if grammar is None:
+            from methyl_distill.json_grammar import schema_to_gbnf  # only when the flag is on
+
+            grammar = schema_to_gbnf(schema)
+            with self._lock:
+                self._grammars[response_model] = grammar
+        return grammar
+
+    # -- one request, with retries ------------------------------------------------------------
+    def _complete(
+        self,
+        messages: list[ChatMessage],
+        response_model: type[BaseModel],
+        max_tokens: int,
+        mode: OutputMode,
+        mode_confirmed: bool,
+        log: _CallLog,
+    ) -> Any:
+        arguments = self._request_arguments(messages, response_model, max_tokens, mode)
+        prompt_estimate = estimate_chat_tokens(arguments["messages"])
+        requested = prompt_estimate + max_tokens
+        if requested > self.settings.teacher_context_tokens:
+            raise RequestTooLargeError(
+                f"request of ~{requested} tokens ({prompt_estimate} prompt + {max_tokens} max_tokens) "
+                f"exceeds the context of {self.settings.teacher_context_tokens} tokens of {self.model}: "
+                "split the input",
+                requested_tokens=requested,
+                limit_tokens=self.settings.teacher_context_tokens,
+            )
+        server_errors = 0
+
+        def attempt() -> Any:
+            nonlocal server_errors
+            reservation = self.budget.reserve(requested)
+            try:
+                raw = self.client.chat.completions.with_raw_response.create(**arguments)
+            except openai.APIStatusError as exc:
+                log.add()
+                self.budget.observe_headers(exc.response.headers)
+                refused = exc.status_code == 429
+                self.budget.reconcile(reservation, 0 if refused else prompt_estimate)
+                if refused and (retry_after := _retry_after_s(exc)) is not None:
+                    self.budget.penalize(retry_after)
+                self._raise_for_status(exc, mode, mode_confirmed, requested, server_errors)
+                server_errors += exc.status_code >= 500
+                raise
+            except openai.APIConnectionError:
+                log.add()
+                self.budget.reconcile(reservation, prompt_estimate)
+                raise
+            self.budget.observe_headers(raw.headers)
+            completion = raw.parse()
+            usage = completion.usage
+            if usage is not None:
+                log.add(usage.prompt_tokens, usage.completion_tokens)
+                self.budget.reconcile(reservation, usage.prompt_tokens + usage.completion_tokens)
+            else:  # no usage reported: keep the whole reservation, the safe side
+                log.add()
+                self.budget.reconcile(reservation, requested)
+            return completion
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.teacher_max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_is_transient),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except (RequestTooLargeError, _ModeRejected):
+            raise
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            attempts = retrying.statistics.get("attempt_number", 1)
+            raise TeacherError(
+                self._redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}")
+            ) from None
+
+    def _raise_for_status(
+        self,
+        exc: openai.APIStatusError,
+        mode: OutputMode,
+        mode_confirmed: bool,
+        requested: int,
+        server_errors: int,
+    ) -> None:
+        """Turn the errors no retry can fix into their own exceptions."""
+        message = self._redact(exc.message)
+        if exc.status_code == 429 and "request too large" in message.lower():
+            stated = _STATED_LIMIT.search(message)
+            raise RequestTooLargeError(
+                f"{self.model} refused a request of ~{requested} tokens as too large: {message}",
+                requested_tokens=requested,
+                limit_tokens=int(stated.group(1)) if stated else self.budget.limit_tokens,
+            ) from None
+        if exc.status_code == 429 and _error_code(exc) == "insufficient_quota":
+            raise TeacherError(f"{self.model}: quota exhausted (no retry): {message}") from None
+        if _error_code(exc) == "context_length_exceeded":
+            raise RequestTooLargeError(
+                f"{self.model} context exceeded: {message}",
+                requested_tokens=requested,
+                limit_tokens=self.settings.teacher_context_tokens,
+            ) from None
+        rejects_mode = exc.status_code in (400, 422) or (exc.status_code == 500 and server_errors >= 1)
+        if self._auto and not mode_confirmed and mode != "prompt" and rejects_mode:
+            raise _ModeRejected(mode, f"HTTP {exc.status_code}: {message}") from None
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = _retry_after_s(exc) if exc is not None else None
+        if retry_after is not None:
+            return retry_after + self._rng.uniform(0, 0.1 * retry_after + 0.05)
+        ceiling = min(self.settings.teacher_retry_max_wait_s, 0.5 * 2 ** (state.attempt_number - 1))
+        return self._rng.uniform(0, ceiling)  # full jitter
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning(
+            "%s attempt %d failed (%s); retrying in %.2f s",
+            self.model,
+            state.attempt_number,
+            self._redact(_describe(exc)) if exc else "?",
+            wait,
+        )
+
+    # -- validation ---------------------------------------------------------------------------
+    def _validate(
+        self, completion: Any, response_model: type[ModelT], max_tokens: int
+    ) -> tuple[ModelT | None, str, str, str]:
+        """(parsed or None, raw text, error, finish reason)."""
+        if not completion.choices:
+            return None, "", "the reply has no choices", "empty"
+        choice = completion.choices[0]
+        content = choice.message.content or ""
+        finish = choice.finish_reason or "stop"
+        refusal = getattr(choice.message, "refusal", None)
+        if refusal:
+            return None, content, f"the model refused: {refusal}", "refusal"
+        if finish == "length":
+            return (
+                None,
+                content,
+                f"{TRUNCATED_ERROR} at max_tokens={max_tokens} (finish_reason=length)",
+                finish,
+            )
+        if not content.strip():
+            return None, content, "empty content", "empty"
+        try:
+            return response_model.model_validate_json(json_text(content)), content, "", finish
+        except ValidationError as exc:
+            return None, content, _summarise(exc), "invalid"
+
+    def _reask_messages(self, raw_text: str, error: str, finish: str, max_tokens: int) -> list[ChatMessage]:
+        if finish == "length":
+            return [
+                {
+                    "role": "user",
+                    "content": (
+                        f"Your previous reply was cut off at the output limit of {max_tokens} tokens. "
+                        "Reply again with a complete but shorter JSON object: brief answers, the shortest "
+                        "verbatim quotes, fewer additional question-answer pairs."
+                    ),
+                }
+            ]
+        if finish == "empty" or not raw_text.strip():
+            return [{"role": "user", "content": "Your previous reply was empty. Reply with the JSON object."}]
+        echoed: list[ChatMessage] = []
+        if len(raw_text) <= _MAX_ECHOED_OUTPUT_CHARS:
+            echoed.append({"role": "assistant", "content": raw_text})
+        echoed.append(
+            {
+                "role": "user",
+                "content": (
+                    f"Your previous reply was not valid: {error}\nReply again with only the corrected JSON "
+                    "object, following the schema exactly."
+                ),
+            }
+        )
+        return echoed
+
+
+def _summarise(exc: ValidationError, limit: int = 8) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return f"invalid JSON: {errors[0]['msg']}"
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in errors[:limit]]
+    more = f" (+{len(errors) - limit} more)" if len(errors) > limit else ""
+    return "schema errors: " + "; ".join(parts) + more
+
+
+def build_teacher(settings: TeacherSettings | None = None) -> OpenAITeacher:
+    """A teacher with the budget the settings ask for (local or Prefect)."""
+    from methyl_distill.token_bucket import build_token_bucket
+
+    settings = settings or TeacherSettings()
+    return OpenAITeacher(settings, budget=build_token_bucket(settings))
