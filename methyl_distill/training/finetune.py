@@ -1,0 +1,424 @@
+"""LoRA supervised fine-tuning with ms-swift, as a recipe: setup (fail-fast checks), train, save.
+
+The dataset stage's `train.jsonl` (and `val.jsonl`, when present) go to ms-swift as they are. The
+output folder holds:
+
+    checkpoints/checkpoint-<step>/   ms-swift / HF Trainer checkpoints (adapter, optimizer, RNG state)
+    adapter/                         the final LoRA adapter (PEFT format) with ms-swift's args.json
+    merged/                          the base model with the adapter merged in (when `merge_lora`)
+    finetune_request.json            preset, base model, config and dataset fingerprints of this run
+    training_log.jsonl               the trainer's log history (loss, eval loss, learning rate...)
+    loss_curve.png                   training and validation loss by step
+    finetune_summary.json            `FinetuneSummary`; written last, it marks the run complete
+
+An interrupted run resumes from its newest complete checkpoint when started again with the same request;
+a completed run is returned as it is; a different request into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from methyl_distill.training.chat_jsonl import count_training_samples
+from methyl_distill.training.model_spec import ArchitectureShape, count_parameters, resolve_target_modules
+from methyl_distill.training.presets import ResolvedModel, get_preset, preset_config, resolve_model
+from methyl_distill.training.runtime_device import DeviceChoice, DeviceRequest, choose_device
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "additional_config.json", "args.json")
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class FinetuneConfig(BaseModel):
+    """Hyper-parameters of a LoRA SFT run (ms-swift argument names in the descriptions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r (--lora_rank).")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (--lora_alpha).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input (--lora_dropout).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Modules that get adapters: all-linear, all-attention, all-mlp or names like q_proj.",
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (--learning_rate).")
+    num_train_epochs: float = Field(3.0, gt=0, description="Epochs, when max_steps is not set.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_train_epochs.")
+    batch_size: int = Field(1, ge=1, description="Sequences per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (ms-swift's own default is 16)."
+    )
+    max_length: int | None = Field(None, ge=16, description="Max tokens per sample; None: the preset's.")
+    packing: bool = Field(False, description="Pack samples into max_length sequences (needs FlashAttention).")
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute activations in backward (saves memory)."
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
+    lr_scheduler_type: str = Field("cosine", description="HF scheduler name (cosine, linear, constant...).")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
+    logging_steps: int = Field(1, ge=1, description="Log the loss every N optimizer steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint (and validate) every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    seed: int = Field(42, description="Seed of initialisation, shuffling and dropout.")
+    merge_lora: bool = Field(False, description="Also write the base model with the adapter merged in.")
+    device: DeviceRequest = Field("auto", description="auto: CUDA when available, else CPU.")
+    attn_impl: str = Field("auto", description="auto, flash_attention_2 or sdpa.")
+    system: str | None = Field(None, description="System prompt for samples without one; None: the preset's.")
+    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+
+    @model_validator(mode="after")
+    def _check(self) -> FinetuneConfig:
+        resolve_target_modules(self.target_modules)
+        if self.attn_impl not in ("auto", "flash_attention_2", "sdpa"):
+            raise ValueError(f"attn_impl must be auto, flash_attention_2 or sdpa, not {self.attn_impl!r}")
+        return self
+
+
+class FinetuneSummary(BaseModel):
+    """What a fine-tune produced: string paths (they cross process and deployment boundaries)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_directory: str
+    adapter_path: str
+    merged_model_path: str | None
+    loss_curve_path: str
+    training_log_path: str
+    args_path: str
+    preset: str
+    base_model: str
+    device: str
+    torch_dtype: str
+    attn_impl: str
+    train_samples: int
+    val_samples: int
+    global_step: int
+    first_train_loss: float | None
+    final_train_loss: float | None
+    final_eval_loss: float | None
+    train_runtime_s: float | None
+    trainable_parameters: str | None = Field(description="ms-swift's parameter summary of the PEFT model.")
+    resumed_from: str | None
+
+
+class FinetuneOutputConflict(ValueError):
+    """The output folder holds a different run."""
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest checkpoint that was written completely (trainer state and adapter weights present)."""
+    if not checkpoints_dir.is_dir():
+        return None
+    complete: list[tuple[int, Path]] = []
+    for child in checkpoints_dir.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        if (
+            match
+            and not child.is_symlink()
+            and (child / "trainer_state.json").is_file()
+            and (child / "adapter_model.safetensors").is_file()
+        ):
+            complete.append((int(match.group(1)), child))
+    return max(complete)[1] if complete else None
+
+
+def _file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LoraFinetuneRecipe:
+    """One LoRA SFT run: `setup()` checks cheaply first, `train()` runs ms-swift, `save()` writes outputs."""
+
+    def __init__(
+        self,
+        dataset_directory: Path,
+        output_directory: Path,
+        *,
+        preset: str = "smollm2-135m",
+        config: FinetuneConfig | None = None,
+        cache_dir: Path | None = None,
+        model_source: str | None = None,
+    ) -> None:
+        self.dataset_directory = Path(dataset_directory)
+        self.output_directory = Path(output_directory)
+        self.preset = get_preset(preset)
+        self.config = config or FinetuneConfig()
+        self.cache_dir = cache_dir
+        self.model_source = model_source
+        self.checkpoints_dir = self.output_directory / "checkpoints"
+        self.summary_path = self.output_directory / "finetune_summary.json"
+        self.request_path = self.output_directory / "finetune_request.json"
+        self.train_file = self.dataset_directory / "train.jsonl"
+        self.val_file = self.dataset_directory / "val.jsonl"
+        self.model: ResolvedModel | None = None
+        self.device: DeviceChoice | None = None
+        self.train_samples = 0
+        self.val_samples = 0
+        self.resume_checkpoint: Path | None = None
+        self.result: dict[str, Any] | None = None
+
+    # ---- setup: cheap checks before any expensive work -------------------------------------------
+    def setup(self) -> FinetuneSummary | None:
+        """Validate data, device and output folder; resolve the model. Returns the summary if already done."""
+        config = self.config
+        self.train_samples = count_training_samples(self.train_file)
+        if self.train_samples == 0:
+            raise ValueError(f"{self.train_file}: no training samples")
+        has_val = self.val_file.is_file() and self.val_file.stat().st_size > 0
+        self.val_samples = count_training_samples(self.val_file) if has_val else 0
+        self.device = choose_device(config.device, attn_impl=config.attn_impl)
+        if config.packing and self.device.attn_impl != "flash_attention_2":
+            raise ValueError(
+                "packing needs FlashAttention 2 on a CUDA GPU (ms-swift packs with padding-free attention); "
+                f"this run would use {self.device.attn_impl} on {self.device.device}: set packing false"
+            )
+        self._check_memory_fits()
+        request = self._request()
+        if self.request_path.is_file():
+            previous = json.loads(self.request_path.read_text(encoding="utf-8"))
+            if previous != request:
+                changed = sorted(k for k in request if previous.get(k) != request[k])
+                raise FinetuneOutputConflict(
+                    f"{self.output_directory}: holds a fine-tune with a different {', '.join(changed)}; "
+                    "use a new output directory"
+                )
+            if self.summary_path.is_file():
+                logger.info("Fine-tune in %s is already complete", self.output_directory)
+                return FinetuneSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+        elif self.output_directory.is_dir() and any(self.output_directory.iterdir()):
+            raise FinetuneOutputConflict(
+                f"{self.output_directory}: not empty and holds no fine-tune request; use an empty directory"
+            )
+        self.model = resolve_model(self.preset.name, cache_dir=self.cache_dir, model_source=self.model_source)
+        if self.model.is_local:
+            # Everything is on disk: never let ms-swift or transformers wait on a hub.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.resume_checkpoint = latest_checkpoint(self.checkpoints_dir)
+        if self.resume_checkpoint is not None:
+            logger.info("Resuming the interrupted fine-tune from %s", self.resume_checkpoint)
+        self.output_directory.mkdir(parents=True, exist_ok=True)
+        self.request_path.write_text(json.dumps(request, indent=2, sort_keys=True), encoding="utf-8")
+        return None
+
+    def _request(self) -> dict[str, Any]:
+        return {
+            "preset": self.preset.name,
+            "model_source": self.model_source,
+            "config": self.config.model_dump(mode="json"),
+            "train_sha256": _file_fingerprint(self.train_file),
+            "val_sha256": _file_fingerprint(self.val_file) if self.val_samples else None,
+        }
+
+    def _check_memory_fits(self) -> None:
+        """Refuse a model whose weights alone would not fit in the CPU's memory (e.g. Mistral-7B in fp32)."""
+        assert self.device is not None
+        if self.device.device != "cpu":
+            return
+        params = count_parameters(ArchitectureShape.from_config(preset_config(self.preset.name))).total
+        needed = params * 4 * 3  # fp32 weights, plus loading copies and activations
+        total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if needed > total_ram:
+            raise RuntimeError(
+                f"the {self.preset.name} preset ({params / 1e9:.1f}B parameters) needs a CUDA GPU: "
+                f"fine-tuning it on this CPU would need about {needed / 1024**3:.0f} GiB of "
+                f"{total_ram / 1024**3:.0f} GiB memory"
+            )
+
+    def swift_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ms-swift's `SftArguments` for this run."""
+        assert self.model is not None and self.device is not None, "call setup() first"
+        config, model, device = self.config, self.model, self.device
+        steps_between_saves = config.save_steps
+        arguments: dict[str, Any] = {
+            "model": model.model,
+            "model_type": model.swift_model_type,
+            "use_hf": True,
+            "tuner_type": "lora",
+            "lora_rank": config.lora_rank,
+            "lora_alpha": config.lora_alpha,
+            "lora_dropout": config.lora_dropout,
+            "target_modules": list(config.target_modules),
+            "dataset": [str(self.train_file.resolve())],
+            "val_dataset": [str(self.val_file.resolve())] if self.val_samples else [],
+            "output_dir": str(self.checkpoints_dir.resolve()),
+            "add_version": False,
+            "learning_rate": config.learning_rate,
+            "num_train_epochs": config.num_train_epochs,
+            "max_steps": config.max_steps if config.max_steps is not None else -1,
+            "per_device_train_batch_size": config.batch_size,
+            "per_device_eval_batch_size": config.batch_size,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps,
+            "max_length": config.max_length or self.preset.max_length,
+            "packing": config.packing,
+            "gradient_checkpointing": config.gradient_checkpointing,
+            "warmup_ratio": config.warmup_ratio,
+            "lr_scheduler_type": config.lr_scheduler_type,
+            "weight_decay": config.weight_decay,
+            "logging_steps": config.logging_steps,
+            "save_strategy": "steps",
+            "save_steps": steps_between_saves,
+            "save_total_limit": config.save_total_limit,
+            "eval_strategy": "steps" if self.val_samples else "no",
+            "eval_steps": steps_between_saves,
+            "seed": config.seed,
+            "data_seed": config.seed,
+            "torch_dtype": device.torch_dtype,
+            "attn_impl": device.attn_impl,
+            "system": config.system if config.system is not None else model.default_system,
+            "dataloader_num_workers": config.dataloader_num_workers,
+            "check_model": False,
+            "report_to": ["none"],
+        }
+        if model.swift_template:
+            arguments["template"] = model.swift_template
+        if device.device == "cpu":
+            arguments["use_cpu"] = True
+        if self.resume_checkpoint is not None:
+            arguments["resume_from_checkpoint"] = str(self.resume_checkpoint.resolve())
+        return arguments
+
+    # ---- train ------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        from swift import SftArguments, sft_main
+
+        arguments = self.swift_arguments()
+        logger.info(
+            "LoRA fine-tune of %s on %s (%s, %s): %d train / %d val samples",
+            self.preset.name,
+            self.device.name if self.device else "?",
+            arguments["torch_dtype"],
+            arguments["attn_impl"],
+            self.train_samples,
+            self.val_samples,
+        )
+        self.result = sft_main(SftArguments(**arguments))
+        return self.result
+
+    # ---- save -------------------------------------------------------------------------------------
+    def save(self) -> FinetuneSummary:
+        from methyl_distill.training.loss_plot import plot_loss_curve
+
+        assert self.result is not None and self.model is not None and self.device is not None
+        last = self.result.get("last_model_checkpoint")
+        if not last or not Path(last).is_dir():
+            raise RuntimeError(f"ms-swift reported no saved checkpoint (last_model_checkpoint={last!r})")
+        adapter_dir = self.output_directory / "adapter"
+        if adapter_dir.exists():
+            shutil.rmtree(adapter_dir)
+        adapter_dir.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            if (Path(last) / name).is_file():
+                shutil.copy2(Path(last) / name, adapter_dir / name)
+        log_history = self._full_log_history(Path(last))
+        training_log = self.output_directory / "training_log.jsonl"
+        with training_log.open("w", encoding="utf-8") as handle:
+            for entry in log_history:
+                handle.write(json.dumps(entry) + "\n")
+        loss_curve = plot_loss_curve(
+            log_history,
+            self.output_directory / "loss_curve.png",
+            title=f"LoRA r={self.config.lora_rank} on {self.preset.name}",
+        )
+        merged = self._merge(adapter_dir) if self.config.merge_lora else None
+        train_losses = [e["loss"] for e in log_history if isinstance(e.get("loss"), int | float)]
+        eval_losses = [e["eval_loss"] for e in log_history if isinstance(e.get("eval_loss"), int | float)]
+        runtime = next((e["train_runtime"] for e in reversed(log_history) if "train_runtime" in e), None)
+        summary = FinetuneSummary(
+            output_directory=str(self.output_directory.resolve()),
+            adapter_path=str(adapter_dir.resolve()),
+            merged_model_path=str(merged.resolve()) if merged else None,
+            loss_curve_path=str(loss_curve.resolve()),
+            training_log_path=str(training_log.resolve()),
+            args_path=str((adapter_dir / "args.json").resolve()),
+            preset=self.preset.name,
+            base_model=self.model.model,
+            device=self.device.name,
+            torch_dtype=self.device.torch_dtype,
+            attn_impl=self.device.attn_impl,
+            train_samples=self.train_samples,
+            val_samples=self.val_samples,
+            global_step=int(self.result.get("global_step") or 0),
+            first_train_loss=train_losses[0] if train_losses else None,
+            final_train_loss=train_losses[-1] if train_losses else None,
+            final_eval_loss=eval_losses[-1] if eval_losses else None,
+            train_runtime_s=runtime,
+            trainable_parameters=self.result.get("model_parameter_info"),
+            resumed_from=str(self.resume_checkpoint.resolve()) if self.resume_checkpoint else None,
+        )
+        if summary.final_train_loss is not None and not math.isfinite(summary.final_train_loss):
+            raise RuntimeError(f"training diverged: final loss {summary.final_train_loss}")
+        self.summary_path.write_text(summary.model_dump_json(indent=2), encoding="utf-8")
+        return summary
+
+    def _full_log_history(self, last_checkpoint: Path) -> list[dict[str, Any]]:
+        """The whole run's log: a resumed run's trainer state carries the steps before the interruption."""
+        history = list(self.result.get("log_history") or []) if self.result else []
+        state_file = last_checkpoint / "trainer_state.json"
+        if state_file.is_file():
+            saved = json.loads(state_file.read_text(encoding="utf-8")).get("log_history") or []
+            seen = {(e.get("step"), tuple(sorted(e))) for e in saved}
+            history = saved + [e for e in history if (e.get("step"), tuple(sorted(e))) not in seen]
+        return history
+
+    def _merge(self, adapter_dir: Path) -> Path:
+        from swift import ExportArguments, export_main
+
+        merged_dir = self.output_directory / "merged"
+        if merged_dir.exists():
+            shutil.rmtree(merged_dir)
+        assert self.device is not None
+        export_main(
+            ExportArguments(
+                adapters=[str(adapter_dir.resolve())],
+                merge_lora=True,
+                output_dir=str(merged_dir.resolve()),
+                torch_dtype=self.device.torch_dtype,
+                use_hf=True,
+            )
+        )
+        if not (merged_dir / "config.json").is_file():
+            raise RuntimeError(f"{merged_dir}: ms-swift's merge wrote no model")
+        return merged_dir
+
+    def run(self) -> FinetuneSummary:
+        done = self.setup()
+        if done is not None:
+            return done
+        self.train()
+        return self.save()
+
+
+def finetune(
+    dataset_directory: Path,
+    output_directory: Path,
+    *,
+    preset: str = "smollm2-135m",
+    config: FinetuneConfig | None = None,
+    cache_dir: Path | None = None,
+    model_source: str | None = None,
+) -> FinetuneSummary:
+    """Fine-tune `preset` with LoRA on the dataset folder's train.jsonl (and val.jsonl)."""
+    recipe = LoraFinetuneRecipe(
+        dataset_directory,
+        output_directory,
+        preset=preset,
+        config=config,
+        cache_dir=cache_dir,
+        model_source=model_source,
+    )
+    return recipe.run()
