@@ -64,12 +64,10 @@ class ExtractionSummary(BaseModel):
 
 
 def build_teacher(settings: TeacherSettings) -> Teacher:
-    """The run's one teacher client with its one token bucket."""
-    from methyl_distill.openai_teacher import OpenAITeacher
+    """The run's one teacher client with its one token bucket (a Prefect GCL when configured)."""
+    from methyl_distill.openai_teacher import build_teacher as build_openai_teacher
 
-    from methyl_distill.token_bucket import build_token_bucket
-
-    return OpenAITeacher(settings, budget=build_token_bucket(settings))
+    return build_openai_teacher(settings)
 
 
 def _extraction_config(
@@ -241,6 +239,7 @@ def extract_flow(
                 return list(runner.map(extraction_task, parameters))  # type: ignore[arg-type]
 
             for paper, future in _map_papers(papers, submit_batch, batch_size):
+                future.wait()  # takes the final state from the finished future, not from the API
                 if future.state.is_completed():
                     record = _for_paper(future.result(), paper)
                     from_cache = future.state.name == "Cached"

@@ -3,7 +3,8 @@
 `extract_paper` is the plain core of the extraction stage: no Prefect, no files. It returns a
 `PaperRecord` or, when the paper cannot be extracted, a `FailureRecord` with the stage, the
 reason, the teacher's raw output and the tokens spent. A request the teacher reports as too large
-is split further, up to `ExtractionConfig.max_split_depth` times.
+is split further, up to `ExtractionConfig.max_split_depth` times; so is a chunk whose answer is cut off by
+max_tokens on every attempt (a smaller chunk needs a shorter answer).
 
 Evidence quotes are checked against the paper: a quote that does not occur in the text (compared
 case-, whitespace- and punctuation-style-insensitively) is dropped and counted, so every quote in a
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.chunking import (
+    MIN_CHUNK_TOKENS,
     ChunkBudgetError,
     ChunkingConfig,
     chunk_token_budget,
@@ -186,6 +188,9 @@ def merge_answers(
     if unknown:
         logger.warning("Teacher answered questions not in the bank (ignored): %s", ", ".join(sorted(unknown)))
 
+    unanswered = [question_id for question_id, answers in collected.items() if not answers]
+    if unanswered:
+        logger.warning("Teacher gave no answer to %d question(s): %s", len(unanswered), ", ".join(unanswered))
     merged = []
     for question in bank.questions:
         texts: list[str] = []
@@ -196,8 +201,6 @@ def merge_answers(
             if _fold(text) not in {_fold(existing) for existing in texts}:
                 texts.append(text)
             evidence.extend(quotes)
-        if not collected[question.id]:
-            logger.warning("Teacher gave no answer to question %r", question.id)
         merged.append(
             AnsweredQuestion(
                 question_id=question.id,
@@ -308,11 +311,22 @@ def merge_additional_qa(extractions: list[TeacherExtraction], checker: EvidenceC
 # --- the core ---------------------------------------------------------------------------------------
 
 
+# How `OpenAITeacher` starts the error of a reply cut off by max_tokens (finish_reason=length).
+TRUNCATED_ERROR_PREFIX = "output truncated"
+
+
 @dataclass
 class _Failure(Exception):
     stage: FailureStage
     reason: str
     raw_output: str | None = None
+
+
+@dataclass
+class _Truncated(Exception):
+    """Every attempt ran out of max_tokens: a smaller chunk needs a shorter answer."""
+
+    failure: _Failure
 
 
 @dataclass
@@ -336,6 +350,14 @@ class _ChunkRun:
                 results.append(self._ask(text, index, count))
             except RequestTooLargeError as exc:
                 queue[:0] = [(part, depth + 1) for part in self._split_further(text, depth, exc)]
+            except _Truncated as truncated:
+                if depth >= self.config.max_split_depth or estimate_tokens(text) < 2 * MIN_CHUNK_TOKENS:
+                    raise truncated.failure from None
+                parts = split_into_chunks(text, estimate_tokens(text) // 2 + 1)
+                logger.info(
+                    "%s: reply truncated, split a chunk into %d parts", self.paper.file_id, len(parts)
+                )
+                queue[:0] = [(part, depth + 1) for part in parts]
         return results
 
     def _ask(self, text: str, index: int, count: int) -> TeacherExtraction:
@@ -352,11 +374,14 @@ class _ChunkRun:
             raise _Failure("request", f"{label}: {exc}") from exc
         self.usage = self.usage + reply.usage
         if reply.parsed is None:
-            raise _Failure(
+            failure = _Failure(
                 "validate",
                 f"{label}: invalid output after {reply.attempts} attempt(s) ({reply.mode}): {reply.error}",
                 reply.raw_text,
             )
+            if (reply.error or "").startswith(TRUNCATED_ERROR_PREFIX):
+                raise _Truncated(failure)
+            raise failure
         return reply.parsed
 
     def _split_further(self, text: str, depth: int, exc: RequestTooLargeError) -> list[str]:

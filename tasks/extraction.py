@@ -24,7 +24,6 @@ from typing import Any
 from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
-from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from prefect.states import State
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,15 +57,15 @@ class ExtractionCacheSettings(BaseSettings):
 
 def resolve_cache_storage(
     cache_dir: str | Path | None = None, storage_block: str | None = None
-) -> WritableFileSystem | str:
-    """The result storage of the extraction cache: a named block if configured, else a local folder."""
+) -> Path | str:
+    """The result storage of the extraction cache: a block slug if configured, else a local folder."""
     settings = ExtractionCacheSettings()
     block = storage_block or settings.cache_storage_block
     if block:
         return block  # Prefect resolves a block slug itself
     folder = Path(cache_dir if cache_dir is not None else settings.cache_dir).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    return LocalFileSystem(basepath=str(folder))
+    return folder
 
 
 class PaperExtractionFailed(Exception):

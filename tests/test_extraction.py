@@ -255,3 +255,29 @@ def test_cache_key_covers_what_shapes_the_answer_and_nothing_else() -> None:
     small = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400))
     smaller = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=500))
     assert extraction_cache_key(long_paper, BANK, "m", small) != extraction_cache_key(long_paper, BANK, "m", smaller)
+
+
+def _truncated_reply() -> TeacherReply[Any]:
+    return TeacherReply(
+        parsed=None, raw_text='{"answers": [{"question_id": "mark', attempts=3,
+        error="output truncated (finish_reason=length) on every one of 3 attempt(s)",
+        usage=TokenUsage(prompt_tokens=10, completion_tokens=5, requests=3),
+    )  # fmt: skip
+
+
+def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
+    from methyl_distill.extraction import TRUNCATED_ERROR_PREFIX
+    from methyl_distill.openai_teacher import TRUNCATED_ERROR
+
+    assert TRUNCATED_ERROR_PREFIX == TRUNCATED_ERROR  # the signal the core relies on
+    config = ExtractionConfig(max_split_depth=1)
+    teacher = QueuedTeacher([_truncated_reply(), *([_chunk_reply] * 10)])
+    record = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+    assert isinstance(record, PaperRecord) and record.chunks >= 2
+    assert record.usage.requests == 3 + record.chunks
+
+    teacher = QueuedTeacher([_truncated_reply()] * 10)
+    failure = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
+    assert isinstance(failure, FailureRecord) and failure.stage == "validate"
+    assert "output truncated" in failure.reason and failure.raw_output is not None
+    assert len(teacher.papers_seen) == 2  # whole paper, then its first half: depth limit reached
