@@ -1,0 +1,302 @@
+"""The dataset stage's core: extraction records -> chat samples -> quality rules -> splits -> files.
+
+`build_sft_dataset` needs no Prefect; the task and flow in tasks/ and flows/ wrap it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from methyl_distill.sft_dataset.config import DatasetConfig
+from methyl_distill.sft_dataset.dataset_card import render_card
+from methyl_distill.sft_dataset.dataset_writer import (
+    CARD_FILE,
+    DATASET_DICT_DIR,
+    SPLIT_FILES,
+    STATS_FILE,
+    check_output_directory,
+    make_staging_directory,
+    publish,
+    sample_line,
+    write_dataset_dict,
+    write_jsonl,
+)
+from methyl_distill.sft_dataset.deduplication import DuplicateFinder
+from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
+from methyl_distill.sft_dataset.record_reader import scan_records
+from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, unit_draw
+from methyl_distill.sft_dataset.sample_length import enforce_max_length, make_token_counter
+from methyl_distill.sft_dataset.splitting import SPLITS, split_by_paper
+
+logger = logging.getLogger(__name__)
+
+_LENGTH_BATCH_PAPERS = 512
+
+
+class EmptyDatasetError(ValueError):
+    """No usable sample survived the rules: nothing is written."""
+
+
+class SplitStats(BaseModel):
+    papers: int = 0
+    samples: int = 0
+    tokens: int = 0
+    max_tokens: int = 0
+    styles: dict[str, int] = Field(default_factory=dict)
+
+
+class DatasetSummary(BaseModel):
+    """What the dataset stage wrote, with string paths: the hand-over to training and the pipeline."""
+
+    output_directory: str
+    train_jsonl: str
+    val_jsonl: str
+    test_jsonl: str
+    dataset_dict: str
+    card: str
+    stats_json: str
+    splits: dict[str, SplitStats] = Field(
+        description="Per split (train, validation, test): counts and tokens."
+    )
+    records_files: dict[str, str] = Field(description="Each records file read and its sha256.")
+    records_read: int
+    corrupt_lines: list[str]
+    superseded_records: int
+    papers: int = Field(description="Papers (distinct contents) with a usable record.")
+    paper_status: dict[str, int] = Field(description="How papers were found: ok, changed, missing, ...")
+    missing_papers: list[str] = Field(
+        description="file_ids whose paper file could not be used, with the reason."
+    )
+    drops: dict[str, int] = Field(description="Samples (or markers) left out, by reason.")
+    flags: dict[str, int] = Field(description="Samples kept with a flag, by flag.")
+    markers_covered: dict[str, int] = Field(description="Samples per marker in the written dataset.")
+    token_counting: str
+    config: DatasetConfig
+    build_seconds: float
+
+    @property
+    def total_samples(self) -> int:
+        return sum(stats.samples for stats in self.splits.values())
+
+    def files_exist(self) -> bool:
+        paths = (
+            self.train_jsonl,
+            self.val_jsonl,
+            self.test_jsonl,
+            self.dataset_dict,
+            self.card,
+            self.stats_json,
+        )
+        return all(Path(path).exists() for path in paths)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cap_not_reported(samples: list[Sample], config: DatasetConfig, drops: Counter[str]) -> list[Sample]:
+    answered = sum(1 for s in samples if s.style == "grounded" and not s.not_reported)
+    candidates = [s for s in samples if s.not_reported]
+    share = config.not_reported_share
+    allowed = int(share / (1 - share) * answered) if share > 0 else 0
+    ranked = sorted(candidates, key=lambda s: unit_draw(config.seed, s.paper, "not_reported", s.question))
+    keep = {id(s) for s in ranked[:allowed]}
+    if len(candidates) > allowed:
+        drops["not_reported"] += len(candidates) - allowed
+    return [s for s in samples if not s.not_reported or id(s) in keep]
+
+
+def _messages(sample: Sample, system_prompt: str) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": sample.user}, {"role": "assistant", "content": sample.assistant}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def build_sft_dataset(
+    records: Sequence[str | Path],
+    output_directory: str | Path,
+    papers_directory: str | Path | None = None,
+    config: DatasetConfig | None = None,
+) -> DatasetSummary:
+    """Build the fine-tuning dataset from extraction records; see docs/dataset.md."""
+    started = time.monotonic()
+    config = config or DatasetConfig()
+    output = Path(output_directory).absolute()
+    check_output_directory(output)
+    if config.push_to_hub:
+        config.hub_token()  # fail before the work, not after
+    counter = make_token_counter(config)
+    library = PaperLibrary(papers_directory)
+    records_paths = [Path(path) for path in records]
+    scan = scan_records(records_paths, config.corrupt_lines)
+    logger.info(
+        "Read %d record lines from %d file(s): %d papers, %d superseded, %d corrupt",
+        scan.lines_read,
+        len(records_paths),
+        scan.paper_count,
+        scan.superseded,
+        len(scan.corrupt_lines),
+    )
+
+    builder = SampleBuilder(config)
+    drops: Counter[str] = Counter()
+    paper_status: Counter[str] = Counter()
+    missing: list[str] = []
+    samples: list[Sample] = []
+    batch: list[Sample] = []
+    batch_papers: dict[str, PaperText] = {}
+
+    for record in scan.iter_records():
+        paper = library.load(record.source_paths, record.content_sha256)
+        paper_status[paper.status] += 1
+        if paper.status not in ("ok", "changed"):
+            missing.append(f"{record.file_id}: {paper.status} ({paper.detail})")
+        elif paper.status == "changed":
+            logger.warning("%s: %s; grounding checks the current text", record.file_id, paper.detail)
+        built = builder.build(record, paper)
+        drops.update(built.drops)
+        batch.extend(built.samples)
+        if paper.text is not None:
+            batch_papers[record.content_sha256] = paper.text
+        if len(batch_papers) >= _LENGTH_BATCH_PAPERS:
+            samples.extend(enforce_max_length(batch, batch_papers, counter, config, drops))
+            batch, batch_papers = [], {}
+    samples.extend(enforce_max_length(batch, batch_papers, counter, config, drops))
+    del batch, batch_papers
+    if missing:
+        logger.warning(
+            "%d paper(s) could not be read for grounding (first: %s)", len(missing), "; ".join(missing[:3])
+        )
+
+    samples = _cap_not_reported(samples, config, drops)
+    finder = DuplicateFinder(config.near_duplicate_threshold, config.minhash_permutations, config.seed)
+    finder.add([sample.dedup_text for sample in samples])
+    verdict = finder.verdict()
+    drops["exact_duplicate"] += int(verdict.exact.sum())
+    drops["near_duplicate"] += int(verdict.near.sum())
+    samples = [sample for sample, keep in zip(samples, verdict.keep.tolist(), strict=True) if keep]
+    if not samples:
+        reasons = (
+            ", ".join(f"{reason}: {count}" for reason, count in drops.most_common()) or "no Q&A in records"
+        )
+        hint = ""
+        if papers_directory is None and config.grounding == "drop":
+            hint = " (no papers directory was given, so nothing could be grounded: pass papers_directory)"
+        raise EmptyDatasetError(
+            f"no usable samples from {scan.paper_count} paper(s) in {len(records_paths)} records file(s); "
+            f"left out: {reasons}{hint}. Nothing was written."
+        )
+
+    assignment = split_by_paper(
+        (s.paper for s in samples), config.val_fraction, config.test_fraction, config.seed
+    )
+    by_split: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    for sample in samples:
+        by_split[assignment[sample.paper]].append(sample)
+    del samples
+    split_stats: dict[str, SplitStats] = {}
+    flags: Counter[str] = Counter()
+    markers: Counter[str] = Counter()
+    staging = make_staging_directory(output)
+    try:
+        for split, split_samples in by_split.items():
+            random.Random(f"{config.seed}:{split}").shuffle(split_samples)
+            stats = SplitStats(papers=len({s.paper for s in split_samples}))
+            styles: Counter[str] = Counter()
+            for sample in split_samples:
+                styles[sample.style] += 1
+                flags.update(sample.flags)
+                markers.update(sample.markers)
+                stats.tokens += sample.tokens
+                stats.max_tokens = max(stats.max_tokens, sample.tokens)
+            stats.styles = dict(sorted(styles.items()))
+            lines = (
+                sample_line(
+                    _messages(sample, config.system_prompt),
+                    {
+                        "file_id": sample.file_id,
+                        "style": sample.style,
+                        "flags": list(sample.flags),
+                        "markers": list(sample.markers),
+                        "tokens": sample.tokens,
+                    }
+                    if config.include_meta
+                    else None,
+                )
+                for sample in split_samples
+            )
+            stats.samples = write_jsonl(staging / SPLIT_FILES[split], lines)
+            split_stats[split] = stats
+        by_split.clear()
+        write_dataset_dict(staging, config.include_meta)
+        summary = DatasetSummary(
+            output_directory=str(output),
+            train_jsonl=str(output / SPLIT_FILES["train"]),
+            val_jsonl=str(output / SPLIT_FILES["validation"]),
+            test_jsonl=str(output / SPLIT_FILES["test"]),
+            dataset_dict=str(output / DATASET_DICT_DIR),
+            card=str(output / CARD_FILE),
+            stats_json=str(output / STATS_FILE),
+            splits=split_stats,
+            records_files={str(path): file_sha256(path) for path in records_paths},
+            records_read=scan.lines_read,
+            corrupt_lines=scan.corrupt_lines,
+            superseded_records=scan.superseded,
+            papers=scan.paper_count,
+            paper_status=dict(sorted(paper_status.items())),
+            missing_papers=missing,
+            drops=dict(sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: (-kv[1], kv[0]))),
+            flags=dict(sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))),
+            markers_covered=dict(sorted(markers.items(), key=lambda kv: (-kv[1], kv[0]))),
+            token_counting=counter.description,
+            config=config,
+            build_seconds=round(time.monotonic() - started, 3),
+        )
+        (staging / STATS_FILE).write_text(summary.model_dump_json(indent=2), encoding="utf-8")
+        (staging / CARD_FILE).write_text(render_card(summary), encoding="utf-8")
+        publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if config.push_to_hub:
+        push_dataset_to_hub(summary)
+    logger.info(
+        "Dataset: %s samples (train/val/test), %d dropped, in %.1f s",
+        "/".join(str(split_stats[s].samples) for s in SPLITS),
+        sum(drops.values()),
+        summary.build_seconds,
+    )
+    return summary
+
+
+def push_dataset_to_hub(summary: DatasetSummary) -> None:
+    """Push the DatasetDict and the card to the Hugging Face Hub (opt-in; the token comes from the env)."""
+    import os
+
+    from datasets import load_from_disk
+    from huggingface_hub import HfApi
+
+    config = summary.config
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        raise RuntimeError("push_to_hub is on but HF_HUB_OFFLINE is set: the hub cannot be reached")
+    token = config.hub_token().get_secret_value()
+    repo_id = config.hub_repo_id or ""
+    load_from_disk(summary.dataset_dict).push_to_hub(repo_id, private=config.hub_private, token=token)
+    HfApi(token=token).upload_file(
+        path_or_fileobj=summary.card, path_in_repo="README.md", repo_id=repo_id, repo_type="dataset"
+    )
+    logger.info("Pushed the dataset to the hub as %s", repo_id)

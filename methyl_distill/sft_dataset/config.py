@@ -1,0 +1,219 @@
+"""Configuration of the dataset stage: one validated, documented pydantic model.
+
+`DatasetConfig.from_toml` loads the shipped `data/dataset.toml` (or a copy of yours); every field has
+a default, so an empty file (or no file) is a valid configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are an expert in DNA methylation biomarkers. Answer precisely and only with what the evidence "
+    "supports: name markers by gene symbol or CpG probe id, state the direction of methylation, the "
+    "condition, the sample type, the assay and the reported performance."
+)
+DEFAULT_GROUNDED_TEMPLATE = "Excerpt from a research paper:\n\n{excerpt}\n\nQuestion: {question}"
+DEFAULT_EXTRACTION_TEMPLATE = (
+    "Extract every DNA methylation marker reported in this excerpt of a research paper as JSON: "
+    '{{"markers": [...]}}, one record per marker with its gene, CpG sites, region, direction, condition, '
+    "sample types, assays, clinical uses, performance, related findings and verbatim evidence quotes.\n\n"
+    "Excerpt:\n\n{excerpt}"
+)
+
+
+class DatasetConfigError(ValueError):
+    """A dataset configuration file or value that cannot be used."""
+
+
+class SampleMix(BaseModel):
+    """How Q&A pairs and marker records become samples of the three styles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    closed_book: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Weight of closed-book samples (the question alone -> the answer) among Q&A pairs whose question "
+            "stands on its own (names a marker of the paper and does not refer to 'the paper' or 'the "
+            "study'). Each such pair becomes one sample, closed-book or grounded, drawn by these weights."
+        ),
+    )
+    grounded: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Weight of grounded samples (a paper excerpt around the evidence + the question -> the answer). "
+            "Questions that need their paper ('Which assay did the study use?') are always grounded, "
+            "unless this weight is 0, which drops them."
+        ),
+    )
+    extraction: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description=(
+            "Share of papers (0-1) that yield structured-extraction samples: excerpts -> the JSON marker "
+            "records whose evidence they contain."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _something_selected(self) -> SampleMix:
+        if self.closed_book == 0 and self.grounded == 0 and self.extraction == 0:
+            raise ValueError("sample mix selects nothing: closed_book, grounded and extraction are all 0")
+        return self
+
+
+class DatasetConfig(BaseModel):
+    """Everything that shapes the fine-tuning dataset; part of the build's cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mix: SampleMix = Field(default_factory=SampleMix, description="Sample styles and their proportions.")
+    system_prompt: str = Field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        description="System message of every sample; '' writes samples without a system message.",
+    )
+    grounded_template: str = Field(
+        default=DEFAULT_GROUNDED_TEMPLATE,
+        description="User message of grounded samples; must contain {excerpt} and {question}.",
+    )
+    extraction_template: str = Field(
+        default=DEFAULT_EXTRACTION_TEMPLATE,
+        description="User message of structured-extraction samples; must contain {excerpt}.",
+    )
+    excerpt_chars: int = Field(
+        default=1500,
+        ge=200,
+        description="Characters of a grounded sample's excerpt: the evidence plus the context around it.",
+    )
+    extraction_excerpt_chars: int = Field(
+        default=3000,
+        ge=200,
+        description="Budget in characters of one structured-extraction excerpt; markers are packed in order.",
+    )
+    not_reported_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description=(
+            "Answers saying the paper does not report something are kept only as grounded samples (with the "
+            "paper's opening as excerpt), at most this share of the grounded Q&A samples; the rest are "
+            "dropped as 'not_reported'. Closed-book they would be meaningless."
+        ),
+    )
+    seed: int = Field(default=13, description="Seed of the style draw and of the train/val/test split.")
+    val_fraction: float = Field(
+        default=0.05, ge=0, lt=1, description="Share of papers in the validation split."
+    )
+    test_fraction: float = Field(default=0.05, ge=0, lt=1, description="Share of papers in the test split.")
+    grounding: Literal["drop", "flag"] = Field(
+        default="drop",
+        description=(
+            "Samples whose evidence quotes are not all found in the source paper (or whose paper file is "
+            "missing): 'drop' them, or 'flag' them (kept, with the reason in meta.flags)."
+        ),
+    )
+    min_quote_chars: int = Field(
+        default=12,
+        ge=1,
+        description="Quotes with fewer letters and digits than this are too short to count as evidence.",
+    )
+    length_policy: Literal["drop", "truncate"] = Field(
+        default="drop",
+        description=(
+            "Samples longer than max_length tokens: 'drop' them, or 'truncate' their excerpt around the "
+            "evidence until they fit (samples without an excerpt that are too long are dropped)."
+        ),
+    )
+    max_length: int = Field(
+        default=2048, ge=64, description="The student's training max length in tokens (whole conversation)."
+    )
+    student_tokenizer: str | None = Field(
+        default=None,
+        description=(
+            "A LOCAL folder with the student's tokenizer (transformers AutoTokenizer) to count tokens "
+            "exactly; without it, tokens are estimated (methyl_distill.token_count)."
+        ),
+    )
+    near_duplicate_threshold: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description=(
+            "Estimated Jaccard similarity of word-bigram shingles above which two samples are near "
+            "duplicates (MinHash/LSH); 1.0 removes exact duplicates only."
+        ),
+    )
+    minhash_permutations: int = Field(default=64, ge=8, le=512, description="MinHash signature length.")
+    corrupt_lines: Literal["skip", "fail"] = Field(
+        default="skip",
+        description="A records line that is not a valid PaperRecord: 'skip' it (logged, counted) or 'fail'.",
+    )
+    include_meta: bool = Field(
+        default=True,
+        description=(
+            "Write a 'meta' object (paper, style, flags) beside 'messages' in each line; ms-swift ignores it."
+        ),
+    )
+    push_to_hub: bool = Field(
+        default=False, description="Push the DatasetDict and card to the Hugging Face Hub."
+    )
+    hub_repo_id: str | None = Field(default=None, description="Hub dataset id, e.g. 'org/methyl-sft'.")
+    hub_private: bool = Field(default=True, description="Create the hub repository as private.")
+    hub_token_env: str = Field(
+        default="HF_TOKEN", description="Environment variable holding the hub token (never stored)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must leave papers for training (sum < 1)")
+        for name, placeholders in (
+            ("grounded_template", ("{excerpt}", "{question}")),
+            ("extraction_template", ("{excerpt}",)),
+        ):
+            template = getattr(self, name)
+            missing = [p for p in placeholders if p not in template]
+            if missing:
+                raise ValueError(f"{name} lacks {', '.join(missing)}")
+            try:
+                template.format(excerpt="", question="")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{name} is not a valid format string: {exc!r}") from exc
+        if self.push_to_hub and not self.hub_repo_id:
+            raise ValueError("push_to_hub needs hub_repo_id")
+        return self
+
+    def hub_token(self) -> SecretStr:
+        """The hub token from the environment; raises a clear error when it is not set."""
+        token = os.environ.get(self.hub_token_env, "")
+        if not token:
+            raise DatasetConfigError(f"push_to_hub is on but ${self.hub_token_env} is not set")
+        return SecretStr(token)
+
+    def fingerprint(self) -> str:
+        """Canonical JSON of the configuration (for cache keys and the dataset card)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> DatasetConfig:
+        path = Path(path)
+        try:
+            data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise DatasetConfigError(f"{path}: dataset config file not found") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise DatasetConfigError(f"{path}: not valid TOML: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise DatasetConfigError(f"{path}: invalid dataset config:\n{exc}") from exc

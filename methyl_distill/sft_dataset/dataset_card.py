@@ -1,0 +1,141 @@
+"""The dataset card (README.md): Hugging Face metadata header, counts, tokens, markers, drops, config."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from methyl_distill.sft_dataset.build import DatasetSummary
+
+_SPLIT_TITLES = {"train": "train", "validation": "validation", "test": "test"}
+_TOP_MARKERS = 40
+
+
+def _size_category(samples: int) -> str:
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if samples < limit:
+            return label
+    return "1M<n<10M"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def statistics_markdown(summary: DatasetSummary) -> str:
+    """Splits, drops and flags as markdown tables (also the Prefect artifact)."""
+    split_rows: list[tuple[object, ...]] = []
+    for split, stats in summary.splits.items():
+        mean = stats.tokens / stats.samples if stats.samples else 0
+        styles = ", ".join(f"{style} {count}" for style, count in stats.styles.items()) or "-"
+        split_rows.append(
+            (split, stats.papers, stats.samples, stats.tokens, f"{mean:.0f}", stats.max_tokens, styles)
+        )
+    parts = [
+        "## Splits",
+        _table(("split", "papers", "samples", "tokens", "mean tokens", "max tokens", "styles"), split_rows),
+        f"Tokens are {summary.token_counting}; max length {summary.config.max_length}.",
+        "## Left out",
+        _table(("reason", "count"), list(summary.drops.items()))
+        if summary.drops
+        else "Nothing was left out.",
+        "## Kept with a flag",
+        _table(("flag", "samples"), list(summary.flags.items()))
+        if summary.flags
+        else "No sample is flagged.",
+    ]
+    return "\n\n".join(parts)
+
+
+def render_card(summary: DatasetSummary) -> str:
+    total = summary.total_samples
+    header = [
+        "---",
+        "language:",
+        "- en",
+        "task_categories:",
+        "- text-generation",
+        "- question-answering",
+        "tags:",
+        "- dna-methylation",
+        "- biomarkers",
+        "- sft",
+        "- methyl-distill",
+        f"size_categories:\n- {_size_category(total)}",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: train.jsonl",
+        "  - split: validation",
+        "    path: val.jsonl",
+        "  - split: test",
+        "    path: test.jsonl",
+        "---",
+    ]
+    status = ", ".join(f"{name} {count}" for name, count in summary.paper_status.items())
+    records = "\n".join(f"- `{path}` (sha256 `{sha}`)" for path, sha in summary.records_files.items())
+    markers = list(summary.markers_covered.items())
+    marker_lines = (
+        _table(("marker", "samples"), markers[:_TOP_MARKERS])
+        + (f"\n\n... and {len(markers) - _TOP_MARKERS} more." if len(markers) > _TOP_MARKERS else "")
+        if markers
+        else "No marker is named in the samples."
+    )
+    missing = ""
+    if summary.missing_papers:
+        shown = "\n".join(f"- {line}" for line in summary.missing_papers[:20])
+        more = (
+            f"\n- ... and {len(summary.missing_papers) - 20} more" if len(summary.missing_papers) > 20 else ""
+        )
+        missing = f"\n\nPapers that could not be read for grounding:\n\n{shown}{more}"
+    corrupt = ""
+    if summary.corrupt_lines:
+        corrupt = "\n\nCorrupt record lines skipped:\n\n" + "\n".join(
+            f"- {line}" for line in summary.corrupt_lines[:20]
+        )
+    body = f"""# methyl-distill SFT dataset
+
+Chat samples distilled from teacher extractions of DNA-methylation marker papers, in the
+`{{"messages": [...]}}` format that ms-swift, TRL and OpenAI fine-tuning read. Each line also carries a
+`meta` object (paper file id, sample style, flags, markers, tokens) unless `include_meta` is off.
+The same splits are saved as a Hugging Face `DatasetDict` in `dataset_dict/`. Splits are by paper:
+no paper contributes samples to two splits.
+
+Sample styles: **closed_book** (the question alone -> the answer), **grounded** (a paper excerpt
+around the evidence + the question -> the answer), **extraction** (an excerpt -> JSON marker records).
+
+{total} samples from {summary.papers} papers. {statistics_markdown(summary)}
+
+## Markers covered
+
+{len(markers)} distinct markers.
+
+{marker_lines}
+
+## Inputs
+
+Records files ({summary.records_read} lines read, {summary.superseded_records} superseded by newer
+records of the same paper, {len(summary.corrupt_lines)} corrupt):
+
+{records}
+
+Papers: {status}.{missing}{corrupt}
+
+## Configuration
+
+```json
+{json.dumps(summary.config.model_dump(mode="json"), indent=2, sort_keys=True)}
+```
+
+Built in {summary.build_seconds:.1f} s.
+"""
+    return "\n".join(header) + "\n\n" + body

@@ -1,0 +1,241 @@
+"""A paper's text for grounding: find evidence quotes tolerantly and cut excerpts around them.
+
+Quotes are matched on a *skeleton* of the text: NFKC-normalised, lower-cased, letters and digits only.
+That is tolerant of whitespace, line breaks, hyphenation ('methyl-\\nation'), typographic quotes and
+dashes, ligatures and punctuation, while still demanding the same words in the same order. A quote
+with an ellipsis ('the SEPT9 ... assay') matches when each of its fragments occurs. Every skeleton
+character keeps the offset of its source character, so a match maps back to a span of the text for
+the excerpt. The skeleton is built with numpy lookup tables: a few microseconds per kilobyte.
+
+`PaperLibrary` finds a record's paper under the papers directory from its `source_paths` and says
+why when it cannot ('missing', 'unreadable', 'outside_directory').
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from methyl_distill.papers import content_sha256, normalise_text
+
+_ELLIPSIS = re.compile(r"\[?\s*(?:\.\s*){3,}\]?")
+_SENTENCE_START = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_WHITESPACE = re.compile(r"\s")
+_LINE_HYPHEN = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
+_PARAGRAPH = re.compile(r"\s*\n\s*\n\s*")
+_SPACES = re.compile(r"\s+")
+ELISION = "[...]"
+
+
+@cache
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    """For every code point of the Basic Multilingual Plane: is it a letter/digit, and its lower case."""
+    chars = [chr(code) for code in range(0x10000)]
+    alnum = np.fromiter((char.isalnum() for char in chars), dtype=bool, count=0x10000)
+    lowered = [char.lower() for char in chars]
+    lower = np.fromiter(
+        (ord(low) if len(low) == 1 else code for code, low in enumerate(lowered)),
+        dtype=np.uint32,
+        count=0x10000,
+    )
+    return alnum, lower
+
+
+def _skeleton(text: str) -> tuple[str, np.ndarray]:
+    """The letters and digits of `text`, lower-cased, and the offset in `text` of each of them."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    alnum, lower = _tables()
+    if codes.size and int(codes.max()) >= 0x10000:  # astral characters: rare, decided one by one
+        bmp = np.minimum(codes, 0xFFFF)
+        keep = alnum[bmp]
+        folded = lower[bmp]
+        for index in np.flatnonzero(codes >= 0x10000):
+            char = chr(int(codes[index]))
+            keep[index] = char.isalnum()
+            folded[index] = codes[index]
+    else:
+        keep = alnum[codes]
+        folded = lower[codes]
+    offsets = np.flatnonzero(keep)
+    return folded[keep].astype("<u4").tobytes().decode("utf-32-le"), offsets
+
+
+def fold_quote(quote: str) -> list[str]:
+    """The skeletons of a quote's fragments (split at ellipses), empty fragments left out."""
+    normalised = unicodedata.normalize("NFKC", quote)
+    fragments = [_skeleton(part)[0] for part in _ELLIPSIS.split(normalised)]
+    return [fragment for fragment in fragments if fragment]
+
+
+QuoteStatus = Literal["found", "missing", "too_short"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedQuote:
+    status: QuoteStatus
+    spans: tuple[tuple[int, int], ...] = ()
+
+
+class PaperText:
+    """A paper's display text (NFKC, no soft hyphens) with its skeleton for quote matching."""
+
+    __slots__ = ("_offsets", "skeleton", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = unicodedata.normalize("NFKC", text).replace("\u00ad", "")
+        self.skeleton, self._offsets = _skeleton(self.text)
+
+    def locate(self, quote: str, min_chars: int = 1) -> LocatedQuote:
+        """Where `quote` occurs: every fragment must be found (in order where possible)."""
+        fragments = fold_quote(quote)
+        if sum(len(fragment) for fragment in fragments) < min_chars:
+            return LocatedQuote("too_short")
+        spans = []
+        cursor = 0
+        for fragment in fragments:
+            position = self.skeleton.find(fragment, cursor)
+            if position < 0:
+                position = self.skeleton.find(fragment)
+                if position < 0:
+                    return LocatedQuote("missing")
+            cursor = position + len(fragment)
+            spans.append((int(self._offsets[position]), int(self._offsets[cursor - 1]) + 1))
+        return LocatedQuote("found", tuple(spans))
+
+    def excerpt(self, spans: list[tuple[int, int]], budget: int) -> str | None:
+        """Text around `spans` of at most about `budget` characters, or None if the spans alone exceed it.
+
+        Windows around the spans share the budget left after the spans; windows that meet are merged;
+        edges snap to a sentence boundary near the edge, else to a word boundary. Gaps and cut edges
+        are marked '[...]'.
+        """
+        if not spans:
+            return self.opening(budget)
+        merged: list[list[int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        evidence_chars = sum(end - start for start, end in merged)
+        if evidence_chars > budget:
+            return None
+        margin = (budget - evidence_chars) // (2 * len(merged))
+        windows: list[list[int]] = []
+        for start, end in merged:
+            left, right = max(0, start - margin), min(len(self.text), end + margin)
+            window = [self._snap_start(left, start), self._snap_end(end, right), start, end]
+            if windows and window[0] <= windows[-1][1]:
+                windows[-1][1] = max(windows[-1][1], window[1])
+                windows[-1][3] = window[3]
+            else:
+                windows.append(window)
+        pieces = []
+        for left, right, _, _ in windows:
+            pieces.append(clean_excerpt(self.text[left:right]))
+        body = f" {ELISION} ".join(pieces)
+        if windows[0][0] > 0:
+            body = f"{ELISION} {body}"
+        if windows[-1][1] < len(self.text):
+            body = f"{body} {ELISION}"
+        return body
+
+    def opening(self, budget: int) -> str:
+        """The paper's beginning, up to a sentence end within `budget` characters."""
+        right = self._snap_end(0, min(len(self.text), budget))
+        body = clean_excerpt(self.text[:right])
+        return body if right >= len(self.text) else f"{body} {ELISION}"
+
+    def _snap_start(self, left: int, evidence_start: int) -> int:
+        if left == 0:
+            return 0
+        half = left + (evidence_start - left) // 2
+        sentence = _SENTENCE_START.search(self.text, left, half)
+        if sentence:
+            return sentence.end()
+        space = _WHITESPACE.search(self.text, left, evidence_start)
+        return space.end() if space else evidence_start
+
+    def _snap_end(self, evidence_end: int, right: int) -> int:
+        if right >= len(self.text):
+            return len(self.text)
+        half = evidence_end + (right - evidence_end) // 2
+        last_end = None
+        for match in _SENTENCE_END.finditer(self.text, half, right):
+            last_end = match.end()
+        if last_end is not None:
+            return last_end
+        space = self.text.rfind(" ", evidence_end, right)
+        newline = self.text.rfind("\n", evidence_end, right)
+        cut = max(space, newline)
+        return cut if cut > evidence_end else evidence_end
+
+
+def clean_excerpt(text: str) -> str:
+    """Undo hard line wrapping: join hyphenated line breaks, keep paragraphs, collapse other whitespace."""
+    text = _LINE_HYPHEN.sub("", text)
+    paragraphs = _PARAGRAPH.split(text.strip())
+    return "\n\n".join(_SPACES.sub(" ", paragraph) for paragraph in paragraphs if paragraph)
+
+
+PaperStatus = Literal["ok", "changed", "missing", "unreadable", "outside_directory", "no_directory"]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPaper:
+    status: PaperStatus
+    text: PaperText | None = None
+    path: str | None = None
+    detail: str = ""
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
+
+
+class PaperLibrary:
+    """Finds the paper of a record under the papers directory (the extraction's input directory)."""
+
+    def __init__(self, papers_directory: str | Path | None) -> None:
+        self.root = Path(papers_directory).resolve() if papers_directory is not None else None
+        if self.root is not None and not self.root.is_dir():
+            raise FileNotFoundError(f"{papers_directory}: papers directory not found")
+
+    def load(self, source_paths: list[str], content_sha: str) -> LoadedPaper:
+        """The first of `source_paths` whose content still has `content_sha`; else a readable one
+        flagged 'changed'; else the reason none could be used."""
+        if self.root is None:
+            return LoadedPaper("no_directory", detail="no papers directory given")
+        fallback: LoadedPaper | None = None
+        problem = LoadedPaper("missing", detail=f"none of {source_paths} exists under {self.root}")
+        for relative in source_paths:
+            path = (self.root / relative).resolve()
+            if not path.is_relative_to(self.root):
+                problem = LoadedPaper("outside_directory", detail=f"{relative} lies outside {self.root}")
+                continue
+            try:
+                text = normalise_text(_decode(path.read_bytes()))
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                problem = LoadedPaper("unreadable", path=str(path), detail=f"{relative}: {exc}")
+                continue
+            if content_sha256(text) == content_sha:
+                return LoadedPaper("ok", PaperText(text), str(path))
+            if fallback is None:
+                fallback = LoadedPaper(
+                    "changed",
+                    PaperText(text),
+                    str(path),
+                    detail=f"{relative}: content differs from the record",
+                )
+        return fallback or problem

@@ -1,0 +1,332 @@
+"""Turning one paper's record into chat samples of three styles, with the quality and grounding rules.
+
+- closed-book: the question alone -> the answer. Only for questions that stand on their own: they
+  name a marker of the paper (gene symbol, marker name or CpG id) and do not refer to "the paper",
+  "this study" or "the authors".
+- grounded: an excerpt of the paper around the answer's evidence + the question -> the answer.
+- extraction: an excerpt around markers' evidence -> `{"markers": [...]}` with those marker records.
+
+Every Q&A pair or marker that does not become a sample is counted under a reason in `drops`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from methyl_distill.records import MarkerRecord, PaperRecord
+from methyl_distill.sft_dataset.config import DatasetConfig
+from methyl_distill.sft_dataset.paper_text import LoadedPaper, PaperText
+
+Style = Literal["closed_book", "grounded", "extraction"]
+
+_NOT_REPORTED = re.compile(
+    r"^\W*(?:not\s+(?:reported|stated|mentioned|specified|described|given|available|provided|addressed)"
+    r"|no\s+(?:information|data|details?)\b|none\s+(?:reported|stated)|n/?a\W*$|unknown\W*$"
+    r"|(?:the\s+)?(?:paper|study|text|article|excerpt)\s+does\s+not\s+(?:report|state|mention|specify|provide))",
+    re.IGNORECASE,
+)
+_REFERS_TO_SOURCE = re.compile(
+    r"\b(?:th(?:is|e|at)\s+(?:paper|study|article|report|manuscript|publication|text|excerpt|work|cohort|trial"
+    r"|analysis|authors?)|these\s+(?:authors|patients|samples|markers))\b",
+    re.IGNORECASE,
+)
+_WORDS = re.compile(r"[\w\-.]+")
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def unit_draw(seed: int, *parts: object) -> float:
+    """A deterministic uniform number in [0, 1) from the seed and `parts` (independent of PYTHONHASHSEED)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def is_not_reported(answer: str) -> bool:
+    return bool(_NOT_REPORTED.match(answer.strip()))
+
+
+def _normalised_words(text: str) -> str:
+    return " ".join(_WORDS.findall(text.casefold()))
+
+
+@dataclass(slots=True)
+class Sample:
+    """One chat sample under construction; `spans` lets the length rules re-cut its excerpt."""
+
+    paper: str
+    file_id: str
+    style: Style
+    user: str
+    assistant: str
+    dedup_text: str
+    flags: tuple[str, ...] = ()
+    markers: tuple[str, ...] = ()
+    spans: tuple[tuple[int, int], ...] | None = None
+    question: str | None = None
+    excerpt_budget: int = 0
+    not_reported: bool = False
+    tokens: int = 0
+
+
+@dataclass
+class PaperSamples:
+    samples: list[Sample] = field(default_factory=list)
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class _QA:
+    question: str
+    answer: str
+    evidence: tuple[str, ...]
+    origin: str
+
+
+def _marker_terms(markers: list[MarkerRecord]) -> dict[str, str]:
+    """Single-word names by which a question can name a marker of the paper: term -> display name."""
+    terms: dict[str, str] = {}
+    for marker in markers:
+        display = marker.gene or marker.marker
+        for term in (marker.gene, marker.marker, *marker.cpg_sites):
+            if term and len(term) >= 3 and " " not in term.strip():
+                terms[term.strip().casefold()] = display
+    return terms
+
+
+def _mentioned(text: str, terms: dict[str, str]) -> tuple[str, ...]:
+    words = {word.strip(".-") for word in _WORDS.findall(text.casefold())}
+    return tuple(sorted({terms[word] for word in words if word in terms}))
+
+
+class SampleBuilder:
+    """Builds the samples of one paper at a time under one configuration."""
+
+    def __init__(self, config: DatasetConfig) -> None:
+        self.config = config
+        mix = config.mix
+        total = mix.closed_book + mix.grounded
+        self._closed_book_share = mix.closed_book / total if total else 0.0
+
+    def build(self, record: PaperRecord, paper: LoadedPaper) -> PaperSamples:
+        out = PaperSamples()
+        terms = _marker_terms(record.markers)
+        items = [
+            _QA(a.question, a.answer, tuple(a.evidence), f"bank:{a.question_id}") for a in record.answers
+        ]
+        items += [_QA(q.question, q.answer, tuple(q.evidence), "additional") for q in record.additional_qa]
+        if self.config.mix.closed_book > 0 or self.config.mix.grounded > 0:
+            for index, item in enumerate(items):
+                sample = self._qa_sample(record, paper, item, index, terms, out.drops)
+                if sample is not None:
+                    out.samples.append(sample)
+        if record.markers and unit_draw(self.config.seed, record.content_sha256, "extraction") < (
+            self.config.mix.extraction
+        ):
+            out.samples.extend(self._extraction_samples(record, paper, out.drops))
+        return out
+
+    # --- Q&A --------------------------------------------------------------------------------------
+
+    def _qa_sample(
+        self,
+        record: PaperRecord,
+        paper: LoadedPaper,
+        item: _QA,
+        index: int,
+        terms: dict[str, str],
+        drops: Counter[str],
+    ) -> Sample | None:
+        config = self.config
+        question, answer = item.question.strip(), item.answer.strip()
+        if not question:
+            drops["empty_question"] += 1
+            return None
+        if not answer:
+            drops["empty_answer"] += 1
+            return None
+        if not _ALNUM.search(answer):
+            drops["answer_without_content"] += 1
+            return None
+        if _normalised_words(answer) == _normalised_words(question):
+            drops["answer_repeats_question"] += 1
+            return None
+        text = paper.text
+        if is_not_reported(answer):
+            if config.not_reported_share == 0 or config.mix.grounded == 0:
+                drops["not_reported"] += 1
+                return None
+            if text is None:
+                drops[f"paper_{paper.status}"] += 1
+                return None
+            return self._grounded(record, text, question, answer, (), (), index, not_reported=True)
+
+        self_contained = not _REFERS_TO_SOURCE.search(question) and bool(_mentioned(question, terms))
+        markers = _mentioned(f"{question} {answer}", terms)
+        flags: list[str] = []
+        spans: list[tuple[int, int]] = []
+        if paper.status == "changed":
+            flags.append("paper_changed")
+        if text is None:
+            if config.grounding == "drop" or not self_contained or config.mix.closed_book == 0:
+                drops[f"paper_{paper.status}"] += 1
+                return None
+            flags.append("grounding_unchecked")
+        else:
+            usable = 0
+            missing = 0
+            for quote in item.evidence:
+                located = text.locate(quote, config.min_quote_chars)
+                if located.status == "found":
+                    usable += 1
+                    spans.extend(located.spans)
+                elif located.status == "missing":
+                    usable += 1
+                    missing += 1
+            problem = "no_evidence" if usable == 0 else "ungrounded" if missing else None
+            if problem is not None:
+                if config.grounding == "drop":
+                    drops[problem] += 1
+                    return None
+                flags.append(problem)
+
+        wants_closed_book = self_contained and (
+            text is None
+            or unit_draw(config.seed, record.content_sha256, "style", index) < self._closed_book_share
+        )
+        if wants_closed_book:
+            return Sample(
+                paper=record.content_sha256,
+                file_id=record.file_id,
+                style="closed_book",
+                user=question,
+                assistant=answer,
+                dedup_text=f"{question}\n{answer}",
+                flags=tuple(flags),
+                markers=markers,
+            )
+        if config.mix.grounded == 0:
+            drops["needs_context_but_grounded_off"] += 1
+            return None
+        if text is None or not spans:
+            drops["ungrounded" if text is not None else f"paper_{paper.status}"] += 1
+            return None
+        sample = self._grounded(record, text, question, answer, tuple(spans), markers, index, flags=flags)
+        if sample is None:
+            drops["evidence_exceeds_excerpt"] += 1
+            return None
+        sample.dedup_text = f"{question}\n{answer}\n" + "\n".join(item.evidence)
+        return sample
+
+    def _grounded(
+        self,
+        record: PaperRecord,
+        text: PaperText,
+        question: str,
+        answer: str,
+        spans: tuple[tuple[int, int], ...],
+        markers: tuple[str, ...],
+        index: int,
+        *,
+        not_reported: bool = False,
+        flags: list[str] | None = None,
+    ) -> Sample | None:
+        budget = self.config.excerpt_chars
+        excerpt = text.excerpt(list(spans), budget)
+        if excerpt is None:
+            return None
+        return Sample(
+            paper=record.content_sha256,
+            file_id=record.file_id,
+            style="grounded",
+            user=self.config.grounded_template.format(excerpt=excerpt, question=question),
+            assistant=answer,
+            # A 'not reported' answer is told apart by the paper it is about, i.e. its excerpt.
+            dedup_text=f"{question}\n{answer}\n{excerpt[:300]}" if not_reported else f"{question}\n{answer}",
+            flags=tuple(flags or ()),
+            markers=markers,
+            spans=spans,
+            question=question,
+            excerpt_budget=budget,
+            not_reported=not_reported,
+        )
+
+    # --- structured extraction --------------------------------------------------------------------
+
+    def _extraction_samples(
+        self, record: PaperRecord, paper: LoadedPaper, drops: Counter[str]
+    ) -> list[Sample]:
+        config = self.config
+        text = paper.text
+        if text is None:
+            drops[f"paper_{paper.status}"] += 1
+            return []
+        located: list[tuple[int, MarkerRecord, tuple[tuple[int, int], ...], bool]] = []
+        for marker in record.markers:
+            spans: list[tuple[int, int]] = []
+            missing = 0
+            for quote in marker.evidence:
+                found = text.locate(quote, config.min_quote_chars)
+                if found.status == "found":
+                    spans.extend(found.spans)
+                elif found.status == "missing":
+                    missing += 1
+            if not spans or (missing and config.grounding == "drop"):
+                drops["marker_ungrounded"] += 1
+                continue
+            located.append((min(start for start, _ in spans), marker, tuple(spans), missing > 0))
+        located.sort(key=lambda entry: entry[0])
+
+        # Pack markers in document order while their evidence fills at most 60% of the excerpt budget.
+        budget = config.extraction_excerpt_chars
+        groups: list[list[tuple[int, MarkerRecord, tuple[tuple[int, int], ...], bool]]] = []
+        used = 0
+        for entry in located:
+            chars = sum(end - start for start, end in entry[2])
+            if chars > budget:
+                drops["evidence_exceeds_excerpt"] += 1
+                continue
+            if groups and used + chars <= 0.6 * budget:
+                groups[-1].append(entry)
+                used += chars
+            else:
+                groups.append([entry])
+                used = chars
+        samples = []
+        for group in groups:
+            spans = tuple(span for entry in group for span in entry[2])
+            excerpt = text.excerpt(list(spans), budget)
+            if excerpt is None:
+                drops["evidence_exceeds_excerpt"] += 1
+                continue
+            target = json.dumps(
+                {"markers": [entry[1].model_dump(mode="json") for entry in group]}, ensure_ascii=False
+            )
+            flags = ["ungrounded"] if any(entry[3] for entry in group) else []
+            if paper.status == "changed":
+                flags.append("paper_changed")
+            samples.append(
+                Sample(
+                    paper=record.content_sha256,
+                    file_id=record.file_id,
+                    style="extraction",
+                    user=config.extraction_template.format(excerpt=excerpt),
+                    assistant=target,
+                    dedup_text=target,
+                    flags=tuple(flags),
+                    markers=tuple(sorted({entry[1].gene or entry[1].marker for entry in group})),
+                    spans=spans,
+                    excerpt_budget=budget,
+                )
+            )
+        return samples
+
+
+def render_user(sample: Sample, config: DatasetConfig, excerpt: str) -> str:
+    """The user message of an excerpt-bearing sample with a new excerpt."""
+    if sample.style == "extraction":
+        return config.extraction_template.format(excerpt=excerpt)
+    return config.grounded_template.format(excerpt=excerpt, question=sample.question)

@@ -1,0 +1,74 @@
+"""The dataset task: `build_sft_dataset` with Prefect caching around it.
+
+The cache key is everything that decides the dataset: the content (sha256) of every records file,
+the papers directory's files (relative path, size and modification time: a changed paper changes
+the key), the configuration, the output directory and the source of the dataset code itself. A
+cached result is only trusted while its files exist: the flow rebuilds when they are gone.
+Results are persisted as JSON beside the extraction cache (METHYL_DISTILL_CACHE_DIR or a storage
+block, see tasks.extraction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+
+from methyl_distill.sft_dataset import DatasetConfig, DatasetSummary, build_sft_dataset
+from methyl_distill.sft_dataset.build import file_sha256
+
+
+@cache
+def _code_fingerprint() -> str:
+    import methyl_distill.sft_dataset as package
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(package.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def papers_fingerprint(papers_directory: str | None) -> str:
+    """A digest of the files under the papers directory: relative path, size, modification time."""
+    if papers_directory is None:
+        return "none"
+    root = Path(papers_directory)
+    if not root.is_dir():
+        return f"absent:{root}"
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}\x1f{stat.st_size}\x1f{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def dataset_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    config: DatasetConfig = parameters["config"]
+    parts = [
+        f"code={_code_fingerprint()}",
+        *(f"records={file_sha256(Path(path))}" for path in parameters["records"]),
+        f"papers={papers_fingerprint(parameters['papers_directory'])}",
+        f"config={config.fingerprint()}",
+        f"output={Path(parameters['output_directory']).absolute()}",
+    ]
+    return "dataset-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@task(
+    name="build-dataset",
+    cache_key_fn=dataset_cache_key,
+    persist_result=True,
+    result_serializer="json",
+    tags=["dataset"],
+)
+def build_dataset(
+    records: list[str], output_directory: str, papers_directory: str | None, config: DatasetConfig
+) -> DatasetSummary:
+    """Build the SFT dataset (see methyl_distill.sft_dataset.build_sft_dataset)."""
+    return build_sft_dataset(records, output_directory, papers_directory, config)
