@@ -95,11 +95,13 @@ def load_chat_model(
     system: str | None = None,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     max_batch_size: int = 8,
+    base_only: bool = False,
 ) -> ChatModel:
     """The tuned model (`adapter_path`) or a preset's base model, ready to answer.
 
     With an adapter, model, template and system prompt come from its args.json, as ms-swift's infer does;
-    `system` overrides the system prompt for prompts that carry none.
+    `base_only` loads that same base model, template and system prompt without the adapter (the fair
+    baseline). `system` overrides the system prompt for prompts that carry none.
     """
     import torch
     from swift import TransformersEngine
@@ -119,12 +121,13 @@ def load_chat_model(
             raise FileNotFoundError(f"{adapter_path}/args.json: its base model {base_model} no longer exists")
         engine = TransformersEngine(
             base_model,
-            adapters=[str(Path(adapter_path).resolve())],
+            adapters=[] if base_only else [str(Path(adapter_path).resolve())],
             model_type=arguments.get("model_type"),
+            template_type=arguments.get("template"),
             **engine_kwargs,
         )
         default_system = arguments.get("system")
-        label = f"tuned ({Path(adapter_path).name} on {Path(base_model).name})"
+        label = f"base ({Path(base_model).name})" if base_only else f"tuned ({Path(base_model).name} + LoRA)"
     else:
         if preset is None:
             raise ValueError("give an adapter path or a model preset")
