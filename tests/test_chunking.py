@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -49,7 +50,7 @@ def test_chunks_fit_cover_the_text_in_order_and_overlap_boundedly(max_tokens: in
     assert set(sentences) == {sentence for chunk in seen for sentence in chunk}
     starts = [sentences.index(chunk[0]) for chunk in seen]
     assert starts == sorted(starts) and len(set(starts)) == len(starts)
-    for previous, current in zip(seen, seen[1:], strict=False):
+    for previous, current in itertools.pairwise(seen):
         shared = set(previous) & set(current)
         if overlap == 0:
             assert not shared
@@ -82,23 +83,32 @@ def test_long_paragraph_splits_on_sentences_then_words() -> None:
 
 def test_budget_is_what_context_and_tpm_leave() -> None:
     budget = chunk_token_budget(
-        framing_tokens=1500, max_output_tokens=4096, context_tokens=128_000, request_token_limit=10_000,
+        framing_tokens=1500,
+        max_output_tokens=4096,
+        context_tokens=128_000,
+        request_token_limit=10_000,
         max_chunk_tokens=12_000,
-    )  # fmt: skip
+    )
     assert budget <= 10_000 - 1500 - 4096
     assert budget > 10_000 - 1500 - 4096 - 200
     assert (
         chunk_token_budget(
-            framing_tokens=1500, max_output_tokens=4096, context_tokens=128_000, request_token_limit=None,
+            framing_tokens=1500,
+            max_output_tokens=4096,
+            context_tokens=128_000,
+            request_token_limit=None,
             max_chunk_tokens=12_000,
-        )  # fmt: skip
+        )
         == 12_000
     )
     with pytest.raises(ChunkBudgetError, match="max_tokens reserves 8000"):
         chunk_token_budget(
-            framing_tokens=1500, max_output_tokens=8000, context_tokens=128_000, request_token_limit=9000,
+            framing_tokens=1500,
+            max_output_tokens=8000,
+            context_tokens=128_000,
+            request_token_limit=9000,
             max_chunk_tokens=12_000,
-        )  # fmt: skip
+        )
 
 
 def test_config_validation() -> None:

@@ -65,19 +65,31 @@ class QueuedTeacher:
 def _paper(text: str) -> Paper:
     text = normalise_text(text)
     return Paper(
-        file_id="p1", file_ids=("p1", "p1-copy"), source_paths=("p1.txt", "copy/p1.txt"),
-        content_sha256=content_sha256(text), text=text,
-    )  # fmt: skip
+        file_id="p1",
+        file_ids=("p1", "p1-copy"),
+        source_paths=("p1.txt", "copy/p1.txt"),
+        content_sha256=content_sha256(text),
+        text=text,
+    )
 
 
 def _marker(**changes: Any) -> MarkerRecord:
     fields: dict[str, Any] = {
-        "marker": "MGMT promoter", "gene": "MGMT", "cpg_sites": [], "region": "promoter",
-        "direction": "hypermethylated", "condition": "glioblastoma", "sample_types": ["FFPE tumour tissue"],
-        "assays": ["MSP"], "clinical_uses": ["prognosis"],
-        "performance": MarkerPerformance(sensitivity=None, specificity=None, auc=None, cohort_size=206, notes=""),
-        "related": [], "evidence": [],
-    }  # fmt: skip
+        "marker": "MGMT promoter",
+        "gene": "MGMT",
+        "cpg_sites": [],
+        "region": "promoter",
+        "direction": "hypermethylated",
+        "condition": "glioblastoma",
+        "sample_types": ["FFPE tumour tissue"],
+        "assays": ["MSP"],
+        "clinical_uses": ["prognosis"],
+        "performance": MarkerPerformance(
+            sensitivity=None, specificity=None, auc=None, cohort_size=206, notes=""
+        ),
+        "related": [],
+        "evidence": [],
+    }
     fields.update(changes)
     return MarkerRecord(**fields)
 
@@ -144,7 +156,9 @@ def _chunk_reply(paper: str) -> TeacherExtraction:
     return TeacherExtraction(
         answers=[
             AnswerRecord(question_id="markers", answer="MGMT promoter.", evidence=[first_sentence]),
-            AnswerRecord(question_id="assays", answer=f"MSP ({section}).", evidence=["Pyrosequencing of CpG"]),
+            AnswerRecord(
+                question_id="assays", answer=f"MSP ({section}).", evidence=["Pyrosequencing of CpG"]
+            ),
             AnswerRecord(question_id="auc", answer="Not reported in this part.", evidence=[]),
         ],
         markers=[
@@ -152,14 +166,19 @@ def _chunk_reply(paper: str) -> TeacherExtraction:
                 direction="not_stated" if section.endswith("0") else "hypermethylated",
                 assays=["MSP", "pyrosequencing"] if section != "Section 0" else ["MSP"],
                 performance=MarkerPerformance(
-                    sensitivity=None if section == "Section 0" else 0.9, specificity=None, auc=None,
-                    cohort_size=206 if section == "Section 0" else None, notes="",
-                ),  # fmt: skip
+                    sensitivity=None if section == "Section 0" else 0.9,
+                    specificity=None,
+                    auc=None,
+                    cohort_size=206 if section == "Section 0" else None,
+                    notes="",
+                ),
             ),
             _marker(marker="cg12434587", gene="MGMT", cpg_sites=["cg12434587"]),
             _marker(marker="cg12981137", gene="MGMT", cpg_sites=["cg12981137"]),
         ],
-        additional_qa=[QAPair(question="Which CpG sites?", answer="74 to 78.", evidence=["CpG sites 74 to 78"])],
+        additional_qa=[
+            QAPair(question="Which CpG sites?", answer="74 to 78.", evidence=["CpG sites 74 to 78"])
+        ],
     )
 
 
@@ -210,9 +229,13 @@ def test_request_too_large_every_time_fails_at_chunk_stage() -> None:
 
 def test_invalid_output_is_kept_raw_with_usage() -> None:
     bad = TeacherReply(
-        parsed=None, raw_text='{"answers": [', error="truncated (finish_reason=length)", mode="json_object",
-        attempts=3, usage=TokenUsage(prompt_tokens=3000, completion_tokens=900, requests=3),
-    )  # fmt: skip
+        parsed=None,
+        raw_text='{"answers": [',
+        error="truncated (finish_reason=length)",
+        mode="json_object",
+        attempts=3,
+        usage=TokenUsage(prompt_tokens=3000, completion_tokens=900, requests=3),
+    )
     failure = extract_paper(_paper(PAPER), QueuedTeacher([bad]), BANK, CONFIG)
     assert isinstance(failure, FailureRecord)
     assert failure.stage == "validate" and failure.file_id == "p1" and failure.source_path == "p1.txt"
@@ -254,15 +277,19 @@ def test_cache_key_covers_what_shapes_the_answer_and_nothing_else() -> None:
     long_paper = _paper(LONG_PAPER)
     small = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400))
     smaller = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=500))
-    assert extraction_cache_key(long_paper, BANK, "m", small) != extraction_cache_key(long_paper, BANK, "m", smaller)
+    assert extraction_cache_key(long_paper, BANK, "m", small) != extraction_cache_key(
+        long_paper, BANK, "m", smaller
+    )
 
 
 def _truncated_reply() -> TeacherReply[Any]:
     return TeacherReply(
-        parsed=None, raw_text='{"answers": [{"question_id": "mark', attempts=3,
+        parsed=None,
+        raw_text='{"answers": [{"question_id": "mark',
+        attempts=3,
         error="output truncated (finish_reason=length) on every one of 3 attempt(s)",
         usage=TokenUsage(prompt_tokens=10, completion_tokens=5, requests=3),
-    )  # fmt: skip
+    )
 
 
 def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:

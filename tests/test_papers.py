@@ -25,7 +25,9 @@ def test_decoding_accepts_utf8_bom_crlf_and_utf16() -> None:
     assert decode_paper_bytes(b"\xef\xbb\xbf" + text.encode("utf-8")) == normalise_text(text)
     assert decode_paper_bytes(text.encode("utf-16")) == normalise_text(text)
     # NFC: a decomposed é and a composed é are the same paper.
-    assert content_sha256(normalise_text("me\u0301thylation")) == content_sha256(normalise_text("méthylation"))
+    assert content_sha256(normalise_text("me\u0301thylation")) == content_sha256(
+        normalise_text("méthylation")
+    )
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,9 @@ def test_discovery_reports_bad_files_and_groups_identical_content(tmp_path: Path
     (tmp_path / "nested" / "deeper").mkdir(parents=True)
     paper = "SEPT9 methylation in plasma.\n\nSensitivity was 72%."
     (tmp_path / "b_first.txt").write_text(paper, encoding="utf-8")
-    (tmp_path / "nested" / "deeper" / "copy.md").write_bytes(b"\xef\xbb\xbf" + paper.replace("\n", "\r\n").encode())
+    (tmp_path / "nested" / "deeper" / "copy.md").write_bytes(
+        b"\xef\xbb\xbf" + paper.replace("\n", "\r\n").encode()
+    )
     (tmp_path / "other.md").write_text("GSTP1 is hypermethylated in prostate cancer.", encoding="utf-8")
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")

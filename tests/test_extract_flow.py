@@ -1,0 +1,257 @@
+"""The extraction flow end to end: real HTTP to the project's OpenAI-compatible test server, the real
+openai SDK, the real token bucket, Prefect caching under the session's test harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.extract import ExtractionSummary, extract_flow
+from methyl_distill.openai_test_server import OpenAITestServerConfig, ServerHandle, running_test_server
+from methyl_distill.records import FailureRecord, PaperRecord
+
+pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
+
+SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
+API_KEY = "sk-test-SENTINEL-key-7f3a9c"  # must never reach the cache or the outputs
+FAIL_MARKER = "PAPER-THAT-ALWAYS-FAILS"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerHandle]:
+    config = OpenAITestServerConfig(
+        tokens_per_minute=200_000, latency_s=(0.0, 0.02), retry_after_s=0.05, slow_s=0.3
+    )
+    with pytest.MonkeyPatch.context() as patch, running_test_server(config) as handle:
+        patch.setenv("OPENAI_API_KEY", API_KEY)
+        patch.setenv("TEACHER_MAX_RETRIES", "6")
+        patch.setenv("TEACHER_RETRY_MAX_WAIT_S", "0.2")
+        patch.setenv("TEACHER_MAX_REASKS", "1")
+        yield handle
+
+
+def _run(server: ServerHandle, input_directory: Path, tmp_path: Path, **options: object) -> ExtractionSummary:
+    return extract_flow(
+        input_directory=str(input_directory),
+        output_directory=str(tmp_path / "out"),
+        teacher_base_url=server.base_url,
+        cache_dir=str(tmp_path / "cache"),
+        max_concurrency=4,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def _records(summary: ExtractionSummary) -> list[PaperRecord]:
+    lines = Path(summary.records_path).read_text(encoding="utf-8").splitlines()
+    return [PaperRecord.model_validate_json(line) for line in lines]
+
+
+def _failures(summary: ExtractionSummary) -> list[FailureRecord]:
+    lines = Path(summary.failures_path).read_text(encoding="utf-8").splitlines()
+    return [FailureRecord.model_validate_json(line) for line in lines]
+
+
+def _files_contain(folder: Path, needle: str) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and needle.encode() in path.read_bytes()]
+
+
+def _latest_artifact_data(key: str) -> object:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+
+
+def _copy_papers(target: Path, names: list[str]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(SAMPLE_PAPERS / name, target / name)
+
+
+def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle, tmp_path: Path) -> None:
+    papers = tmp_path / "papers"
+    _copy_papers(papers, ["mgmt_glioblastoma_temozolomide.txt", "gstp1_prostate_cancer.txt"])
+    (papers / "nested").mkdir()
+    shutil.copy(SAMPLE_PAPERS / "gstp1_prostate_cancer.txt", papers / "nested" / "gstp1 copy.md")
+    (papers / "empty.txt").write_bytes(b"")
+    (papers / "figure.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (papers / "latin1.md").write_bytes("Méthylation du promoteur".encode("latin-1"))
+
+    first = _run(server, papers, tmp_path)
+    requests_after_first = server.stats().requests
+    assert (first.papers, first.extracted, first.cached, first.failed) == (2, 2, 0, 0)
+    assert (first.files_found, first.rejected, first.duplicate_files) == (6, 3, 1)
+    assert first.usage.requests == 2 and first.usage.prompt_tokens > 0 and first.estimated_cost_usd > 0
+
+    records = {record.file_id: record for record in _records(first)}
+    assert set(records) == {"gstp1-prostate-cancer-txt", "mgmt-glioblastoma-temozolomide-txt"}
+    gstp1 = records["gstp1-prostate-cancer-txt"]
+    assert gstp1.file_ids == ["gstp1-prostate-cancer-txt", "nested-gstp1-copy-md"]
+    assert gstp1.source_paths == ["gstp1_prostate_cancer.txt", "nested/gstp1 copy.md"]
+    assert any(marker.gene == "GSTP1" for marker in gstp1.markers)
+    assert all(
+        quote in (papers / "gstp1_prostate_cancer.txt").read_text()
+        for a in gstp1.answers
+        for quote in a.evidence
+    )
+    failures = {failure.source_path: failure for failure in _failures(first)}
+    assert set(failures) == {"empty.txt", "figure.txt", "latin1.md"}
+    assert all(failure.stage == "read" for failure in failures.values())
+    assert failures["empty.txt"].reason == "empty file" and "UTF-8" in failures["latin1.md"].reason
+
+    entries = json.loads(Path(first.all_results_path).read_text(encoding="utf-8"))
+    assert [entry["file_id"] for entry in entries] == [
+        "gstp1-prostate-cancer-txt",
+        "mgmt-glioblastoma-temozolomide-txt",
+        "nested-gstp1-copy-md",
+    ]
+    assert len(entries[0]["input_questions"]) == len(entries[0]["generated_answers"]) == len(gstp1.answers)
+    processed = sorted(path.name for path in Path(first.processed_files_dir).iterdir())
+    assert processed == [f"{entry['file_id']}.txt" for entry in entries]
+    readable = (Path(first.processed_files_dir) / "nested-gstp1-copy-md.txt").read_text(encoding="utf-8")
+    assert readable.count("Question: ") >= len(gstp1.answers) and "Answer: " in readable
+
+    # The run shows a per-paper table and a finished progress bar in the Prefect UI.
+    table = _latest_artifact_data("extraction-papers")
+    assert isinstance(table, list)
+    statuses = {row["file_id"]: row["status"] for row in table}
+    assert statuses["gstp1-prostate-cancer-txt"] == "extracted" and statuses["empty-txt"] == "rejected"
+    assert all(row["prompt_tokens"] > 0 for row in table if row["status"] == "extracted")
+    assert _latest_artifact_data("extraction-progress") == 100.0
+
+    # Rerun: zero teacher calls, everything from the cache.
+    second = _run(server, papers, tmp_path)
+    assert server.stats().requests == requests_after_first
+    assert (second.extracted, second.cached, second.usage.requests) == (0, 2, 0)
+    assert {record.file_id for record in _records(second)} == set(records)
+
+    # A changed paper and an added one are extracted alone.
+    mgmt = papers / "mgmt_glioblastoma_temozolomide.txt"
+    mgmt.write_text(mgmt.read_text(encoding="utf-8") + "\nA sentence added in revision.\n", encoding="utf-8")
+    _copy_papers(papers, ["sept9_plasma_colorectal_screening.txt"])
+    third = _run(server, papers, tmp_path)
+    assert (third.extracted, third.cached) == (2, 1)
+    assert server.stats().requests == requests_after_first + 2
+
+    # Refresh re-extracts everything.
+    fourth = _run(server, papers, tmp_path, refresh=True)
+    assert (fourth.extracted, fourth.cached) == (3, 0)
+    assert server.stats().requests == requests_after_first + 5
+
+    # The API key is nowhere on disk; no temporary files are left behind.
+    assert (
+        _files_contain(tmp_path / "cache", API_KEY) == [] and _files_contain(tmp_path / "out", API_KEY) == []
+    )
+    assert [path for path in (tmp_path / "out").rglob("*.tmp")] == []
+
+
+def test_failures_are_reported_and_not_cached(server: ServerHandle, tmp_path: Path) -> None:
+    papers = tmp_path / "papers"
+    _copy_papers(papers, ["shox2_ptger4_lung_cancer.txt"])
+    (papers / "broken.txt").write_text(
+        (SAMPLE_PAPERS / "rassf1a_breast_cancer_serum.txt").read_text(encoding="utf-8")
+        + f"\n{FAIL_MARKER}\n",
+        encoding="utf-8",
+    )
+    server.inject("invalid_json", marker=FAIL_MARKER)
+    try:
+        first = _run(server, papers, tmp_path)
+        assert (first.extracted, first.failed) == (1, 1)
+        [failure] = _failures(first)
+        assert failure.file_id == "broken-txt" and failure.stage == "validate"
+        assert "invalid" in failure.reason.lower() and failure.raw_output
+        assert failure.usage.requests == 2  # the first answer and one re-ask
+
+        before = server.stats().requests
+        second = _run(server, papers, tmp_path)
+        assert (second.cached, second.failed) == (1, 1)  # the failure was retried, not served from cache
+        assert server.stats().requests == before + 2
+    finally:
+        server.clear_faults()
+    third = _run(server, papers, tmp_path)
+    assert (third.extracted, third.cached, third.failed) == (1, 1, 0)
+    assert _failures(third) == []
+
+
+def test_under_injected_faults_every_paper_ends_extracted_or_failed(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    papers = tmp_path / "papers"
+    _copy_papers(papers, sorted(path.name for path in SAMPLE_PAPERS.glob("*.txt")))
+    for kind, probability in [
+        ("rate_limit", 0.25),
+        ("service_unavailable", 0.1),
+        ("server_error", 0.1),
+        ("drop_connection", 0.1),
+        ("slow", 0.05),
+        ("invalid_json", 0.15),
+        ("truncated", 0.1),
+        ("empty_content", 0.1),
+    ]:
+        server.inject(kind, probability=probability)  # type: ignore[arg-type]
+    try:
+        first = _run(server, papers, tmp_path)
+    finally:
+        server.clear_faults()
+    extracted = {record.file_id for record in _records(first)}
+    failed = {failure.file_id: failure for failure in _failures(first)}
+    assert len(extracted) + len(failed) == 8 and not extracted & set(failed)
+    assert extracted, "with bounded faults and retries, most papers must get through"
+    assert all(
+        failure.reason and failure.stage in {"request", "validate", "chunk"} for failure in failed.values()
+    )
+    assert sum(server.stats().faults.values()) > 0
+
+    second = _run(server, papers, tmp_path)
+    assert second.cached == len(extracted)  # nothing extracted twice
+    assert second.extracted == len(failed) and second.failed == 0
+
+
+def test_cli_accepts_and_ignores_progress_file(
+    server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from methyl_distill.cli.extract import register
+
+    parser = argparse.ArgumentParser(prog="methyl-distill")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    papers = tmp_path / "papers"
+    _copy_papers(papers, ["mlh1_colorectal_msi_lynch.txt"])
+    progress_file = tmp_path / "progress.json"
+    with caplog.at_level(logging.WARNING, logger="methyl_distill.cli.extract"):
+        args = parser.parse_args(
+            [
+                "extract",
+                "--input_directory",
+                str(papers),
+                "--output_directory",
+                str(tmp_path / "out"),
+                "--progress_file",
+                str(progress_file),
+                "--teacher_base_url",
+                server.base_url,
+                "--cache_dir",
+                str(tmp_path / "cache"),
+                "--max_concurrency",
+                "2",
+            ]
+        )
+        code = args.handler(args)
+    assert code == 0
+    assert any("--progress_file is ignored" in record.getMessage() for record in caplog.records)
+    assert not progress_file.exists()
+    assert "1 extracted, 0 cached, 0 failed" in capsys.readouterr().out
+    assert (tmp_path / "out" / "records.jsonl").read_text(encoding="utf-8").count("\n") == 1

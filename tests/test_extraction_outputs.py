@@ -1,0 +1,98 @@
+"""Output files: atomic replacement, the original script's layout, readable Q&A."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from methyl_distill.extraction_outputs import (
+    atomic_write_text,
+    format_processed_file,
+    write_extraction_outputs,
+)
+from methyl_distill.records import AnsweredQuestion, FailureRecord, PaperRecord, QAPair, TokenUsage
+
+
+def _record(file_id: str = "mgmt-txt", file_ids: tuple[str, ...] = ("mgmt-txt",)) -> PaperRecord:
+    return PaperRecord(
+        file_id=file_id,
+        file_ids=list(file_ids),
+        source_paths=[f"{name}.txt" for name in file_ids],
+        content_sha256="0" * 64,
+        question_bank_version="1",
+        prompt_version="1",
+        teacher_model="gpt-4o",
+        chunks=1,
+        answers=[
+            AnsweredQuestion(
+                question_id="markers",
+                question="Which markers?",
+                answer="MGMT promoter.",
+                evidence=["MGMT promoter was methylated"],
+            ),
+            AnsweredQuestion(question_id="auc", question="What AUC?", answer="Not reported in the paper."),
+        ],
+        markers=[],
+        additional_qa=[QAPair(question="Which drug?", answer="Temozolomide.", evidence=["temozolomide"])],
+        usage=TokenUsage(prompt_tokens=10, completion_tokens=5, requests=1),
+    )
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "records.jsonl"
+    atomic_write_text(target, "old\n")
+    atomic_write_text(target, "new\n")
+    assert target.read_text(encoding="utf-8") == "new\n"
+    assert sorted(path.name for path in target.parent.iterdir()) == ["records.jsonl"]
+
+
+def test_a_crash_while_writing_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "all_results.json"
+    atomic_write_text(target, "complete old content\n")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, "half of the new cont")
+    assert target.read_text(encoding="utf-8") == "complete old content\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["all_results.json"]
+
+
+def test_processed_file_reads_question_then_answer() -> None:
+    text = format_processed_file(_record())
+    assert text.startswith("# mgmt-txt\n")
+    assert (
+        'Question: Which markers?\nAnswer: MGMT promoter.\nEvidence: "MGMT promoter was methylated"\n' in text
+    )
+    assert "Question: What AUC?\nAnswer: Not reported in the paper.\n" in text
+    assert "## Additional questions" in text and "Question: Which drug?\nAnswer: Temozolomide." in text
+
+
+def test_outputs_layout(tmp_path: Path) -> None:
+    duplicate = _record("a-txt", ("a-txt", "b-txt"))
+    failure = FailureRecord(file_id="bad-txt", source_path="bad.txt", stage="read", reason="empty file")
+    paths = write_extraction_outputs(tmp_path / "out", [_record(), duplicate], [failure])
+
+    entries = json.loads(Path(paths.all_results).read_text(encoding="utf-8"))
+    assert [entry["file_id"] for entry in entries] == ["a-txt", "b-txt", "mgmt-txt"]
+    assert entries[0]["input_questions"] == ["Which markers?", "What AUC?"]
+    assert entries[0]["generated_answers"] == ["MGMT promoter.", "Not reported in the paper."]
+    assert PaperRecord.model_validate(entries[1]["record"]).file_ids == ["a-txt", "b-txt"]
+    records = Path(paths.records).read_text(encoding="utf-8").splitlines()
+    assert [PaperRecord.model_validate_json(line).file_id for line in records] == ["a-txt", "mgmt-txt"]
+    [line] = Path(paths.failures).read_text(encoding="utf-8").splitlines()
+    assert FailureRecord.model_validate_json(line).reason == "empty file"
+    assert sorted(path.name for path in Path(paths.processed_files).iterdir()) == [
+        "a-txt.txt",
+        "b-txt.txt",
+        "mgmt-txt.txt",
+    ]
+    # An empty run still writes every file, so downstream stages never read a stale one.
+    empty = write_extraction_outputs(tmp_path / "out", [], [])
+    assert Path(empty.records).read_text(encoding="utf-8") == ""
+    assert json.loads(Path(empty.all_results).read_text(encoding="utf-8")) == []
