@@ -17,7 +17,9 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from methyl_distill.chunking import ChunkingConfig
 from methyl_distill.extraction import ExtractionConfig
 from methyl_distill.extraction_outputs import write_extraction_outputs, write_processed_files
-from methyl_distill.papers import Paper, discover_papers
+from methyl_distill.papers import Paper, RejectedFile, discover_papers
 from methyl_distill.question_bank import QuestionBank, load_question_bank
 from methyl_distill.records import FailureRecord, PaperRecord, TokenUsage
 from methyl_distill.teacher import Teacher
@@ -124,14 +126,16 @@ class _Progress:
         self.total = max(total, 1)
         self.done = 0
         self._last = 0.0
-        self._artifact_id = create_progress_artifact(
+        artifact_id = create_progress_artifact(
             progress=0.0, key="extraction-progress", description=f"Papers extracted or failed, of {total}"
         )
+        assert isinstance(artifact_id, UUID)  # the sync API inside a sync flow
+        self._artifact_id = artifact_id
 
-    def advance(self, force: bool = False) -> None:
+    def advance(self) -> None:
         self.done += 1
         now = time.monotonic()
-        if force or self.done == self.total or now - self._last >= _PROGRESS_INTERVAL_S:
+        if self.done == self.total or now - self._last >= _PROGRESS_INTERVAL_S:
             self._last = now
             update_progress_artifact(self._artifact_id, progress=round(100.0 * self.done / self.total, 1))
 
@@ -141,8 +145,13 @@ def _map_papers(
     submit_batch: Callable[[Sequence[Paper]], list[PrefectFuture[PaperRecord]]],
     batch_size: int,
 ) -> Iterator[tuple[Paper, PrefectFuture[PaperRecord]]]:
-    """Map batches, keeping at most two batches of task runs in flight; yield futures as they finish."""
+    """Map batch after batch, with at most about two batches of task runs in flight; yield each
+    (paper, future) as soon as its task run has finished."""
     finished: queue.Queue[tuple[Paper, PrefectFuture[PaperRecord]]] = queue.Queue()
+
+    def on_done(paper: Paper) -> Callable[[PrefectFuture[PaperRecord]], None]:
+        return lambda future: finished.put((paper, future))
+
     in_flight = 0
     pending = _batches(papers, batch_size)
     exhausted = False
@@ -153,25 +162,85 @@ def _map_papers(
                 exhausted = True
                 break
             for paper, future in zip(batch, submit_batch(batch), strict=True):
-                future.add_done_callback(lambda done, paper=paper: finished.put((paper, done)))
+                future.add_done_callback(on_done(paper))
                 in_flight += 1
         if in_flight == 0:
             return
-        yield finished.get()
+        paper, future = finished.get()
         in_flight -= 1
+        future.wait()  # takes the final state from the finished future, not from the API
+        yield paper, future
 
 
-def _table_row(paper: Paper, status: str, usage: TokenUsage, cost: float | None, note: str) -> dict[str, Any]:
-    return {
-        "file_id": paper.file_id,
-        "files": len(paper.file_ids),
-        "status": status,
-        "requests": usage.requests,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "estimated_cost_usd": round(cost, 4) if cost is not None else None,
-        "note": note,
-    }
+@dataclass
+class _Tally:
+    """Records, failures and the per-paper table of one run."""
+
+    settings: TeacherSettings
+    output_directory: str
+    records: list[PaperRecord] = field(default_factory=list)
+    failures: list[FailureRecord] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cached: int = 0
+    rejected: int = 0
+
+    def reject(self, item: RejectedFile) -> None:
+        self.rejected += 1
+        self.failures.append(
+            FailureRecord(
+                file_id=item.file_id, source_path=item.source_path, stage="read", reason=item.reason
+            )
+        )
+        self._row(item.file_id, 1, "rejected", TokenUsage(), 0.0, item.reason)
+
+    def finish(self, paper: Paper, future: PrefectFuture[PaperRecord]) -> None:
+        if not future.state.is_completed():
+            failure = _failure_from(future, paper)
+            self.failures.append(failure)
+            self.usage = self.usage + failure.usage
+            cost = self.settings.estimate_cost_usd(failure.usage)
+            status = f"failed ({failure.stage})"
+            self._row(paper.file_id, len(paper.file_ids), status, failure.usage, cost, failure.reason[:300])
+            return
+        record = _for_paper(future.result(), paper)
+        from_cache = future.state.name == "Cached"
+        self.records.append(record)
+        write_processed_files(self.output_directory, record)  # visible at once, written atomically
+        note = f"{record.chunks} chunk(s), {len(record.markers)} marker(s)"
+        if from_cache:
+            self.cached += 1
+            self._row(paper.file_id, len(paper.file_ids), "cached", TokenUsage(), 0.0, note)
+        else:
+            self.usage = self.usage + record.usage
+            cost = self.settings.estimate_cost_usd(record.usage)
+            self._row(paper.file_id, len(paper.file_ids), "extracted", record.usage, cost, note)
+
+    def _row(self, file_id: str, files: int, status: str, usage: TokenUsage, cost: float, note: str) -> None:
+        self.rows.append(
+            {
+                "file_id": file_id,
+                "files": files,
+                "status": status,
+                "requests": usage.requests,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "estimated_cost_usd": round(cost, 4),
+                "note": note,
+            }
+        )
+
+    def counts(self) -> str:
+        extracted, cached, failed, rejected = self.extracted, self.cached, self.failed, self.rejected
+        return f"{extracted} extracted, {cached} cached, {failed} failed, {rejected} rejected"
+
+    @property
+    def extracted(self) -> int:
+        return len(self.records) - self.cached
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures) - self.rejected
 
 
 @flow(name="extract", log_prints=False)
@@ -198,7 +267,7 @@ def extract_flow(
     logger = get_run_logger()
     if max_concurrency < 1 or batch_size < 1:
         raise ValueError("max_concurrency and batch_size must be at least 1")
-    overrides = {"openai_base_url": teacher_base_url, "teacher_model": teacher_model}
+    overrides: dict[str, Any] = {"openai_base_url": teacher_base_url, "teacher_model": teacher_model}
     settings = TeacherSettings(**{key: value for key, value in overrides.items() if value is not None})
     bank: QuestionBank = load_question_bank(question_bank)
     config = _extraction_config(settings, max_chunk_tokens, chunk_overlap_tokens)
@@ -213,20 +282,16 @@ def extract_flow(
         settings.describe(),
     )
 
-    failures = [
-        FailureRecord(file_id=item.file_id, source_path=item.source_path, stage="read", reason=item.reason)
-        for item in discovery.rejected
-    ]
-    records: list[PaperRecord] = []
-    rows = [_table_row_rejected(item.file_id, item.reason) for item in discovery.rejected]
-    run_usage = TokenUsage()
-    cached = 0
+    tally = _Tally(settings, output_directory)
+    for item in discovery.rejected:
+        tally.reject(item)
     if papers:
         teacher = build_teacher(settings)
         extraction_task = extract_paper_task.with_options(
             result_storage=resolve_cache_storage(cache_dir), refresh_cache=refresh
         )
         progress = _Progress(len(papers))
+        runner: ThreadPoolTaskRunner[Any]
         with ThreadPoolTaskRunner(max_workers=max_concurrency) as runner:
 
             def submit_batch(batch: Sequence[Paper]) -> list[PrefectFuture[PaperRecord]]:
@@ -239,61 +304,19 @@ def extract_flow(
                 return list(runner.map(extraction_task, parameters))  # type: ignore[arg-type]
 
             for paper, future in _map_papers(papers, submit_batch, batch_size):
-                future.wait()  # takes the final state from the finished future, not from the API
-                if future.state.is_completed():
-                    record = _for_paper(future.result(), paper)
-                    from_cache = future.state.name == "Cached"
-                    cached += from_cache
-                    if not from_cache:
-                        run_usage = run_usage + record.usage
-                    records.append(record)
-                    write_processed_files(output_directory, record)
-                    rows.append(
-                        _table_row(
-                            paper,
-                            "cached" if from_cache else "extracted",
-                            TokenUsage() if from_cache else record.usage,
-                            0.0 if from_cache else record.estimated_cost_usd,
-                            f"{record.chunks} chunk(s), {len(record.markers)} marker(s)",
-                        )
-                    )
-                else:
-                    failure = _failure_from(future, paper)
-                    failures.append(failure)
-                    run_usage = run_usage + failure.usage
-                    rows.append(
-                        _table_row(
-                            paper,
-                            f"failed ({failure.stage})",
-                            failure.usage,
-                            settings.estimate_cost_usd(failure.usage),
-                            failure.reason[:300],
-                        )
-                    )
+                tally.finish(paper, future)
                 progress.advance()
 
-    paths = write_extraction_outputs(output_directory, records, failures)
-    extracted = len(records) - cached
-    failed = len(failures) - len(discovery.rejected)
-    cost = settings.estimate_cost_usd(run_usage)
+    paths = write_extraction_outputs(output_directory, tally.records, tally.failures)
+    cost = settings.estimate_cost_usd(tally.usage)
+    counts = tally.counts()
+    spent = f"{tally.usage.total_tokens} tokens in {tally.usage.requests} requests, ~${cost:.2f}"
     create_table_artifact(
-        table=sorted(rows, key=lambda row: str(row["file_id"])),
+        table=sorted(tally.rows, key=lambda row: str(row["file_id"])),
         key="extraction-papers",
-        description=(
-            f"{extracted} extracted, {cached} cached, {failed} failed, {len(discovery.rejected)} rejected; "
-            f"{run_usage.total_tokens} tokens in {run_usage.requests} requests, ~${cost:.2f}"
-        ),
+        description=f"{counts}; {spent}",
     )
-    logger.info(
-        "Extraction done: %d extracted, %d cached, %d failed, %d rejected; %d tokens, ~$%.2f; outputs in %s",
-        extracted,
-        cached,
-        failed,
-        len(discovery.rejected),
-        run_usage.total_tokens,
-        cost,
-        paths.output_directory,
-    )
+    logger.info("Extraction done: %s; %s; outputs in %s", counts, spent, paths.output_directory)
     return ExtractionSummary(
         output_directory=paths.output_directory,
         records_path=paths.records,
@@ -303,23 +326,10 @@ def extract_flow(
         files_found=discovery.file_count,
         papers=len(papers),
         duplicate_files=sum(len(paper.file_ids) - 1 for paper in papers),
-        extracted=extracted,
-        cached=cached,
-        failed=failed,
-        rejected=len(discovery.rejected),
-        usage=run_usage,
+        extracted=tally.extracted,
+        cached=tally.cached,
+        failed=tally.failed,
+        rejected=tally.rejected,
+        usage=tally.usage,
         estimated_cost_usd=cost,
     )
-
-
-def _table_row_rejected(file_id: str, reason: str) -> dict[str, Any]:
-    return {
-        "file_id": file_id,
-        "files": 1,
-        "status": "rejected",
-        "requests": 0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "estimated_cost_usd": 0.0,
-        "note": reason,
-    }

@@ -118,7 +118,7 @@ def write_processed_files(output_directory: str | Path, record: PaperRecord) -> 
 
 def all_results_entries(records: Iterable[PaperRecord]) -> list[dict[str, object]]:
     """One entry per paper file, in the original script's layout plus the structured record."""
-    entries = []
+    entries: list[dict[str, object]] = []
     for record in records:
         structured = record.model_dump(mode="json")
         for file_id in record.file_ids:
@@ -133,7 +133,7 @@ def all_results_entries(records: Iterable[PaperRecord]) -> list[dict[str, object
     return sorted(entries, key=lambda entry: str(entry["file_id"]))
 
 
-def _jsonl(models: Iterable[BaseModel]) -> str:
+def _jsonl(models: Iterable[PaperRecord] | Iterable[FailureRecord]) -> str:
     return "".join(model.model_dump_json() + "\n" for model in models)
 
 
