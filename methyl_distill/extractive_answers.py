@@ -286,9 +286,12 @@ def find_condition(sentences: Sequence[str]) -> str | None:
     for sentence in sentences:
         for match in _CONDITION.finditer(sentence):
             words = match.group(1).split()
-            while len(words) > 1 and words[0].lower() in _CONDITION_LEAD_STOP:
-                words = words[1:]
-            return " ".join(words)
+            kept = [words[-1]]
+            for word in reversed(words[:-1]):  # qualifiers back to the first function word
+                if word.lower() in _CONDITION_LEAD_STOP:
+                    break
+                kept.insert(0, word)
+            return " ".join(kept)
     return None
 
 

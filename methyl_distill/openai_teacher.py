@@ -289,9 +289,9 @@ class OpenAITeacher:
                 raw = self.client.chat.completions.with_raw_response.create(**arguments)
             except openai.APIStatusError as exc:
                 log.add()
-                self.budget.observe_headers(exc.response.headers)
                 refused = exc.status_code == 429
                 self.budget.reconcile(reservation, 0 if refused else prompt_estimate)
+                self.budget.observe_headers(exc.response.headers)
                 if refused and (retry_after := _retry_after_s(exc)) is not None:
                     self.budget.penalize(retry_after)
                 self._raise_for_status(exc, mode, mode_confirmed, requested, server_errors)
@@ -301,7 +301,6 @@ class OpenAITeacher:
                 log.add()
                 self.budget.reconcile(reservation, prompt_estimate)
                 raise
-            self.budget.observe_headers(raw.headers)
             completion = raw.parse()
             usage = completion.usage
             if usage is not None:
@@ -310,6 +309,8 @@ class OpenAITeacher:
             else:  # no usage reported: keep the whole reservation, the safe side
                 log.add()
                 self.budget.reconcile(reservation, requested)
+            # After the refund: the server's remaining count already includes its own settlement.
+            self.budget.observe_headers(raw.headers)
             return completion
 
         retrying = Retrying(

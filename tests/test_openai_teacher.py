@@ -1,0 +1,310 @@
+"""OpenAITeacher against the project's OpenAI-compatible test server: real HTTP, the real openai SDK."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from methyl_distill.openai_teacher import OpenAITeacher
+from methyl_distill.openai_test_server import OpenAITestServerConfig, ServerHandle, running_test_server
+from methyl_distill.records import TeacherExtraction, TokenUsage
+from methyl_distill.teacher import RequestTooLargeError, TeacherError
+from methyl_distill.teacher_settings import TeacherSettings
+from methyl_distill.token_bucket import LocalTokenBucket
+
+SECRET = "sk-proj-THIS-KEY-MUST-NEVER-BE-LOGGED-0123456789"
+
+PAPER = """\
+SEPT9 methylation in plasma for colorectal cancer screening
+
+Methylated SEPT9 in plasma cell-free DNA was measured by real-time PCR in 1,544 screening participants.
+The SEPT9 promoter was hypermethylated in colorectal cancer compared with colonoscopy-negative controls.
+The assay detected colorectal cancer with a sensitivity of 68% and a specificity of 79%.
+Combining SEPT9 with NDRG4 methylation in stool raised the AUC to 0.91.
+"""
+
+
+def messages(paper: str = PAPER) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You extract DNA-methylation facts from papers."},
+        {
+            "role": "user",
+            "content": f"<paper>\n{paper}\n</paper>\n\n- [markers] Which methylation markers are reported?\n"
+            "- [performance] What sensitivity and specificity are reported?",
+        },
+    ]
+
+
+class Sleeps:
+    """Records the backoff the teacher asks for and waits only a token amount of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        time.sleep(min(seconds, 0.01))
+
+
+def make_teacher(handle: ServerHandle, sleeps: Sleeps | None = None, **settings: object) -> OpenAITeacher:
+    values: dict[str, object] = {
+        "openai_base_url": handle.base_url,
+        "openai_api_key": SECRET,
+        "teacher_timeout_s": 5.0,
+        "teacher_max_retries": 4,
+        "teacher_max_reasks": 2,
+        "_env_file": None,
+    }
+    values.update(settings)
+    return OpenAITeacher(TeacherSettings(**values), sleep=sleeps or Sleeps())  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def server() -> Iterator[ServerHandle]:
+    with running_test_server(OpenAITestServerConfig(slow_s=2.0, retry_after_s=0.5)) as handle:
+        yield handle
+
+
+def test_structured_reply_in_strict_json_schema_mode(server: ServerHandle) -> None:
+    teacher = make_teacher(server)
+    reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert reply.parsed is not None and reply.error is None
+    assert reply.mode == "json_schema" and reply.attempts == 1
+    assert {answer.question_id for answer in reply.parsed.answers} == {"markers", "performance"}
+    assert any(marker.gene == "SEPT9" for marker in reply.parsed.markers)
+    assert reply.usage.requests == 1 and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    stats = server.stats()
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (
+        stats.prompt_tokens,
+        stats.completion_tokens,
+    )
+
+
+@pytest.mark.parametrize("support", ["rejected_400", "rejected_500"])
+def test_falls_back_to_json_object_and_remembers_it(support: str) -> None:
+    with running_test_server(OpenAITestServerConfig(json_schema=support)) as handle:
+        teacher = make_teacher(handle)
+        first = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert first.parsed is not None and first.mode == "json_object"
+        # The rejected attempts are counted: 1 for a 400, 2 for a 500 (retried once in case it was transient).
+        assert first.usage.requests == (2 if support == "rejected_400" else 3)
+        second = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert second.mode == "json_object" and second.usage.requests == 1
+        assert teacher.mode == "json_object"
+
+
+def test_concurrent_first_requests_agree_on_the_fallback() -> None:
+    with running_test_server(OpenAITestServerConfig(json_schema="rejected_500")) as handle:
+        teacher = make_teacher(handle)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            replies = list(
+                pool.map(
+                    lambda _: teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000),
+                    range(8),
+                )
+            )
+        assert all(reply.parsed is not None for reply in replies)
+        assert teacher.mode == "json_object"
+
+
+def test_prompt_mode_parses_fenced_json_and_can_send_a_grammar(server: ServerHandle) -> None:
+    teacher = make_teacher(server, teacher_output_mode="prompt", teacher_gbnf_grammar=True)
+    reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert reply.parsed is not None and reply.mode == "prompt"
+    assert server.stats().grammar_requests == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "retried"),
+    [
+        ("rate_limit", True),
+        ("server_error", True),
+        ("service_unavailable", True),
+        ("drop_connection", True),
+        ("slow", True),
+        ("invalid_json", False),
+        ("truncated", False),
+        ("empty_content", False),
+    ],
+)
+def test_each_fault_recovers(fault: str, retried: bool) -> None:
+    config = OpenAITestServerConfig(slow_s=3.0, retry_after_s=1.0)
+    with running_test_server(config) as handle:
+        sleeps = Sleeps()
+        teacher = make_teacher(handle, sleeps, teacher_timeout_s=1.0)
+        handle.inject(fault, count=1)  # type: ignore[arg-type]
+        reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert reply.parsed is not None, reply.error
+        assert reply.usage.requests == 2  # the failed attempt is counted too
+        # HTTP failures are retried below the structured layer; bad output is re-asked above it.
+        assert reply.attempts == (1 if retried else 2)
+        assert len(sleeps.calls) == (1 if retried else 0)
+        if fault == "rate_limit":
+            assert sleeps.calls[0] >= 1.0  # retry-after honoured
+        assert handle.stats().faults == {fault: 1}
+
+
+def test_reask_tells_the_model_what_was_wrong(server: ServerHandle) -> None:
+    seen: list[list[dict]] = []
+    teacher = make_teacher(server)
+    original = teacher.client.chat.completions.with_raw_response.create
+
+    def spy(**arguments: object) -> object:
+        seen.append(arguments["messages"])  # type: ignore[arg-type]
+        return original(**arguments)
+
+    teacher.client.chat.completions.with_raw_response.create = spy  # type: ignore[method-assign]
+    server.inject("invalid_json", count=1)
+    reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert reply.parsed is not None and reply.attempts == 2
+    assert seen[1][-2]["role"] == "assistant"
+    assert seen[1][-1]["role"] == "user" and "invalid JSON" in seen[1][-1]["content"]
+
+
+def test_a_permanently_bad_paper_ends_as_a_clear_failure_with_raw_output() -> None:
+    config = OpenAITestServerConfig(faults=[{"kind": "invalid_json", "marker": "POISON"}])  # type: ignore[list-item]
+    with running_test_server(config) as handle:
+        teacher = make_teacher(handle)
+        reply = teacher.complete_structured(messages(PAPER + "POISON\n"), TeacherExtraction, max_tokens=2000)
+        assert reply.parsed is None
+        assert reply.error is not None and reply.error.startswith("invalid JSON")
+        assert reply.raw_text.startswith('{"answers"')
+        assert reply.attempts == 3 and reply.usage.requests == 3
+        assert reply.usage.completion_tokens > 0
+        good = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert good.parsed is not None  # other papers are unaffected
+
+
+def test_persistent_truncation_says_the_input_needs_splitting(server: ServerHandle) -> None:
+    teacher = make_teacher(server, teacher_max_reasks=1)
+    reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=60)
+    assert reply.parsed is None and reply.attempts == 2
+    assert reply.error is not None
+    assert "finish_reason=length" in reply.error and "split" in reply.error
+
+
+def test_persistent_server_errors_raise_after_the_retry_budget() -> None:
+    config = OpenAITestServerConfig(faults=[{"kind": "service_unavailable"}])  # type: ignore[list-item]
+    with running_test_server(config) as handle:
+        sleeps = Sleeps()
+        teacher = make_teacher(handle, sleeps, teacher_max_retries=3, teacher_retry_max_wait_s=4.0)
+        with pytest.raises(TeacherError, match=r"failed after 4 attempt\(s\): HTTP 503"):
+            teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert handle.stats().requests == 4
+        assert len(sleeps.calls) == 3 and all(0 <= s <= 4.0 for s in sleeps.calls)
+
+
+def test_other_client_errors_are_not_retried(server: ServerHandle) -> None:
+    teacher = make_teacher(server, teacher_model="no-such-model")
+    with pytest.raises(TeacherError, match="HTTP 404"):
+        teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert server.stats().requests == 1
+
+
+def test_requests_too_large_for_the_budget_or_context_never_reach_the_server(server: ServerHandle) -> None:
+    teacher = make_teacher(server, teacher_tpm=3_000)
+    with pytest.raises(RequestTooLargeError) as over_budget:
+        teacher.complete_structured(messages(), TeacherExtraction, max_tokens=3_000)
+    assert over_budget.value.limit_tokens == 3_000
+    small_context = make_teacher(server, teacher_context_tokens=2_000)
+    with pytest.raises(RequestTooLargeError) as over_context:
+        small_context.complete_structured(messages(), TeacherExtraction, max_tokens=1_900)
+    assert over_context.value.limit_tokens == 2_000
+    assert server.stats().requests == 0
+
+
+def test_a_server_with_a_smaller_limit_than_configured_is_reported_too_large() -> None:
+    with running_test_server(OpenAITestServerConfig(tokens_per_minute=4_000)) as handle:
+        teacher = make_teacher(handle)  # believes in 200_000 TPM
+        with pytest.raises(RequestTooLargeError) as caught:
+            teacher.complete_structured(messages(), TeacherExtraction, max_tokens=5_000)
+        assert caught.value.limit_tokens == 4_000
+        assert handle.stats().requests == 1
+
+
+def test_tpm_is_never_exceeded_under_concurrency() -> None:
+    """16 threads share one teacher and one bucket against a server enforcing the same small TPM."""
+    tpm = 30_000  # 500 tokens per second: the last requests wait a few seconds for the refill
+    config = OpenAITestServerConfig(tokens_per_minute=tpm, latency_s=(0.05, 0.15))
+    with running_test_server(config) as handle:
+        teacher = make_teacher(handle, teacher_tpm=tpm)
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            replies = list(
+                pool.map(
+                    lambda _: teacher.complete_structured(messages(), TeacherExtraction, max_tokens=700),
+                    range(54),
+                )
+            )
+        elapsed = time.monotonic() - started
+        stats = handle.stats()
+    assert all(reply.parsed is not None for reply in replies)
+    assert stats.responses_429 == 0 and stats.rate_limited == 0
+    used = sum(reply.usage.total_tokens for reply in replies)
+    assert used > tpm  # more than one bucketful: the client really had to wait for the refill
+    # Never more than a full bucket plus what refilled in the meantime.
+    assert stats.tokens_charged(0, stats.uptime_s + 1) <= tpm + tpm / 60 * elapsed + 1
+
+
+def test_the_key_never_appears_in_logs_reprs_or_errors(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.inject("rate_limit", count=1)
+    server.inject("invalid_json", count=1)
+    teacher = make_teacher(server)
+    teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    failing = make_teacher(server, teacher_model="no-such-model")
+    with pytest.raises(TeacherError) as caught:
+        failing.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    settings = teacher.settings
+    shown = [
+        caplog.text,
+        repr(teacher),
+        str(settings),
+        repr(settings),
+        settings.model_dump_json(),
+        str(settings.model_dump()),
+        settings.describe(),
+        str(caught.value),
+    ]
+    assert all(SECRET not in text for text in shown)
+    assert "model_dump" not in caplog.text and "key set" in settings.describe()
+
+
+def test_settings_come_from_the_environment_and_a_dotenv_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("OPENAI_API_KEY=sk-from-dotenv\nTEACHER_MODEL=gpt-4o-mini\nUNRELATED=1\n")
+    monkeypatch.setenv("TEACHER_TPM", "30000")
+    monkeypatch.setenv("TEACHER_OUTPUT_MODE", "json_object")
+    settings = TeacherSettings(_env_file=dotenv)  # type: ignore[call-arg]
+    assert settings.teacher_model == "gpt-4o-mini" and settings.teacher_tpm == 30_000
+    assert settings.teacher_output_mode == "json_object"
+    assert settings.resolve_api_key() == SecretStr("sk-from-dotenv")
+    assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1_000_000, completion_tokens=100_000)) == 3.5
+    monkeypatch.setenv("TEACHER_OUTPUT_MODE", "yaml")
+    with pytest.raises(ValueError, match="teacher_output_mode"):
+        TeacherSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_no_key_for_the_public_api_is_a_clear_error() -> None:
+    with pytest.raises(TeacherError, match="OPENAI_API_KEY"):
+        OpenAITeacher(TeacherSettings(_env_file=None))  # type: ignore[call-arg]
+
+
+def test_one_bucket_is_shared_by_whoever_passes_it(server: ServerHandle) -> None:
+    bucket = LocalTokenBucket(200_000, clock=lambda: 0.0)  # frozen: no refill blurs the count
+    settings = TeacherSettings(openai_base_url=server.base_url, _env_file=None)  # type: ignore[call-arg]
+    first, second = OpenAITeacher(settings, budget=bucket), OpenAITeacher(settings, budget=bucket)
+    first.complete_structured(messages(), TeacherExtraction, max_tokens=1000)
+    second.complete_structured(messages(), TeacherExtraction, max_tokens=1000)
+    spent = server.stats().prompt_tokens + server.stats().completion_tokens
+    assert bucket.available_tokens() == 200_000 - spent
