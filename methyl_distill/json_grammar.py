@@ -6,28 +6,37 @@ pitfalls with small models (FACTS.md): its string rule `[^"\\]` admits raw contr
 (SmolLM2 then writes raw newlines inside strings: invalid JSON), and unbounded arrays let a model
 repeat an item until `max_tokens` truncates the output. This converter therefore
 
-- excludes control characters from strings (`[^"\\\x7F\x00-\x1F]`; escapes such as `\n` remain),
-- bounds every array (`maxItems`, or `max_array_items` when the schema sets none),
-- bounds the digits of numbers and, optionally, the length of strings,
+- excludes control characters from strings (`[^"\\\x7f\x00-\x1f]`; escapes such as `\n` remain),
+- bounds every array (`maxItems`, or the defaults when the schema sets none): a small model
+  otherwise repeats an item until `max_tokens` cuts the JSON off; lists of scalars (evidence
+  quotes, CpG ids...) get a tighter default than lists of objects,
+- bounds the length of strings (`maxLength`, or the default) and the digits of numbers,
+- allows at most one space (or, with whitespace "flexible", a newline and an indent) between
+  tokens, so no output budget is spent on layout,
 - resolves local `$ref`s (`#/$defs/...`, `#/definitions/...`, recursion included), nullable unions
   (`anyOf` with `null`, type lists, `nullable`), enums, `const` and pydantic `Literal`s.
 
 Keywords that only narrow values inside a type (`pattern`, `format`, `minimum`, `maximum`,
 `multipleOf`) are not enforced by the grammar: the output is still validated with pydantic.
 Properties are emitted in schema order; properties outside `properties` are never generated.
+The bounds are `GrammarLimits`: arguments, or TEACHER_GRAMMAR_* settings (environment or .env).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["GrammarError", "schema_to_gbnf"]
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["GrammarError", "GrammarLimits", "schema_to_gbnf"]
 
 # The shared primitive rules. `char` is the important one: no raw control characters, no DEL.
+_WHITESPACE = {"compact": '" "?', "flexible": '| " " | "\\n" [ \\t]{0,16}'}
 _PRIMITIVES: dict[str, str] = {
-    "ws": '| " " | "\\n" [ \\t]{0,16}',
+    "ws": _WHITESPACE["compact"],
     "char": '[^"\\\\\\x7F\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
     "boolean": '"true" | "false"',
     "null": '"null"',
@@ -71,26 +80,43 @@ class GrammarError(ValueError):
     """The schema uses something that cannot be turned into a grammar."""
 
 
-def schema_to_gbnf(
-    schema: dict[str, Any],
-    *,
-    max_array_items: int | None = 16,
-    max_string_length: int | None = None,
-) -> str:
+class GrammarLimits(BaseSettings):
+    """Bounds the grammar puts on what the schema leaves open; from TEACHER_GRAMMAR_* variables or .env.
+
+    None means unbounded. The defaults suit mid-sized local models; the embedded SmolLM2 teacher
+    runs with tighter ones (methyl_distill.embedded_teacher).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="TEACHER_GRAMMAR_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    max_array_items: int | None = Field(
+        default=16, ge=0, description="Items of an array of objects or arrays without maxItems."
+    )
+    max_scalar_array_items: int | None = Field(
+        default=4,
+        ge=0,
+        description="Items of an array of strings, numbers, booleans or enums without maxItems.",
+    )
+    max_string_length: int | None = Field(
+        default=400, ge=0, description="Characters of a string without maxLength."
+    )
+    whitespace: Literal["compact", "flexible"] = Field(
+        default="compact",
+        description="compact: at most one space between tokens; flexible: also a newline and a short indent.",
+    )
+
+
+def schema_to_gbnf(schema: dict[str, Any], limits: GrammarLimits | None = None) -> str:
     """A GBNF grammar whose sentences are JSON documents valid against `schema` (see module doc).
 
-    `max_array_items` bounds arrays whose schema sets no `maxItems` (None: unbounded, which small
-    models punish with endless repetition). `max_string_length` bounds strings whose schema sets no
-    `maxLength` (None: unbounded). The grammar's start rule is `root`.
+    `limits` defaults to `GrammarLimits()`, i.e. the TEACHER_GRAMMAR_* settings. The start rule
+    is `root`.
     """
     if not isinstance(schema, dict):
         raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
-    if max_array_items is not None and max_array_items < 0:
-        raise GrammarError(f"max_array_items must be >= 0, got {max_array_items}")
-    if max_string_length is not None and max_string_length < 0:
-        raise GrammarError(f"max_string_length must be >= 0, got {max_string_length}")
-    converter = _Converter(schema, max_array_items=max_array_items, max_string_length=max_string_length)
-    return converter.convert()
+    return _Converter(schema, limits if limits is not None else GrammarLimits()).convert()
 
 
 def _literal(text: str) -> str:
@@ -131,10 +157,12 @@ def _repeat(item: str, min_count: int, max_count: int | None) -> str:
 
 
 class _Converter:
-    def __init__(self, schema: dict[str, Any], *, max_array_items: int | None, max_string_length: int | None):
+    def __init__(self, schema: dict[str, Any], limits: GrammarLimits):
         self._schema = schema
-        self._max_array_items = max_array_items
-        self._max_string_length = max_string_length
+        self._max_array_items = limits.max_array_items
+        self._max_scalar_array_items = limits.max_scalar_array_items
+        self._max_string_length = limits.max_string_length
+        self._whitespace = _WHITESPACE[limits.whitespace]
         self._rules: dict[str, str] = {}
         self._body_to_name: dict[str, str] = {}
         self._ref_names: dict[str, str] = {}
@@ -152,7 +180,7 @@ class _Converter:
         for dependency in _PRIMITIVE_DEPENDENCIES.get(name, ()):
             self._primitive(dependency)
         if name not in self._rules:
-            self._rules[name] = _PRIMITIVES[name]
+            self._rules[name] = self._whitespace if name == "ws" else _PRIMITIVES[name]
         return name
 
     def _add_rule(self, hint: str, body: str) -> str:
@@ -211,7 +239,9 @@ class _Converter:
 
         if schema.get("nullable") is True:
             inner = {k: v for k, v in schema.items() if k != "nullable"}
-            return self._alternatives([self._as_item(self._visit(inner, hint), hint), self._primitive("null")], hint)
+            return self._alternatives(
+                [self._as_item(self._visit(inner, hint), hint), self._primitive("null")], hint
+            )
         if "$ref" in schema:
             siblings = set(schema) - {"$ref"} - _IGNORED_KEYWORDS
             if siblings:
@@ -310,21 +340,41 @@ class _Converter:
         if "prefixItems" in schema:
             raise GrammarError(f"tuple arrays (prefixItems) at {hint!r} are not supported")
         ws = self._primitive("ws")
-        item = self._as_item(self._visit(schema.get("items", True), f"{hint}-item"), f"{hint}-item")
+        item_schema = schema.get("items", True)
+        item = self._as_item(self._visit(item_schema, f"{hint}-item"), f"{hint}-item")
         min_items = int(schema.get("minItems", 0))
-        max_items = schema.get("maxItems", self._max_array_items)
+        default_max = self._max_scalar_array_items if self._is_scalar(item_schema) else self._max_array_items
+        max_items = schema.get("maxItems", default_max)
         max_items = None if max_items is None else int(max_items)
         if max_items is not None and max_items < min_items:
             raise GrammarError(f"maxItems {max_items} < minItems {min_items} at {hint!r}")
         if max_items == 0:
             return f'"[" {ws} "]"'
         named_item = _RULE_NAME.fullmatch(item) is not None
-        rest = _repeat(f'("," {ws} {item} {ws})', max(min_items - 1, 0), None if max_items is None else max_items - 1)
+        rest = _repeat(
+            f'("," {ws} {item} {ws})', max(min_items - 1, 0), None if max_items is None else max_items - 1
+        )
         elements = f"{item} {ws} {rest}".strip()
         if min_items == 0:
             elements = f"({elements})?"
         body = f'"[" {ws} {elements} "]"'
         return self._add_rule(f"{item}-list", body) if named_item else body
+
+    def _is_scalar(self, schema: Any, depth: int = 0) -> bool:
+        """Whether every value of `schema` is a string, number, boolean or null (not a container)."""
+        if not isinstance(schema, dict) or depth > 32:
+            return False
+        if "$ref" in schema:
+            return self._is_scalar(self._resolve(schema["$ref"]), depth + 1)
+        if "const" in schema or "enum" in schema:
+            values = [schema["const"]] if "const" in schema else schema["enum"]
+            return all(not isinstance(value, dict | list) for value in values)
+        for keyword in ("anyOf", "oneOf"):
+            if keyword in schema:
+                return all(self._is_scalar(option, depth + 1) for option in schema[keyword])
+        types = schema.get("type")
+        types = types if isinstance(types, list) else [types]
+        return all(t in {"string", "number", "integer", "boolean", "null"} for t in types)
 
     def _object(self, schema: dict[str, Any], hint: str) -> str:
         ws = self._primitive("ws")
@@ -344,7 +394,9 @@ class _Converter:
         pairs: dict[str, str] = {}
         for name, prop_schema in properties.items():
             value = self._as_item(self._visit(prop_schema, f"{hint}-{name}"), f"{hint}-{name}")
-            pairs[name] = self._add_rule(f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value} {ws}')
+            pairs[name] = self._add_rule(
+                f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value} {ws}'
+            )
         required_names = [name for name in properties if name in required]
         optional_names = [name for name in properties if name not in required]
 
@@ -361,7 +413,9 @@ class _Converter:
         """Any subset of `pairs`, in order, comma-separated: rule `rest_i` = what may follow pair i."""
         rest_names: list[str] = []
         for index in range(len(pairs) - 1, -1, -1):
-            later = [f'"," {ws} {pairs[j]} {rest_names[len(pairs) - 1 - j]}' for j in range(index + 1, len(pairs))]
+            later = [
+                f'"," {ws} {pairs[j]} {rest_names[len(pairs) - 1 - j]}' for j in range(index + 1, len(pairs))
+            ]
             body = " | ".join(later)
             rest_names.append(self._add_rule(f"{hint}-after-{index}", f"({body})?") if later else "")
         rest_names.reverse()
@@ -375,15 +429,21 @@ class _Converter:
         self._rules["value"] = ""
         ws = self._primitive("ws")
         string = self._string({})
-        items = _repeat(f'("," {ws} value {ws})', 0, None if self._max_array_items is None else self._max_array_items - 1)
-        if self._max_array_items == 0:
-            array = f'"[" {ws} "]"'
-        else:
-            array = f'"[" {ws} (value {ws} {items})? "]"'
+        items = _repeat(
+            f'("," {ws} value {ws})', 0, None if self._max_array_items is None else self._max_array_items - 1
+        )
+        empty = self._max_array_items == 0
+        array = f'"[" {ws} "]"' if empty else f'"[" {ws} (value {ws} {items})? "]"'
         member = f'{string} {ws} ":" {ws} value {ws}'
         obj = f'"{{" {ws} ({member} ("," {ws} {member})*)? "}}"'
         self._rules["value"] = " | ".join(
-            [f"({obj})", f"({array})", string, self._primitive("number"), self._primitive("boolean"),
-             self._primitive("null")]
+            [
+                f"({obj})",
+                f"({array})",
+                string,
+                self._primitive("number"),
+                self._primitive("boolean"),
+                self._primitive("null"),
+            ]
         )
         return "value"

@@ -14,7 +14,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.json_grammar import GrammarError, schema_to_gbnf
+from methyl_distill.json_grammar import GrammarError, GrammarLimits, schema_to_gbnf
 from methyl_distill.records import TeacherExtraction
 
 # -- a GBNF → regex translator for non-recursive grammars ----------------------------------------
@@ -29,9 +29,11 @@ def _decode_literal(literal: str) -> str:
     body = literal[1:-1]
     return re.sub(
         r"\\(x[0-9A-Fa-f]{2}|.)",
-        lambda m: chr(int(m.group(1)[1:], 16))
-        if m.group(1).startswith("x") and len(m.group(1)) == 3
-        else {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(1), m.group(1)),
+        lambda m: (
+            chr(int(m.group(1)[1:], 16))
+            if m.group(1).startswith("x") and len(m.group(1)) == 3
+            else {"n": "\n", "r": "\r", "t": "\t"}.get(m.group(1), m.group(1))
+        ),
         body,
     )
 
@@ -86,12 +88,18 @@ def _extraction(evidence_count: int = 2) -> dict:
         "sample_types": ["tumour tissue"],
         "assays": ["MSP"],
         "clinical_uses": ["prediction_of_therapy_response"],
-        "performance": {"sensitivity": 0.82, "specificity": None, "auc": 0.9, "cohort_size": 206, "notes": ""},
+        "performance": {
+            "sensitivity": 0.82,
+            "specificity": None,
+            "auc": 0.9,
+            "cohort_size": 206,
+            "notes": "",
+        },
         "related": [],
         "evidence": [f"quote {i}" for i in range(evidence_count)],
     }
     return {
-        "answers": [{"question_id": "markers", "answer": "MGMT, \"quoted\" \\ path", "evidence": []}],
+        "answers": [{"question_id": "markers", "answer": 'MGMT, "quoted" \\ path', "evidence": []}],
         "markers": [marker],
         "additional_qa": [{"question": "Q?", "answer": "A \u00e9\u4e2d", "evidence": ["line one\nline two"]}],
     }
@@ -99,18 +107,54 @@ def _extraction(evidence_count: int = 2) -> dict:
 
 @pytest.fixture(scope="module")
 def teacher_grammar() -> str:
-    return schema_to_gbnf(TeacherExtraction.model_json_schema(), max_array_items=16)
+    return schema_to_gbnf(
+        TeacherExtraction.model_json_schema(), GrammarLimits(max_array_items=16, max_scalar_array_items=16)
+    )
 
 
 # -- tests -------------------------------------------------------------------------------------------
 
 
-def test_valid_extraction_is_accepted_compact_and_indented(teacher_grammar: str) -> None:
+def test_valid_extraction_is_accepted(teacher_grammar: str) -> None:
     document = _extraction()
     TeacherExtraction.model_validate(document)
     assert accepts(teacher_grammar, json.dumps(document))
     assert accepts(teacher_grammar, json.dumps(document, separators=(",", ":")))
-    assert accepts(teacher_grammar, json.dumps(document, indent=2, ensure_ascii=False))
+    assert accepts(teacher_grammar, json.dumps(document, ensure_ascii=False))
+
+
+def test_whitespace_compact_rejects_layout_flexible_allows_it(teacher_grammar: str) -> None:
+    indented = json.dumps(_extraction(), indent=2)
+    assert not accepts(teacher_grammar, indented)
+    assert not accepts(teacher_grammar, json.dumps(_extraction()).replace(", ", ",   "))
+    flexible = schema_to_gbnf(
+        TeacherExtraction.model_json_schema(), GrammarLimits(max_scalar_array_items=16, whitespace="flexible")
+    )
+    assert accepts(flexible, indented)
+
+
+def test_scalar_and_object_arrays_have_separate_bounds() -> None:
+    limits = GrammarLimits(max_array_items=3, max_scalar_array_items=1)
+    grammar = schema_to_gbnf(TeacherExtraction.model_json_schema(), limits)
+    document = _extraction(evidence_count=1)
+    document["additional_qa"] = document["additional_qa"] * 3
+    assert accepts(grammar, json.dumps(document))
+    assert not accepts(grammar, json.dumps(_extraction(evidence_count=2)))
+    document["additional_qa"] = document["additional_qa"] * 2
+    assert not accepts(grammar, json.dumps(document))
+
+
+def test_limits_come_from_teacher_grammar_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEACHER_GRAMMAR_MAX_STRING_LENGTH", "5")
+    monkeypatch.setenv("TEACHER_GRAMMAR_MAX_SCALAR_ARRAY_ITEMS", "2")
+    assert GrammarLimits().max_string_length == 5
+    grammar = schema_to_gbnf({"type": "array", "items": {"type": "string"}})
+    assert accepts(grammar, '["abcde", "x"]')
+    assert not accepts(grammar, '["abcdef"]')
+    assert not accepts(grammar, '["a", "b", "c"]')
+    monkeypatch.setenv("TEACHER_GRAMMAR_MAX_STRING_LENGTH", "-1")
+    with pytest.raises(ValueError, match="max_string_length"):
+        GrammarLimits()
 
 
 def test_raw_control_characters_in_strings_are_rejected(teacher_grammar: str) -> None:
@@ -119,13 +163,15 @@ def test_raw_control_characters_in_strings_are_rejected(teacher_grammar: str) ->
     assert not accepts(teacher_grammar, text.replace("line one\\nline two", "line one\nline two"))
     assert not accepts(teacher_grammar, text.replace("quote 0", "quote\t0"))
     assert not accepts(teacher_grammar, text.replace("quote 0", "quote\x7f0"))
-    assert "char ::= [^\"\\\\\\x7F\\x00-\\x1F]" in teacher_grammar
+    assert 'char ::= [^"\\\\\\x7F\\x00-\\x1F]' in teacher_grammar
 
 
 def test_arrays_are_bounded(teacher_grammar: str) -> None:
     assert accepts(teacher_grammar, json.dumps(_extraction(evidence_count=16)))
     assert not accepts(teacher_grammar, json.dumps(_extraction(evidence_count=17)))
-    tight = schema_to_gbnf(TeacherExtraction.model_json_schema(), max_array_items=2)
+    tight = schema_to_gbnf(
+        TeacherExtraction.model_json_schema(), GrammarLimits(max_array_items=2, max_scalar_array_items=2)
+    )
     assert accepts(tight, json.dumps(_extraction(evidence_count=2)))
     assert not accepts(tight, json.dumps(_extraction(evidence_count=3)))
 
@@ -165,7 +211,15 @@ class _Optional(BaseModel):
 
 @pytest.mark.parametrize(
     "document",
-    [{}, {"a": 2}, {"b": None}, {"c": 'y"z'}, {"a": 1, "c": "x"}, {"a": 1, "b": "s", "c": "x"}, {"b": "", "c": "x"}],
+    [
+        {},
+        {"a": 2},
+        {"b": None},
+        {"c": 'y"z'},
+        {"a": 1, "c": "x"},
+        {"a": 1, "b": "s", "c": "x"},
+        {"b": "", "c": "x"},
+    ],
 )
 def test_optional_properties_any_subset_in_order(document: dict) -> None:
     grammar = schema_to_gbnf(_Optional.model_json_schema())
@@ -186,7 +240,9 @@ class _Bounded(BaseModel):
 
 
 def test_schema_bounds_and_maps() -> None:
-    grammar = schema_to_gbnf(_Bounded.model_json_schema(), max_array_items=None)
+    grammar = schema_to_gbnf(
+        _Bounded.model_json_schema(), GrammarLimits(max_array_items=None, max_scalar_array_items=None)
+    )
     ok = {"tags": ["a"], "name": "abcd", "scores": {"x": 1.0, "y": 2}}
     assert accepts(grammar, json.dumps(ok))
     assert not accepts(grammar, json.dumps({**ok, "tags": []}))
@@ -196,7 +252,7 @@ def test_schema_bounds_and_maps() -> None:
 
 
 def test_max_string_length_default_applies_to_unbounded_strings() -> None:
-    grammar = schema_to_gbnf({"type": "string"}, max_string_length=3)
+    grammar = schema_to_gbnf({"type": "string"}, GrammarLimits(max_string_length=3))
     assert accepts(grammar, '"abc"')
     assert not accepts(grammar, '"abcd"')
     assert accepts(grammar, '"\\n\\u00e9"')
@@ -245,7 +301,11 @@ def test_every_rule_is_defined_once_and_used(teacher_grammar: str) -> None:
     names = [line.split(" ::= ")[0] for line in teacher_grammar.strip().splitlines()]
     assert len(names) == len(set(names))
     bodies = " ".join(line.split(" ::= ", 1)[1] for line in teacher_grammar.strip().splitlines())
-    referenced = set(re.findall(r'(?<![\w"\\-])([a-z][a-z0-9-]*)(?![\w"-])', re.sub(r'"(?:[^"\\]|\\.)*"|\[[^\]]*\]', "", bodies)))
+    referenced = set(
+        re.findall(
+            r'(?<![\w"\\-])([a-z][a-z0-9-]*)(?![\w"-])', re.sub(r'"(?:[^"\\]|\\.)*"|\[[^\]]*\]', "", bodies)
+        )
+    )
     assert referenced <= set(names)
     assert set(names) - {"root"} <= referenced
 

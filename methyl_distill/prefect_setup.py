@@ -1,0 +1,202 @@
+"""One idempotent set-up of the Prefect objects methyl-distill's deployments rely on.
+
+- a process work pool for local runs (`prefect worker start --pool methyl-distill-process`),
+- a CUDA work pool for fine-tuning: a Docker pool whose containers get the host's NVIDIA GPUs
+  (`container_create_kwargs.device_requests`, as `docker run --gpus all`), or a Kubernetes pool
+  whose jobs request `nvidia.com/gpu`; base job templates in deployments/*.json,
+- the global concurrency limit that serves as the teacher's tokens-per-minute bucket (and the
+  requests-per-minute one when TEACHER_RPM is set): limit = budget, slot decay = budget / 60 s,
+- the `gpu` tag concurrency limit (1): one fine-tune per GPU at a time.
+
+Running it again changes nothing that is already right and updates what differs; a pool that
+exists with another type is an error (Prefect cannot change a pool's type).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENTS_DIRECTORY = Path(__file__).resolve().parent.parent / "deployments"
+DOCKER_GPU_TEMPLATE = "docker-gpu-base-job-template.json"
+KUBERNETES_GPU_TEMPLATE = "k8s-gpu-base-job-template.json"
+CudaPoolType = Literal["docker", "kubernetes", "none"]
+
+
+class PrefectSetupConfig(BaseModel):
+    """What `methyl-distill setup-prefect` creates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    process_pool: str = Field(
+        default="methyl-distill-process", description="Process work pool for local runs."
+    )
+    cuda_pool: str = Field(
+        default="methyl-distill-cuda", description="Work pool of the fine-tuning deployment."
+    )
+    cuda_pool_type: CudaPoolType = Field(
+        default="docker", description="docker (GPU device requests), kubernetes (nvidia.com/gpu) or none."
+    )
+    cuda_base_job_template: Path | None = Field(
+        default=None, description="Base job template of the CUDA pool; default: the one in deployments/."
+    )
+    gpu_tag: str = Field(default="gpu", description="Task tag of GPU work (the fine-tune task).")
+    gpu_tag_limit: int = Field(
+        default=1, ge=1, description="Task runs with that tag at once (GPUs per worker)."
+    )
+    teacher_limit_name: str = Field(
+        default="methyl-distill-teacher", description="Global concurrency limit used as the TPM bucket."
+    )
+    teacher_tpm: int = Field(default=200_000, gt=0, description="Tokens per minute of the teacher model.")
+    teacher_rpm: int | None = Field(default=None, gt=0, description="Requests per minute, if enforced.")
+
+
+@dataclass(frozen=True)
+class SetupAction:
+    kind: str
+    name: str
+    outcome: Literal["created", "updated", "unchanged"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}: {self.outcome}"
+
+
+class PrefectSetupError(RuntimeError):
+    """The Prefect API holds something that conflicts with the set-up."""
+
+
+def load_base_job_template(path: str | Path) -> dict[str, Any]:
+    """A base job template file: an object with `job_configuration` and `variables`."""
+    template_path = Path(path)
+    try:
+        template = json.loads(template_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PrefectSetupError(f"base job template {template_path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise PrefectSetupError(f"base job template {template_path} is not valid JSON: {exc}") from None
+    if not isinstance(template, dict) or not {"job_configuration", "variables"} <= set(template):
+        raise PrefectSetupError(
+            f"base job template {template_path} must be an object with 'job_configuration' and 'variables'"
+        )
+    undefined = sorted(
+        template_placeholders(template["job_configuration"])
+        - set(template["variables"].get("properties", {}))
+    )
+    if undefined:
+        raise PrefectSetupError(f"base job template {template_path} uses undefined variables: {undefined}")
+    return template
+
+
+def template_placeholders(value: Any) -> set[str]:
+    """The `{{ name }}` placeholders anywhere in a job configuration."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        found.update(re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", value))
+    elif isinstance(value, dict):
+        for item in value.values():
+            found |= template_placeholders(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= template_placeholders(item)
+    return found
+
+
+def cuda_base_job_template(config: PrefectSetupConfig) -> dict[str, Any] | None:
+    if config.cuda_pool_type == "none":
+        return None
+    default = DOCKER_GPU_TEMPLATE if config.cuda_pool_type == "docker" else KUBERNETES_GPU_TEMPLATE
+    return load_base_job_template(config.cuda_base_job_template or DEPLOYMENTS_DIRECTORY / default)
+
+
+def _ensure_work_pool(client: Any, name: str, pool_type: str, template: dict[str, Any] | None) -> SetupAction:
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.utilities.asyncutils import run_coro_as_sync
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    if template is None:
+        template = run_coro_as_sync(get_default_base_job_template_for_infrastructure_type(pool_type))
+        if template is None:
+            raise PrefectSetupError(f"Prefect knows no base job template for work pool type {pool_type!r}")
+    try:
+        existing = client.read_work_pool(name)
+    except ObjectNotFound:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
+            return SetupAction("work pool", name, "created")
+        except ObjectAlreadyExists:  # created concurrently
+            existing = client.read_work_pool(name)
+    if existing.type != pool_type:
+        raise PrefectSetupError(
+            f"work pool {name!r} exists with type {existing.type!r}, not {pool_type!r}: delete it "
+            f"(prefect work-pool delete {name}) or choose another name"
+        )
+    if existing.base_job_template != template:
+        client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        return SetupAction("work pool", name, "updated")
+    return SetupAction("work pool", name, "unchanged")
+
+
+def _ensure_tag_limit(client: Any, tag: str, limit: int) -> SetupAction:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        existing = client.read_concurrency_limit_by_tag(tag)
+    except ObjectNotFound:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=limit)
+        return SetupAction("tag concurrency limit", tag, "created")
+    if existing.concurrency_limit != limit:
+        client.create_concurrency_limit(tag=tag, concurrency_limit=limit)  # upserts by tag
+        return SetupAction("tag concurrency limit", tag, "updated")
+    return SetupAction("tag concurrency limit", tag, "unchanged")
+
+
+def _ensure_global_limit(client: Any, name: str, per_minute: int) -> SetupAction:
+    from prefect.exceptions import ObjectNotFound
+
+    from methyl_distill.token_bucket import ensure_limit
+
+    try:
+        before = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        before = None
+    ensure_limit(name, per_minute, per_minute / 60.0)
+    if before is None:
+        return SetupAction("global concurrency limit", name, "created")
+    after = client.read_global_concurrency_limit_by_name(name)
+    changed = (before.limit, before.slot_decay_per_second, before.active) != (
+        after.limit,
+        after.slot_decay_per_second,
+        after.active,
+    )
+    return SetupAction("global concurrency limit", name, "updated" if changed else "unchanged")
+
+
+def setup_prefect(config: PrefectSetupConfig | None = None) -> list[SetupAction]:
+    """Create or update every object (see module doc) on the configured Prefect API."""
+    from prefect.client.orchestration import get_client
+
+    config = config or PrefectSetupConfig()
+    cuda_template = cuda_base_job_template(config)
+    actions: list[SetupAction] = []
+    with get_client(sync_client=True) as client:
+        actions.append(_ensure_work_pool(client, config.process_pool, "process", None))
+        if cuda_template is not None:
+            actions.append(_ensure_work_pool(client, config.cuda_pool, config.cuda_pool_type, cuda_template))
+        actions.append(_ensure_global_limit(client, config.teacher_limit_name, config.teacher_tpm))
+        if config.teacher_rpm is not None:
+            actions.append(
+                _ensure_global_limit(client, f"{config.teacher_limit_name}-requests", config.teacher_rpm)
+            )
+        actions.append(_ensure_tag_limit(client, config.gpu_tag, config.gpu_tag_limit))
+    for action in actions:
+        logger.info("%s", action)
+    return actions
