@@ -55,7 +55,7 @@ def extract_gene_symbols(text: str) -> set[str]:
     symbols: set[str] = set()
     for match in _GENE_SYMBOL.findall(text):
         upper = match.upper()
-        if upper in NOT_GENES or upper.isdigit():
+        if upper in NOT_GENES or upper.isdigit() or _CPG_ID.fullmatch(match):
             continue
         # A lone short word in capitals is usually an acronym unless it carries a digit (AR and ER excepted).
         if len(upper) < 3 and not any(ch.isdigit() for ch in upper) and upper not in {"AR", "ER", "PR"}:
