@@ -9,7 +9,9 @@ Layout of the output directory:
 - `failures.jsonl`: one `FailureRecord` per file that could not be read or extracted.
 
 Every file is written to a temporary file in the same directory, flushed, fsynced and renamed over
-the target, so a crash (even `kill -9`) leaves either the old or the new file, never half of one.
+the target, so a crash (even `kill -9`) leaves either the old or the new file, never half of one;
+the temporary file such a crash may leave behind is removed by the next run (a run owns its output
+directory: two runs writing to one directory at the same time is not supported).
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ def _fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_stale_temporaries(directory: str | Path) -> int:
+    """Delete temporary files a killed writer left in `directory`; returns how many."""
+    removed = 0
+    for leftover in Path(directory).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -143,6 +155,8 @@ def write_extraction_outputs(
     """Write every output file of a run; each one atomically. Returns their paths."""
     paths = ExtractionOutputPaths.under(output_directory)
     Path(paths.processed_files).mkdir(parents=True, exist_ok=True)
+    for directory in (paths.output_directory, paths.processed_files):
+        remove_stale_temporaries(directory)
     ordered = sorted(records, key=lambda record: record.file_id)
     for record in ordered:
         write_processed_files(paths.output_directory, record)

@@ -104,7 +104,7 @@ def _retry_unless_paper_failed(task: Task[..., Any], task_run: TaskRun, state: S
     persist_result=True,
     result_serializer="json",
     retries=INFRASTRUCTURE_RETRIES,
-    retry_delay_seconds=[5, 30],
+    retry_delay_seconds=[2, 10],
     retry_condition_fn=_retry_unless_paper_failed,
     tags=["teacher"],
 )
