@@ -1,9 +1,10 @@
 """One idempotent set-up of the Prefect objects methyl-distill's deployments rely on.
 
 - a process work pool for local runs (`prefect worker start --pool methyl-distill-process`),
-- a CUDA work pool for fine-tuning: a Docker pool whose containers get the host's NVIDIA GPUs
-  (`container_create_kwargs.device_requests`, as `docker run --gpus all`), or a Kubernetes pool
-  whose jobs request `nvidia.com/gpu`; base job templates in deployments/*.json,
+- CUDA work pools for fine-tuning: a Docker pool whose containers get the host's NVIDIA GPUs
+  (`container_create_kwargs.device_requests`, as `docker run --gpus all`) and a Kubernetes pool
+  whose jobs request `nvidia.com/gpu`; base job templates in deployments/*.json. Creating a pool
+  needs no Docker engine or cluster; only its workers do,
 - the global concurrency limit that serves as the teacher's tokens-per-minute bucket (and the
   requests-per-minute one when TEACHER_RPM is set): limit = budget, slot decay = budget / 60 s,
 - the `gpu` tag concurrency limit (1): one fine-tune per GPU at a time.
@@ -28,7 +29,6 @@ logger = logging.getLogger(__name__)
 DEPLOYMENTS_DIRECTORY = Path(__file__).resolve().parent.parent / "deployments"
 DOCKER_GPU_TEMPLATE = "docker-gpu-base-job-template.json"
 KUBERNETES_GPU_TEMPLATE = "k8s-gpu-base-job-template.json"
-CudaPoolType = Literal["docker", "kubernetes", "none"]
 
 
 class PrefectSetupConfig(BaseModel):
@@ -39,14 +39,17 @@ class PrefectSetupConfig(BaseModel):
     process_pool: str = Field(
         default="methyl-distill-process", description="Process work pool for local runs."
     )
-    cuda_pool: str = Field(
-        default="methyl-distill-cuda", description="Work pool of the fine-tuning deployment."
+    docker_gpu_pool: str | None = Field(
+        default="methyl-distill-cuda", description="Docker work pool with GPU device requests; None: none."
     )
-    cuda_pool_type: CudaPoolType = Field(
-        default="docker", description="docker (GPU device requests), kubernetes (nvidia.com/gpu) or none."
+    docker_gpu_template: Path | None = Field(
+        default=None, description=f"Its base job template; default: deployments/{DOCKER_GPU_TEMPLATE}."
     )
-    cuda_base_job_template: Path | None = Field(
-        default=None, description="Base job template of the CUDA pool; default: the one in deployments/."
+    kubernetes_gpu_pool: str | None = Field(
+        default="methyl-distill-cuda-k8s", description="Kubernetes work pool requesting GPUs; None: none."
+    )
+    kubernetes_gpu_template: Path | None = Field(
+        default=None, description=f"Its base job template; default: deployments/{KUBERNETES_GPU_TEMPLATE}."
     )
     gpu_tag: str = Field(default="gpu", description="Task tag of GPU work (the fine-tune task).")
     gpu_tag_limit: int = Field(
@@ -109,11 +112,16 @@ def template_placeholders(value: Any) -> set[str]:
     return found
 
 
-def cuda_base_job_template(config: PrefectSetupConfig) -> dict[str, Any] | None:
-    if config.cuda_pool_type == "none":
-        return None
-    default = DOCKER_GPU_TEMPLATE if config.cuda_pool_type == "docker" else KUBERNETES_GPU_TEMPLATE
-    return load_base_job_template(config.cuda_base_job_template or DEPLOYMENTS_DIRECTORY / default)
+def gpu_pools(config: PrefectSetupConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name, type, base job template) of each GPU work pool the configuration asks for."""
+    pools = []
+    if config.docker_gpu_pool:
+        docker = config.docker_gpu_template or DEPLOYMENTS_DIRECTORY / DOCKER_GPU_TEMPLATE
+        pools.append((config.docker_gpu_pool, "docker", load_base_job_template(docker)))
+    if config.kubernetes_gpu_pool:
+        kubernetes = config.kubernetes_gpu_template or DEPLOYMENTS_DIRECTORY / KUBERNETES_GPU_TEMPLATE
+        pools.append((config.kubernetes_gpu_pool, "kubernetes", load_base_job_template(kubernetes)))
+    return pools
 
 
 def _ensure_work_pool(client: Any, name: str, pool_type: str, template: dict[str, Any] | None) -> SetupAction:
@@ -185,12 +193,12 @@ def setup_prefect(config: PrefectSetupConfig | None = None) -> list[SetupAction]
     from prefect.client.orchestration import get_client
 
     config = config or PrefectSetupConfig()
-    cuda_template = cuda_base_job_template(config)
+    pools = gpu_pools(config)  # bad template files fail before anything is created
     actions: list[SetupAction] = []
     with get_client(sync_client=True) as client:
         actions.append(_ensure_work_pool(client, config.process_pool, "process", None))
-        if cuda_template is not None:
-            actions.append(_ensure_work_pool(client, config.cuda_pool, config.cuda_pool_type, cuda_template))
+        for name, pool_type, template in pools:
+            actions.append(_ensure_work_pool(client, name, pool_type, template))
         actions.append(_ensure_global_limit(client, config.teacher_limit_name, config.teacher_tpm))
         if config.teacher_rpm is not None:
             actions.append(

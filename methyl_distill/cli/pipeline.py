@@ -177,23 +177,23 @@ def _register_setup(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "setup-prefect",
         help="Create the work pools and concurrency limits the deployments use (idempotent).",
         description=(
-            "Create or update, on the Prefect API in PREFECT_API_URL: the process work pool, the CUDA work "
-            "pool (Docker with GPU device requests, or Kubernetes requesting nvidia.com/gpu), the global "
-            "concurrency "
-            "limit used as the teacher's TPM bucket (TEACHER_TPM, TEACHER_RPM) and the 'gpu' tag limit."
+            "Create or update, on the Prefect API in PREFECT_API_URL: the process work pool, the GPU work "
+            "pools (Docker with GPU device requests; Kubernetes requesting nvidia.com/gpu), the global "
+            "concurrency limit used as the teacher's TPM bucket (TEACHER_TPM, TEACHER_RPM) and the 'gpu' "
+            "tag limit."
         ),
     )
     parser.add_argument("--process_pool", default="methyl-distill-process", help="Process work pool name.")
-    parser.add_argument("--cuda_pool", default="methyl-distill-cuda", help="CUDA work pool name.")
     parser.add_argument(
-        "--cuda_pool_type",
-        choices=("docker", "kubernetes", "none"),
-        default="docker",
-        help="Type of the CUDA pool (default docker; none: no CUDA pool).",
+        "--docker_gpu_pool", default="methyl-distill-cuda", help="Docker GPU work pool name ('' for none)."
     )
+    parser.add_argument("--docker_gpu_template", default=None, help="Its base job template (JSON).")
     parser.add_argument(
-        "--cuda_base_job_template", default=None, help="Base job template JSON of the CUDA pool."
+        "--kubernetes_gpu_pool",
+        default="methyl-distill-cuda-k8s",
+        help="Kubernetes GPU work pool name ('' for none).",
     )
+    parser.add_argument("--kubernetes_gpu_template", default=None, help="Its base job template (JSON).")
     parser.add_argument(
         "--gpu_tag_limit", type=_positive_int, default=1, help="Fine-tunes at once (default 1)."
     )
@@ -207,9 +207,10 @@ def run_setup_command(args: argparse.Namespace) -> int:
     settings = TeacherSettings()
     config = PrefectSetupConfig(
         process_pool=args.process_pool,
-        cuda_pool=args.cuda_pool,
-        cuda_pool_type=args.cuda_pool_type,
-        cuda_base_job_template=args.cuda_base_job_template,
+        docker_gpu_pool=args.docker_gpu_pool or None,
+        docker_gpu_template=args.docker_gpu_template,
+        kubernetes_gpu_pool=args.kubernetes_gpu_pool or None,
+        kubernetes_gpu_template=args.kubernetes_gpu_template,
         gpu_tag_limit=args.gpu_tag_limit,
         teacher_limit_name=settings.teacher_bucket_limit_name,
         teacher_tpm=settings.teacher_tpm,

