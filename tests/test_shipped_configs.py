@@ -1,0 +1,184 @@
+"""Every configuration file the repository ships loads and validates.
+
+deployments/prefect.yaml is checked with Prefect's own models (the ones `prefect deploy` uses),
+its entrypoints and parameters against the flows' code, its job variables against the work pools'
+base job templates; the TOML files in data/ with the loaders that read them at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from methyl_distill.prefect_setup import (
+    DEPLOYMENTS_DIRECTORY,
+    DOCKER_GPU_TEMPLATE,
+    KUBERNETES_GPU_TEMPLATE,
+    PrefectSetupConfig,
+    PrefectSetupError,
+    load_base_job_template,
+    template_placeholders,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
+
+
+def _prefect_yaml() -> dict[str, Any]:
+    return yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+
+
+def _deployments() -> list[dict[str, Any]]:
+    return _prefect_yaml()["deployments"]
+
+
+def _flow_parameters(entrypoint: str) -> tuple[set[str], set[str]]:
+    """(all parameter names, required ones) of the @flow function an entrypoint names, read from source."""
+    path, _, function = entrypoint.partition(":")
+    source = ROOT / path
+    assert source.is_file(), f"entrypoint {entrypoint}: {path} does not exist"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            assert any(d.startswith("flow") for d in decorators), f"{entrypoint} is not a @flow"
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            names = {arg.arg for arg in args}
+            positional = node.args.posonlyargs + node.args.args
+            required = {arg.arg for arg in positional[: len(positional) - len(node.args.defaults)]}
+            required |= {
+                a.arg for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults, strict=True) if d is None
+            }
+            return names, required
+    raise AssertionError(f"entrypoint {entrypoint}: no function {function} in {path}")
+
+
+def test_prefect_yaml_validates_with_prefects_models() -> None:
+    from prefect.cli.deploy._models import DeploymentConfig, PrefectYamlModel
+
+    data = _prefect_yaml()
+    assert set(data) <= set(PrefectYamlModel.model_fields) | {"prefect-version"}
+    model = PrefectYamlModel.model_validate(data)
+    names = [deployment.name for deployment in model.deployments]
+    assert len(names) == len(set(names))
+    assert {"pipeline", "extract", "finetune-cuda", "finetune-k8s", "watch-papers"} <= set(names)
+    for raw in data["deployments"]:
+        unknown = set(raw) - set(DeploymentConfig.model_fields)
+        assert not unknown, (
+            f"deployment {raw['name']}: unknown keys {unknown} (prefect deploy would ignore them)"
+        )
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
+def test_entrypoints_and_parameters_match_the_flows(deployment: dict[str, Any]) -> None:
+    names, required = _flow_parameters(deployment["entrypoint"])
+    parameters = set(deployment.get("parameters", {}))
+    for trigger in deployment.get("triggers", []):
+        parameters |= set(trigger.get("parameters", {}))
+    assert parameters <= names, (
+        f"{deployment['name']}: parameters the flow does not take: {parameters - names}"
+    )
+    assert required <= set(deployment.get("parameters", {})), f"{deployment['name']}: required {required}"
+
+
+@pytest.mark.parametrize(
+    "deployment", [d for d in _deployments() if d.get("schedules")], ids=lambda d: d["name"]
+)
+def test_schedules_parse_and_start_inactive(deployment: dict[str, Any]) -> None:
+    from prefect.cli.deploy._models import RawScheduleConfig
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+
+    for schedule in deployment["schedules"]:
+        RawScheduleConfig.model_validate(schedule)
+        created = _schedule_config_to_deployment_schedule(schedule)
+        assert created["active"] is False, "shipped schedules are inactive until a user turns them on"
+
+
+def test_pipeline_trigger_fires_on_paper_added_and_templates_the_folder() -> None:
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+
+    from methyl_distill.paper_watch import INPUT_DIRECTORY_LABEL, PAPER_ADDED_EVENT, PAPER_RESOURCE_PREFIX
+
+    pipeline = next(d for d in _deployments() if d["name"] == "pipeline")
+    (trigger,) = _initialize_deployment_triggers("pipeline", [dict(t) for t in pipeline["triggers"]])
+    assert trigger.expect == {PAPER_ADDED_EVENT}
+    assert trigger.match.model_dump() == {"prefect.resource.id": f"{PAPER_RESOURCE_PREFIX}*"}
+    assert INPUT_DIRECTORY_LABEL in trigger.parameters["input_directory"]
+    assert pipeline["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+
+
+def test_work_pools_are_the_ones_setup_creates() -> None:
+    config = PrefectSetupConfig()
+    created = {config.process_pool, config.docker_gpu_pool, config.kubernetes_gpu_pool}
+    for deployment in _deployments():
+        assert deployment["work_pool"]["name"] in created, deployment["name"]
+
+
+@pytest.mark.parametrize(
+    ("pool", "template_file"),
+    [("methyl-distill-cuda", DOCKER_GPU_TEMPLATE), ("methyl-distill-cuda-k8s", KUBERNETES_GPU_TEMPLATE)],
+)
+def test_gpu_job_variables_exist_in_their_pool_templates(pool: str, template_file: str) -> None:
+    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / template_file)
+    variables = template["variables"]["properties"]
+    users = [d for d in _deployments() if d["work_pool"]["name"] == pool]
+    assert users, f"no deployment uses {pool}"
+    for deployment in users:
+        unknown = set(deployment["work_pool"].get("job_variables", {})) - set(variables)
+        assert not unknown, f"{deployment['name']}: job variables {unknown} not in {template_file}"
+        assert "gpu" in deployment["tags"]
+
+
+def test_docker_template_requests_every_gpu() -> None:
+    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / DOCKER_GPU_TEMPLATE)
+    assert template["job_configuration"]["container_create_kwargs"] == "{{ container_create_kwargs }}"
+    default = template["variables"]["properties"]["container_create_kwargs"]["default"]
+    assert default["device_requests"] == [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+
+
+def test_kubernetes_template_requests_nvidia_gpus() -> None:
+    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / KUBERNETES_GPU_TEMPLATE)
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    assert template["variables"]["properties"]["gpu_count"]["default"] == 1
+    assert {"gpu_count", "image", "command", "env"} <= template_placeholders(template["job_configuration"])
+
+
+def test_bad_base_job_templates_are_clear_errors(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text("{", encoding="utf-8")
+    with pytest.raises(PrefectSetupError, match="not valid JSON"):
+        load_base_job_template(broken)
+    undefined = tmp_path / "undefined.json"
+    undefined.write_text(
+        json.dumps({"job_configuration": {"image": "{{ image }}"}, "variables": {"properties": {}}}),
+        encoding="utf-8",
+    )
+    with pytest.raises(PrefectSetupError, match=r"undefined variables: \['image'\]"):
+        load_base_job_template(undefined)
+    with pytest.raises(PrefectSetupError, match="does not exist"):
+        load_base_job_template(tmp_path / "missing.json")
+
+
+def test_ci_workflow_example_runs_the_deployment_and_watches() -> None:
+    workflow = yaml.safe_load((ROOT / "deployments" / "ci" / "github-workflow-example.yml").read_text())
+    steps = workflow["jobs"]["pipeline"]["steps"]
+    commands = " ".join(step.get("run", "") for step in steps)
+    assert "prefect deployment run 'pipeline/pipeline'" in commands and "--watch" in commands
+    assert "deployments/prefect.yaml" in commands
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "data").glob("*.toml")), ids=lambda p: p.name)
+def test_data_toml_files_load_with_their_loaders(path: Path) -> None:
+    from methyl_distill.question_bank import load_question_bank
+    from methyl_distill.sft_dataset import DatasetConfig
+
+    loaders = {"question_bank.toml": load_question_bank, "dataset.toml": DatasetConfig.from_toml}
+    assert path.name in loaders, f"{path.name}: add its loader to this test so the shipped file is validated"
+    assert loaders[path.name](path) is not None
