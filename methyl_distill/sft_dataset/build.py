@@ -144,12 +144,11 @@ def build_sft_dataset(
     records_paths = [Path(path) for path in records]
     scan = scan_records(records_paths, config.corrupt_lines)
     logger.info(
-        "Read %d record lines from %d file(s): %d papers, %d superseded, %d corrupt",
+        "Read %d record lines from %d file(s): %d papers, %d superseded",
         scan.lines_read,
         len(records_paths),
         scan.paper_count,
         scan.superseded,
-        len(scan.corrupt_lines),
     )
 
     builder = SampleBuilder(config)
@@ -160,7 +159,9 @@ def build_sft_dataset(
     batch: list[Sample] = []
     batch_papers: dict[str, PaperText] = {}
 
+    papers_used = 0
     for record in scan.iter_records():
+        papers_used += 1
         paper = library.load(record.source_paths, record.content_sha256)
         paper_status[paper.status] += 1
         if paper.status not in ("ok", "changed"):
@@ -186,8 +187,8 @@ def build_sft_dataset(
     finder = DuplicateFinder(config.near_duplicate_threshold, config.minhash_permutations, config.seed)
     finder.add([sample.dedup_text for sample in samples])
     verdict = finder.verdict()
-    drops["exact_duplicate"] += int(verdict.exact.sum())
-    drops["near_duplicate"] += int(verdict.near.sum())
+    drops.update(exact_duplicate=int(verdict.exact.sum()), near_duplicate=int(verdict.near.sum()))
+    drops = +drops  # only reasons that happened
     samples = [sample for sample, keep in zip(samples, verdict.keep.tolist(), strict=True) if keep]
     if not samples:
         reasons = (
@@ -197,7 +198,7 @@ def build_sft_dataset(
         if papers_directory is None and config.grounding == "drop":
             hint = " (no papers directory was given, so nothing could be grounded: pass papers_directory)"
         raise EmptyDatasetError(
-            f"no usable samples from {scan.paper_count} paper(s) in {len(records_paths)} records file(s); "
+            f"no usable samples from {papers_used} paper(s) in {len(records_paths)} records file(s); "
             f"left out: {reasons}{hint}. Nothing was written."
         )
 
@@ -254,9 +255,9 @@ def build_sft_dataset(
             splits=split_stats,
             records_files={str(path): file_sha256(path) for path in records_paths},
             records_read=scan.lines_read,
-            corrupt_lines=scan.corrupt_lines,
+            corrupt_lines=scan.corrupt,
             superseded_records=scan.superseded,
-            papers=scan.paper_count,
+            papers=papers_used,
             paper_status=dict(sorted(paper_status.items())),
             missing_papers=missing,
             drops=dict(sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: (-kv[1], kv[0]))),

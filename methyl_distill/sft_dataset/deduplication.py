@@ -1,37 +1,72 @@
 """Exact and near-duplicate removal that stays fast at hundreds of thousands of samples.
 
 Each sample contributes a *dedup text* (its question and answer, plus evidence, or its extraction
-target: what makes it the sample it is). The text is case-folded and cut into words:
+target's evidence: what makes it the sample it is). Texts are case-folded and cut into words (runs of
+ASCII letters and digits and of non-ASCII characters); everything below is numpy over whole batches:
 
-- exact duplicates: the same word sequence (a 64-bit blake2b of it); the first sample wins;
-- near duplicates: MinHash over word bigrams (multiply-shift hashes, numpy, in batches), LSH banding
-  with bands and rows chosen for the threshold, candidate pairs verified on the full signature, and
+- words are hashed with a polynomial rolling hash over the UTF-8 bytes (prefix sums with wrapping
+  uint64 arithmetic), so no Python work per word and no vocabulary;
+- exact duplicates: the same word sequence (a 64-bit polynomial hash of the word hashes); the first
+  sample wins;
+- near duplicates: one-permutation MinHash over word bigrams (each bigram hash picks one of K bins,
+  the bin keeps its minimum; empty bins are filled by rotation densification), LSH banding with
+  bands and rows chosen for the threshold, candidate pairs verified on the whole signature, and
   connected candidates resolved to their first sample. Work is linear in the text; no pair loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-_WORD = re.compile(r"\w+")
-_MASK64 = (1 << 64) - 1
-_START_ID = np.uint64(0xFFFF_FFFF_FFFF)  # a word id no real word gets: marks each text's start
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_BATCH_SHINGLES = 1 << 18
+_BASE = 0x100000001B3  # odd, so invertible modulo 2**64
+_BASE_INVERSE = pow(_BASE, -1, 2**64)
+_BATCH_BYTES = 1 << 21
+_EMPTY = np.uint32(0xFFFFFFFF)
+# Bytes that belong to words: ASCII letters and digits, and every byte of a non-ASCII character.
+_WORD_BYTE = np.zeros(256, dtype=bool)
+_WORD_BYTE[[*range(48, 58), *range(65, 91), *range(97, 123), *range(128, 256)]] = True
 
 
 def _mix64(values: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: spreads word ids over 64 bits (wrapping uint64 arithmetic)."""
+    """splitmix64 finaliser: spreads values over 64 bits (wrapping uint64 arithmetic)."""
     with np.errstate(over="ignore"):
         z = values + _GOLDEN
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def _powers(base: int, count: int) -> np.ndarray:
+    powers = np.full(count, base, dtype=np.uint64)
+    powers[0] = 1
+    with np.errstate(over="ignore"):
+        return np.cumprod(powers, dtype=np.uint64)
+
+
+def _segment_hash(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Polynomial hash of values[start:end] for every segment, from one prefix sum (mod 2**64)."""
+    forward, inverse = _powers(_BASE, values.size + 1), _powers(_BASE_INVERSE, values.size + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.concatenate(([np.uint64(0)], np.cumsum(values * forward[:-1], dtype=np.uint64)))
+        return (prefix[ends] - prefix[starts]) * inverse[starts]
+
+
+def word_hashes(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The hash of every word of `texts` (in order) and the number of words of each text."""
+    joined = "\x00".join(texts).casefold()
+    if joined.count("\x00") != len(texts) - 1:  # a text with NUL characters: make them spaces
+        joined = "\x00".join(text.replace("\x00", " ") for text in texts).casefold()
+    data = np.frombuffer(joined.encode("utf-8"), dtype=np.uint8)
+    inside = np.concatenate(([0], _WORD_BYTE[data].view(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(inside))
+    starts, ends = edges[0::2], edges[1::2]
+    hashes = _mix64(_segment_hash(data.astype(np.uint64), starts, ends))
+    owner = np.cumsum(data == 0)[starts] if starts.size else np.zeros(0, dtype=np.int64)
+    return hashes, np.bincount(owner, minlength=len(texts))
 
 
 def lsh_parameters(threshold: float, permutations: int) -> tuple[int, int]:
@@ -64,99 +99,106 @@ class DuplicateVerdict:
 
 
 class DuplicateFinder:
-    """Collects dedup texts in batches (signatures only are kept) and decides at the end."""
+    """Signs dedup texts in batches (64-bit exact keys and MinHash signatures only are kept)."""
 
     def __init__(self, threshold: float, permutations: int = 64, seed: int = 0) -> None:
         self.threshold = threshold
-        self.permutations = permutations
-        rng = np.random.default_rng(seed)
-        self._a = rng.integers(1, 2**63, size=permutations, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        self._b = rng.integers(0, 2**63, size=permutations, dtype=np.uint64)
-        self._vocabulary: dict[str, int] = {}
-        self._exact_seen: set[int] = set()
-        self._exact: list[bool] = []
+        self.bins = permutations
+        self._salt = np.uint64(seed & 0xFFFFFFFF)
+        self._keys: list[np.ndarray] = []
         self._signatures: list[np.ndarray] = []
         self._has_words: list[np.ndarray] = []
-        self._pending: list[list[str]] = []
-        self._pending_words = 0
 
     def add(self, texts: Sequence[str]) -> None:
-        vocabulary = self._vocabulary
-        for text in texts:
-            words = _WORD.findall(text.casefold())
-            key = int.from_bytes(hashlib.blake2b(" ".join(words).encode(), digest_size=8).digest(), "little")
-            duplicate = key in self._exact_seen
-            self._exact_seen.add(key)
-            self._exact.append(duplicate)
-            self._pending.append(words)
-            self._pending_words += len(words) + 1
-            if self._pending_words >= _BATCH_SHINGLES:
-                self._flush(vocabulary)
+        begin = 0
+        while begin < len(texts):
+            end, size = begin, 0
+            while end < len(texts) and (end == begin or size + len(texts[end]) < _BATCH_BYTES):
+                size += len(texts[end]) + 1
+                end += 1
+            self._add_batch(texts[begin:end])
+            begin = end
 
-    def _flush(self, vocabulary: dict[str, int]) -> None:
-        if not self._pending:
-            return
-        ids: list[int] = []
-        counts = np.empty(len(self._pending), dtype=np.int64)
-        for index, words in enumerate(self._pending):
-            ids.append(int(_START_ID))
-            ids.extend([vocabulary.setdefault(word, len(vocabulary)) for word in words])
-            counts[index] = len(words)
-        self._pending, self._pending_words = [], 0
-        sequence = np.array(ids, dtype=np.uint64)
-        mixed = _mix64(sequence)
+    def _add_batch(self, texts: Sequence[str]) -> None:
+        hashes, counts = word_hashes(texts)
+        mixed = _mix64(hashes ^ self._salt)
+        text_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        keys = _mix64(_segment_hash(mixed, text_starts, text_starts + counts) ^ counts.astype(np.uint64))
+        owner = np.repeat(np.arange(len(texts)), counts)
+        # Shingles: word bigrams inside a text; a one-word text is its word.
+        same_text = owner[1:] == owner[:-1]
         with np.errstate(over="ignore"):
-            bigrams = _mix64(mixed[:-1] * _GOLDEN + mixed[1:])
-        bigrams = bigrams[sequence[1:] != _START_ID]  # drop the pairs that span two texts
-        signatures = np.full((len(counts), self.permutations), np.iinfo(np.uint32).max, dtype=np.uint32)
-        has_words = counts > 0
-        if bigrams.size:
-            starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[has_words]
-            with np.errstate(over="ignore"):
-                hashed = ((bigrams[:, None] * self._a[None, :] + self._b[None, :]) >> np.uint64(32)).astype(
-                    np.uint32
-                )
-            signatures[has_words] = np.minimum.reduceat(hashed, starts, axis=0)
-        self._signatures.append(signatures)
-        self._has_words.append(has_words)
+            bigrams = _mix64(mixed[:-1] * _GOLDEN + mixed[1:])[same_text]
+        single = np.flatnonzero(counts == 1)
+        shingles = np.concatenate((bigrams, mixed[text_starts[single]]))
+        shingle_owner = np.concatenate((owner[:-1][same_text], single))
+        bins = self.bins
+        signatures = np.full(len(texts) * bins, _EMPTY, dtype=np.uint32)
+        slots = shingle_owner * bins + (shingles % np.uint64(bins)).astype(np.int64)
+        np.minimum.at(signatures, slots, (shingles >> np.uint64(33)).astype(np.uint32))
+        self._signatures.append(_densify(signatures.reshape(len(texts), bins)))
+        self._keys.append(keys)
+        self._has_words.append(counts > 0)
 
     def verdict(self) -> DuplicateVerdict:
-        self._flush(self._vocabulary)
-        exact = np.array(self._exact, dtype=bool)
-        near = np.zeros(len(exact), dtype=bool)
-        if not self._signatures or self.threshold >= 1.0:
+        if not self._keys:
+            empty = np.zeros(0, dtype=bool)
+            return DuplicateVerdict(empty, empty.copy())
+        keys = np.concatenate(self._keys)
+        _, first = np.unique(keys, return_index=True)
+        exact = np.ones(keys.size, dtype=bool)
+        exact[first] = False
+        near = np.zeros(keys.size, dtype=bool)
+        if self.threshold >= 1.0:
             return DuplicateVerdict(exact, near)
         signatures = np.concatenate(self._signatures)
-        eligible = np.concatenate(self._has_words) & ~exact
-        candidates = np.flatnonzero(eligible)
+        candidates = np.flatnonzero(np.concatenate(self._has_words) & ~exact)
         if candidates.size < 2:
             return DuplicateVerdict(exact, near)
-        bands, rows = lsh_parameters(self.threshold, self.permutations)
+        bands, rows = lsh_parameters(self.threshold, self.bins)
+        coefficients = _mix64(np.arange(1, rows + 1, dtype=np.uint64))
         pairs = []
-        coefficients = _mix64(np.arange(rows, dtype=np.uint64))
         for band in range(bands):
             block = signatures[candidates, band * rows : (band + 1) * rows].astype(np.uint64)
             with np.errstate(over="ignore"):
-                keys = _mix64((block * coefficients[None, :]).sum(axis=1, dtype=np.uint64) + np.uint64(band))
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
+                keys_band = _mix64((block * coefficients).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+            order = np.argsort(keys_band, kind="stable")
+            sorted_keys = keys_band[order]
             group_start = np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1]))
             first_of_group = order[np.maximum.accumulate(np.where(group_start, np.arange(order.size), 0))]
             members = ~group_start
             if members.any():
-                pairs.append(
-                    np.stack([candidates[first_of_group[members]], candidates[order[members]]], axis=1)
-                )
+                pair = np.stack([candidates[first_of_group[members]], candidates[order[members]]], axis=1)
+                pairs.append(pair)
         if not pairs:
             return DuplicateVerdict(exact, near)
         unique_pairs = np.unique(np.concatenate(pairs), axis=0)
         similarity = (signatures[unique_pairs[:, 0]] == signatures[unique_pairs[:, 1]]).mean(axis=1)
         edges = unique_pairs[similarity >= self.threshold]
-        near[_later_members(edges, len(exact))] = True
+        near[_later_members(edges)] = True
         return DuplicateVerdict(exact, near)
 
 
-def _later_members(edges: np.ndarray, size: int) -> np.ndarray:
+def _densify(signatures: np.ndarray) -> np.ndarray:
+    """Rotation densification: an empty bin takes the next non-empty bin's value (circularly), offset
+    by the distance, so that equal bins stay as likely as the Jaccard similarity (Shrivastava & Li)."""
+    rows, bins = signatures.shape
+    filled = signatures != _EMPTY
+    if filled.all() or rows == 0:
+        return signatures
+    doubled = np.concatenate((filled, filled), axis=1)
+    positions = np.where(doubled, np.arange(2 * bins), 2 * bins)
+    nearest = np.minimum.accumulate(positions[:, ::-1], axis=1)[:, ::-1][:, :bins]
+    empty_rows = nearest[:, 0] >= 2 * bins
+    nearest[empty_rows] = np.arange(bins)  # texts without words: left as they are (never candidates)
+    distance = (nearest - np.arange(bins)).astype(np.uint32)
+    source = np.take_along_axis(signatures, nearest % bins, axis=1)
+    with np.errstate(over="ignore"):
+        dense = source + distance * np.uint32(0x9E3779B1)
+    return np.where(filled | empty_rows[:, None], signatures, dense)
+
+
+def _later_members(edges: np.ndarray) -> np.ndarray:
     """Indices that are not the smallest of their connected component (union-find over the edges)."""
     parent: dict[int, int] = {}
 

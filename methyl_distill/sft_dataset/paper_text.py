@@ -23,14 +23,13 @@ from typing import Literal
 import numpy as np
 
 from methyl_distill.papers import content_sha256, normalise_text
+from methyl_distill.sft_dataset.token_estimate import piece_prefix, run_class
 
 _ELLIPSIS = re.compile(r"\[?\s*(?:\.\s*){3,}\]?")
 _SENTENCE_START = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _WHITESPACE = re.compile(r"\s")
-_LINE_HYPHEN = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
-_PARAGRAPH = re.compile(r"\s*\n\s*\n\s*")
-_SPACES = re.compile(r"\s+")
+_NON_ALNUM = re.compile(r"[\W_]+")
 ELISION = "[...]"
 
 
@@ -45,12 +44,18 @@ def _tables() -> tuple[np.ndarray, np.ndarray]:
         dtype=np.uint32,
         count=0x10000,
     )
+    lower[0x3C2] = 0x3C3  # final sigma folds like sigma (str.lower() picks either by context)
     return alnum, lower
 
 
-def _skeleton(text: str) -> tuple[str, np.ndarray]:
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _skeleton(text: str, codes: np.ndarray | None = None) -> tuple[str, np.ndarray]:
     """The letters and digits of `text`, lower-cased, and the offset in `text` of each of them."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    if codes is None:
+        codes = _codes(text)
     alnum, lower = _tables()
     if codes.size and int(codes.max()) >= 0x10000:  # astral characters: rare, decided one by one
         bmp = np.minimum(codes, 0xFFFF)
@@ -70,11 +75,27 @@ def _skeleton(text: str) -> tuple[str, np.ndarray]:
 def fold_quote(quote: str) -> list[str]:
     """The skeletons of a quote's fragments (split at ellipses), empty fragments left out."""
     normalised = unicodedata.normalize("NFKC", quote)
-    fragments = [_skeleton(part)[0] for part in _ELLIPSIS.split(normalised)]
-    return [fragment for fragment in fragments if fragment]
+    parts = _ELLIPSIS.split(normalised) if "..." in normalised else [normalised]
+    fragments = []
+    for part in parts:
+        letters = _NON_ALNUM.sub("", part)
+        folded = letters.lower().replace("\u03c2", "\u03c3")
+        if len(folded) != len(letters):  # a letter whose lower case is longer: fold as the paper is
+            folded = _skeleton(letters)[0]
+        if folded:
+            fragments.append(folded)
+    return fragments
 
 
 QuoteStatus = Literal["found", "missing", "too_short"]
+
+
+@dataclass(frozen=True, slots=True)
+class Excerpt:
+    """Excerpt text and its token-estimate pieces (None when an edge cuts a word: count it directly)."""
+
+    text: str
+    pieces: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +105,24 @@ class LocatedQuote:
 
 
 class PaperText:
-    """A paper's display text (NFKC, no soft hyphens) with its skeleton for quote matching."""
+    """A paper's display text (NFKC, no soft hyphens, unwrapped) with its skeleton for quote matching."""
 
-    __slots__ = ("_offsets", "skeleton", "text")
+    __slots__ = ("_offsets", "_pieces", "skeleton", "text")
 
     def __init__(self, text: str) -> None:
-        self.text = unicodedata.normalize("NFKC", text).replace("\u00ad", "")
-        self.skeleton, self._offsets = _skeleton(self.text)
+        self.text = unwrap_text(unicodedata.normalize("NFKC", text).replace("\u00ad", ""))
+        codes = _codes(self.text)
+        self.skeleton, self._offsets = _skeleton(self.text, codes)
+        self._pieces = piece_prefix(codes)
+
+    def _window_pieces(self, left: int, right: int) -> int | None:
+        text = self.text
+        for edge in (left, right):
+            if 0 < edge < len(text):
+                before, after = run_class(text[edge - 1]), run_class(text[edge])
+                if before == after and before in (1, 2):  # the edge cuts a letter or digit run
+                    return None
+        return int(self._pieces[right] - self._pieces[left])
 
     def locate(self, quote: str, min_chars: int = 1) -> LocatedQuote:
         """Where `quote` occurs: every fragment must be found (in order where possible)."""
@@ -109,7 +141,7 @@ class PaperText:
             spans.append((int(self._offsets[position]), int(self._offsets[cursor - 1]) + 1))
         return LocatedQuote("found", tuple(spans))
 
-    def excerpt(self, spans: list[tuple[int, int]], budget: int) -> str | None:
+    def excerpt(self, spans: list[tuple[int, int]], budget: int) -> Excerpt | None:
         """Text around `spans` of at most about `budget` characters, or None if the spans alone exceed it.
 
         Windows around the spans share the budget left after the spans; windows that meet are merged;
@@ -137,21 +169,28 @@ class PaperText:
                 windows[-1][3] = window[3]
             else:
                 windows.append(window)
-        pieces = []
-        for left, right, _, _ in windows:
-            pieces.append(clean_excerpt(self.text[left:right]))
-        body = f" {ELISION} ".join(pieces)
-        if windows[0][0] > 0:
-            body = f"{ELISION} {body}"
-        if windows[-1][1] < len(self.text):
-            body = f"{body} {ELISION}"
-        return body
+        return self._render([(left, right) for left, right, _, _ in windows])
 
-    def opening(self, budget: int) -> str:
+    def opening(self, budget: int) -> Excerpt:
         """The paper's beginning, up to a sentence end within `budget` characters."""
-        right = self._snap_end(0, min(len(self.text), budget))
-        body = clean_excerpt(self.text[:right])
-        return body if right >= len(self.text) else f"{body} {ELISION}"
+        return self._render([(0, self._snap_end(0, min(len(self.text), budget)))])
+
+    def _render(self, windows: list[tuple[int, int]]) -> Excerpt:
+        """The windows joined by ' [...] ', with '[...]' where the text goes on before or after."""
+        body = f" {ELISION} ".join(self.text[left:right] for left, right in windows)
+        markers = len(windows) - 1
+        if windows[0][0] > 0:
+            body, markers = f"{ELISION} {body}", markers + 1
+        if windows[-1][1] < len(self.text):
+            body, markers = f"{body} {ELISION}", markers + 1
+        pieces: int | None = markers * len(ELISION)  # '[', '.', '.', '.', ']': one piece each
+        for left, right in windows:
+            window = self._window_pieces(left, right)
+            if window is None or pieces is None:
+                pieces = None
+                break
+            pieces += window
+        return Excerpt(body, pieces)
 
     def _snap_start(self, left: int, evidence_start: int) -> int:
         if left == 0:
@@ -178,11 +217,31 @@ class PaperText:
         return cut if cut > evidence_end else evidence_end
 
 
-def clean_excerpt(text: str) -> str:
-    """Undo hard line wrapping: join hyphenated line breaks, keep paragraphs, collapse other whitespace."""
-    text = _LINE_HYPHEN.sub("", text)
-    paragraphs = _PARAGRAPH.split(text.strip())
-    return "\n\n".join(_SPACES.sub(" ", paragraph) for paragraph in paragraphs if paragraph)
+def unwrap_text(text: str) -> str:
+    """Undo hard line wrapping: join hyphenated line breaks ('methyl-\\nation' -> 'methylation',
+    '5-aza-\\n2' -> '5-aza-2'), turn other line breaks into spaces, keep paragraphs (one blank line
+    between), collapse runs of whitespace."""
+    paragraphs: list[str] = []
+    current: list[str] = []
+    for raw in text.split("\n"):
+        line = " ".join(raw.split())
+        if not line:
+            if current:
+                paragraphs.append("".join(current))
+                current = []
+            continue
+        if current:
+            previous = current[-1]
+            if previous[-1] == "-" and len(previous) >= 2 and previous[-2].isalnum():
+                if previous[-2].islower() and line[0].islower():  # a word hyphenated at the break
+                    current[-1] = previous[:-1]
+                # else a compound broken after its hyphen ('5-aza-' + '2'): keep it, join tightly
+            else:
+                current.append(" ")
+        current.append(line)
+    if current:
+        paragraphs.append("".join(current))
+    return "\n\n".join(paragraphs)
 
 
 PaperStatus = Literal["ok", "changed", "missing", "unreadable", "outside_directory", "no_directory"]

@@ -1,8 +1,11 @@
 """Reading `records.jsonl` files of one or more extraction runs: the newest record per paper content wins.
 
-The files are read twice: a first pass validates every line and remembers, per paper content
-(`content_sha256`), where the newest record lies (file, byte offset); the second pass loads only those
-records, one at a time. Memory stays proportional to the number of papers, not to the records' size.
+The files are read twice. The first pass parses every line's JSON and header (`content_sha256`,
+`extracted_at`) and remembers, per paper content, where its records lie (file, byte offset), newest
+first. The second pass fully validates the newest record of each paper, one at a time; if that line
+turns out not to be a valid PaperRecord it is reported (or fails the run) and the next newest record
+of the paper is used. Memory stays proportional to the number of papers, not to the records' size,
+and each record is fully validated once. (A superseded line is only checked for JSON and header.)
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from methyl_distill.records import PaperRecord
 
@@ -25,6 +28,16 @@ class RecordsFileError(ValueError):
     """A records file that cannot be read, or a corrupt line under the 'fail' policy."""
 
 
+class _RecordHeader(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content_sha256: str
+    extracted_at: datetime | None = None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class _Location:
     extracted_at: datetime
@@ -32,30 +45,52 @@ class _Location:
     line_number: int
     offset: int
 
+    @property
+    def sort_position(self) -> tuple[int, int]:
+        return self.file_index, self.offset
+
 
 @dataclass
 class RecordScan:
-    """Where the newest record of every paper lies, and what the scan met on the way."""
+    """Where the records of every paper lie, and what the scan met on the way."""
 
     paths: tuple[Path, ...]
-    winners: dict[str, _Location] = field(default_factory=dict)
+    corrupt_lines: Literal["skip", "fail"] = "skip"
+    candidates: dict[str, list[_Location]] = field(default_factory=dict)
     lines_read: int = 0
-    corrupt_lines: list[str] = field(default_factory=list)  # "file:line: reason"
-    superseded: int = 0
+    corrupt: list[str] = field(default_factory=list)  # "file:line: reason"
 
     @property
     def paper_count(self) -> int:
-        return len(self.winners)
+        return len(self.candidates)
+
+    @property
+    def superseded(self) -> int:
+        return sum(len(locations) - 1 for locations in self.candidates.values())
+
+    def _problem(self, location: _Location, reason: str, exc: Exception | None = None) -> None:
+        problem = f"{self.paths[location.file_index]}:{location.line_number}: {reason}"
+        if self.corrupt_lines == "fail":
+            raise RecordsFileError(problem) from exc
+        logger.warning("Skipping %s", problem)
+        self.corrupt.append(problem)
 
     def iter_records(self) -> Iterator[PaperRecord]:
-        """The winning records, in the order of their first file and line (deterministic)."""
-        order = sorted(self.winners.values(), key=lambda loc: (loc.file_index, loc.offset))
+        """The newest valid record of each paper, in the order of its file and line (deterministic)."""
+        ordered = sorted(self.candidates.values(), key=lambda locations: locations[0].sort_position)
         handles = [path.open("rb") for path in self.paths]
         try:
-            for location in order:
-                handle = handles[location.file_index]
-                handle.seek(location.offset)
-                yield PaperRecord.model_validate_json(handle.readline())
+            for locations in ordered:
+                for location in locations:
+                    handle = handles[location.file_index]
+                    handle.seek(location.offset)
+                    try:
+                        record = PaperRecord.model_validate_json(handle.readline())
+                    except ValidationError as exc:
+                        self._problem(location, f"not a valid PaperRecord: {_short_reason(exc)}", exc)
+                        continue
+                    yield record
+                    break
         finally:
             for handle in handles:
                 handle.close()
@@ -71,16 +106,16 @@ def _short_reason(exc: Exception) -> str:
 
 
 def scan_records(paths: Sequence[str | Path], corrupt_lines: Literal["skip", "fail"] = "skip") -> RecordScan:
-    """Validate every line of `paths` and find the newest record per paper content.
+    """Find the records of every paper content in `paths`, newest first.
 
-    Newest means the latest `extracted_at`; on a tie the later file (then the later line) wins.
-    A corrupt line (invalid JSON or not a PaperRecord) is named by file and line; under the 'fail'
+    Newest means the latest `extracted_at`; on a tie the later file (then the later line) wins. A
+    corrupt line (invalid JSON, or not a PaperRecord) is named by file and line; under the 'fail'
     policy it raises `RecordsFileError`, under 'skip' it is logged and counted.
     """
     if not paths:
         raise RecordsFileError("no records files given")
     resolved = tuple(Path(path) for path in paths)
-    scan = RecordScan(paths=resolved)
+    scan = RecordScan(paths=resolved, corrupt_lines=corrupt_lines)
     for file_index, path in enumerate(resolved):
         if not path.is_file():
             raise RecordsFileError(f"{path}: records file not found")
@@ -91,28 +126,17 @@ def scan_records(paths: Sequence[str | Path], corrupt_lines: Literal["skip", "fa
                 if not line.strip():
                     continue
                 scan.lines_read += 1
+                location = _Location(_EPOCH, file_index, line_number, line_offset)
                 try:
-                    record = PaperRecord.model_validate_json(line)
+                    header = _RecordHeader.model_validate_json(line)
                 except ValidationError as exc:
-                    problem = f"{path}:{line_number}: not a valid PaperRecord: {_short_reason(exc)}"
-                    if corrupt_lines == "fail":
-                        raise RecordsFileError(problem) from exc
-                    logger.warning("Skipping %s", problem)
-                    scan.corrupt_lines.append(problem)
+                    scan._problem(location, f"not a valid PaperRecord: {_short_reason(exc)}", exc)
                     continue
-                extracted_at = record.extracted_at
+                extracted_at = header.extracted_at or _EPOCH
                 if extracted_at.tzinfo is None:  # a naive time is read as UTC, so times compare
                     extracted_at = extracted_at.replace(tzinfo=UTC)
                 location = _Location(extracted_at, file_index, line_number, line_offset)
-                current = scan.winners.get(record.content_sha256)
-                if current is None:
-                    scan.winners[record.content_sha256] = location
-                    continue
-                scan.superseded += 1
-                if (location.extracted_at, file_index, line_number) >= (
-                    current.extracted_at,
-                    current.file_index,
-                    current.line_number,
-                ):
-                    scan.winners[record.content_sha256] = location
+                scan.candidates.setdefault(header.content_sha256, []).append(location)
+    for locations in scan.candidates.values():
+        locations.sort(key=lambda loc: (loc.extracted_at, loc.file_index, loc.line_number), reverse=True)
     return scan

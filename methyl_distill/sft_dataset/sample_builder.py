@@ -11,6 +11,7 @@ Every Q&A pair or marker that does not become a sample is counted under a reason
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -20,7 +21,7 @@ from typing import Literal
 
 from methyl_distill.records import MarkerRecord, PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
-from methyl_distill.sft_dataset.paper_text import LoadedPaper, PaperText
+from methyl_distill.sft_dataset.paper_text import Excerpt, LoadedPaper, PaperText
 
 Style = Literal["closed_book", "grounded", "extraction"]
 
@@ -69,6 +70,7 @@ class Sample:
     question: str | None = None
     excerpt_budget: int = 0
     not_reported: bool = False
+    excerpt_pieces: int | None = None  # token-estimate pieces of the excerpt in `user`, when known
     tokens: int = 0
 
 
@@ -242,16 +244,19 @@ class SampleBuilder:
             paper=record.content_sha256,
             file_id=record.file_id,
             style="grounded",
-            user=self.config.grounded_template.format(excerpt=excerpt, question=question),
+            user=self.config.grounded_template.format(excerpt=excerpt.text, question=question),
             assistant=answer,
             # A 'not reported' answer is told apart by the paper it is about, i.e. its excerpt.
-            dedup_text=f"{question}\n{answer}\n{excerpt[:300]}" if not_reported else f"{question}\n{answer}",
+            dedup_text=f"{question}\n{answer}\n{excerpt.text[:300]}"
+            if not_reported
+            else f"{question}\n{answer}",
             flags=tuple(flags or ()),
             markers=markers,
             spans=spans,
             question=question,
             excerpt_budget=budget,
             not_reported=not_reported,
+            excerpt_pieces=excerpt.pieces,
         )
 
     # --- structured extraction --------------------------------------------------------------------
@@ -313,20 +318,25 @@ class SampleBuilder:
                     paper=record.content_sha256,
                     file_id=record.file_id,
                     style="extraction",
-                    user=config.extraction_template.format(excerpt=excerpt),
+                    user=config.extraction_template.format(excerpt=excerpt.text),
                     assistant=target,
-                    dedup_text=target,
+                    dedup_text="\n".join(
+                        f"{entry[1].marker}\n" + "\n".join(entry[1].evidence) for entry in group
+                    ),
                     flags=tuple(flags),
                     markers=tuple(sorted({entry[1].gene or entry[1].marker for entry in group})),
                     spans=spans,
                     excerpt_budget=budget,
+                    excerpt_pieces=excerpt.pieces,
                 )
             )
         return samples
 
 
-def render_user(sample: Sample, config: DatasetConfig, excerpt: str) -> str:
-    """The user message of an excerpt-bearing sample with a new excerpt."""
+def with_excerpt(sample: Sample, config: DatasetConfig, excerpt: Excerpt) -> Sample:
+    """A copy of an excerpt-bearing sample with a new excerpt."""
     if sample.style == "extraction":
-        return config.extraction_template.format(excerpt=excerpt)
-    return config.grounded_template.format(excerpt=excerpt, question=sample.question)
+        user = config.extraction_template.format(excerpt=excerpt.text)
+    else:
+        user = config.grounded_template.format(excerpt=excerpt.text, question=sample.question)
+    return dataclasses.replace(sample, user=user, excerpt_pieces=excerpt.pieces)

@@ -8,11 +8,9 @@ local folder, plus the chat template's framing measured once on a probe conversa
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Protocol
 
@@ -20,72 +18,11 @@ import numpy as np
 
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.paper_text import PaperText
-from methyl_distill.sft_dataset.sample_builder import Sample, render_user
+from methyl_distill.sft_dataset.sample_builder import Sample, with_excerpt
+from methyl_distill.sft_dataset.token_estimate import estimate_pieces_many, estimate_tokens_many, run_class
 from methyl_distill.token_count import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
 
 logger = logging.getLogger(__name__)
-
-_SPACE, _LETTER, _DIGIT, _OTHER = 0, 1, 2, 3
-
-
-@cache
-def _classes() -> np.ndarray:
-    """Character classes of token_count's piece regex for the BMP: \\s, [A-Za-z], \\d, anything else."""
-    import re
-
-    space, digit = re.compile(r"\s"), re.compile(r"\d")
-    table = np.full(0x10000, _OTHER, dtype=np.int8)
-    for code in range(0x10000):
-        char = chr(code)
-        if space.match(char):
-            table[code] = _SPACE
-        elif digit.match(char):
-            table[code] = _DIGIT
-    for code in list(range(ord("A"), ord("Z") + 1)) + list(range(ord("a"), ord("z") + 1)):
-        table[code] = _LETTER
-    return table
-
-
-_CHUNK_CHARS = 1 << 21  # moderate arrays: allocator-cached memory instead of fresh page faults
-
-
-def estimate_tokens_many(texts: Sequence[str]) -> np.ndarray:
-    """`token_count.estimate_tokens` of every text, vectorised: max(chars / 3.6, BPE-like pieces)."""
-    out = np.zeros(len(texts), dtype=np.int64)
-    begin = 0
-    while begin < len(texts):
-        end, size = begin, 0
-        while end < len(texts) and (end == begin or size + len(texts[end]) < _CHUNK_CHARS):
-            size += len(texts[end]) + 1
-            end += 1
-        out[begin:end] = _estimate_chunk(texts[begin:end])
-        begin = end
-    return out
-
-
-def _estimate_chunk(texts: Sequence[str]) -> np.ndarray:
-    lengths = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
-    joined = "\n".join(texts)  # a separator of class 'space' ends every run at a text's end
-    codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-    table = _classes()
-    if codes.size and int(codes.max()) >= 0x10000:
-        classes = table[np.minimum(codes, 0xFFFF)]
-        for index in np.flatnonzero(codes >= 0x10000):  # astral characters: \d or 'other'
-            classes[index] = _DIGIT if chr(int(codes[index])).isdecimal() else _OTHER
-    else:
-        classes = table[codes]
-    text_starts = np.concatenate(([0], np.cumsum(lengths[:-1] + 1)))
-    # Pieces: each 'other' character; each letter run costs 1 + (len - 1) // 6; each digit run ceil(len / 3).
-    other = np.concatenate(([0], np.cumsum(classes == _OTHER, dtype=np.int64)))
-    pieces = other[text_starts + lengths] - other[text_starts]
-    for run_class, cost in ((_LETTER, lambda n: 1 + (n - 1) // 6), (_DIGIT, lambda n: (n + 2) // 3)):
-        inside = np.concatenate(([0], (classes == run_class).view(np.int8), [0]))
-        edges = np.flatnonzero(np.diff(inside))
-        starts, ends = edges[0::2], edges[1::2]
-        owner = np.searchsorted(text_starts, starts, side="right") - 1
-        pieces += np.bincount(owner, weights=cost(ends - starts), minlength=len(texts)).astype(np.int64)
-    by_chars = np.ceil(lengths / CHARS_PER_TOKEN).astype(np.int64)
-    return np.maximum(by_chars, pieces)
 
 
 class TokenCounter(Protocol):
@@ -97,15 +34,60 @@ class TokenCounter(Protocol):
 
 
 class EstimatedTokenCounter:
+    """`token_count.estimate_chat_tokens` of each sample, exactly, without re-reading excerpts.
+
+    An excerpt's pieces come from its paper's prefix sums (`Sample.excerpt_pieces`); the rest of the
+    user message (template and question) is estimated here. That is exact when the templates keep
+    their placeholders apart from letters and digits, which `__init__` checks (else: direct count).
+    """
+
     description = "estimated (methyl_distill.token_count, no tokenizer given)"
 
+    def __init__(self, config: DatasetConfig) -> None:
+        self._static: dict[str, tuple[int, int] | None] = {
+            "grounded": _template_static(config.grounded_template),
+            "extraction": _template_static(config.extraction_template),
+        }
+
     def count(self, samples: Sequence[Sample], system_prompt: str) -> list[int]:
-        texts = [text for sample in samples for text in (sample.user, sample.assistant)]
-        per_text = estimate_tokens_many(texts)
         framing = TOKENS_REPLY_PRIMING + 2 * TOKENS_PER_MESSAGE
         if system_prompt:
             framing += TOKENS_PER_MESSAGE + int(estimate_tokens_many([system_prompt])[0])
-        return (per_text[0::2] + per_text[1::2] + framing).tolist()
+        texts: list[str] = []
+        composed: list[tuple[int, int, int]] = []  # (sample index, static pieces, excerpt pieces)
+        for index, sample in enumerate(samples):
+            static = self._static.get(sample.style)
+            if static is not None and sample.excerpt_pieces is not None:
+                composed.append((index, static[1], sample.excerpt_pieces))
+                texts.append(sample.question or "")
+            else:
+                texts.append(sample.user)
+            texts.append(sample.assistant)
+        per_text = estimate_tokens_many(texts)
+        tokens = per_text[0::2] + per_text[1::2] + framing
+        if composed:
+            rows = np.array([row for row, _, _ in composed], dtype=np.int64)
+            question_pieces = estimate_pieces_many([texts[2 * row] for row in rows])
+            pieces = question_pieces + np.array([static + excerpt for _, static, excerpt in composed])
+            chars = np.fromiter((len(samples[row].user) for row in rows), dtype=np.int64, count=rows.size)
+            user = np.maximum(np.ceil(chars / CHARS_PER_TOKEN).astype(np.int64), pieces)
+            tokens[rows] = user + per_text[2 * rows + 1] + framing
+        return tokens.tolist()
+
+
+def _template_static(template: str) -> tuple[int, int] | None:
+    """(chars, pieces) of a template without its placeholders, or None if a placeholder touches a
+    letter or digit (pieces would not add up)."""
+    for placeholder in ("{excerpt}", "{question}"):
+        position = template.find(placeholder)
+        if position < 0:
+            continue
+        end = position + len(placeholder)
+        neighbours = template[position - 1 : position] + template[end : end + 1]
+        if any(run_class(char) in (1, 2) for char in neighbours):
+            return None
+    static = template.format(excerpt="", question="")
+    return len(static), int(estimate_pieces_many([static])[0])
 
 
 class TokenizerTokenCounter:
@@ -153,7 +135,7 @@ class TokenizerTokenCounter:
 def make_token_counter(config: DatasetConfig) -> TokenCounter:
     if config.student_tokenizer:
         return TokenizerTokenCounter(config.student_tokenizer)
-    return EstimatedTokenCounter()
+    return EstimatedTokenCounter(config)
 
 
 _MAX_SHRINKS = 6
@@ -191,10 +173,11 @@ def _shrink_excerpt(sample: Sample, paper: PaperText, counter: TokenCounter, con
         excerpt = paper.excerpt(list(sample.spans or ()), budget)
         if excerpt is None or budget < 50:
             return False
-        trial = dataclasses.replace(sample, user=render_user(sample, config, excerpt))
+        trial = with_excerpt(sample, config, excerpt)
         tokens = counter.count([trial], config.system_prompt)[0]
         if tokens <= config.max_length:
             sample.user, sample.tokens, sample.excerpt_budget = trial.user, tokens, budget
+            sample.excerpt_pieces = trial.excerpt_pieces
             sample.flags = (*sample.flags, "truncated")
             return True
     return False

@@ -1,0 +1,104 @@
+"""Benchmark of the dataset stage: build from 100,000 synthetic records (with paper texts).
+
+Prints the wall time and the peak memory (resident set, ru_maxrss) of the build, which runs in a
+fresh child process so that generating the corpus does not count. Target on a 2-core machine:
+under 60 s and under 2 GB.
+
+    .venv/bin/python bench/dataset_build.py [--papers 100000] [--filler_sentences 6] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def build_child(workdir: Path) -> None:
+    """Runs in the child: the build alone, then one JSON line of measurements."""
+    from methyl_distill.sft_dataset import build_sft_dataset
+
+    started = time.perf_counter()
+    summary = build_sft_dataset([workdir / "records.jsonl"], workdir / "dataset", workdir / "papers")
+    wall = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    text_bytes = sum(
+        os.path.getsize(path) for path in (summary.train_jsonl, summary.val_jsonl, summary.test_jsonl)
+    )
+    print(
+        json.dumps(
+            {
+                "wall_seconds": round(wall, 2),
+                "peak_rss_mib": round(peak_kib / 1024, 1),
+                "samples": {split: stats.samples for split, stats in summary.splits.items()},
+                "tokens": sum(stats.tokens for stats in summary.splits.values()),
+                "jsonl_mib": round(text_bytes / 2**20, 1),
+                "drops": summary.drops,
+            }
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--papers", type=int, default=100_000, help="Synthetic records (one per paper).")
+    parser.add_argument(
+        "--filler_sentences", type=int, default=6, help="Paper length: ~3x this many sentences."
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="Keep the corpus and dataset here (default: temp dir)."
+    )
+    parser.add_argument("--build-child", dest="child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        build_child(Path(args.child))
+        return 0
+
+    from methyl_distill.sft_dataset.synthetic_records import write_synthetic_corpus
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-dataset-"))
+    try:
+        started = time.perf_counter()
+        papers_dir, records = write_synthetic_corpus(
+            workdir, args.papers, filler_sentences=args.filler_sentences
+        )
+        paper_mib = sum(path.stat().st_size for path in papers_dir.iterdir()) / 2**20
+        print(
+            f"generated {args.papers} records ({records.stat().st_size / 2**20:.0f} MiB) and papers "
+            f"({paper_mib:.0f} MiB) in {time.perf_counter() - started:.1f} s"
+        )
+        shutil.rmtree(workdir / "dataset", ignore_errors=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--build-child", str(workdir)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"},
+        )
+        if child.returncode != 0:
+            print(child.stderr, file=sys.stderr)
+            return child.returncode
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        print(json.dumps(result, indent=2))
+        ok = result["wall_seconds"] < 60 and result["peak_rss_mib"] < 2048
+        print(
+            f"build: {result['wall_seconds']:.1f} s wall, {result['peak_rss_mib']:.0f} MiB peak RSS "
+            f"(target < 60 s, < 2048 MiB): {'OK' if ok else 'OVER TARGET'}"
+        )
+        return 0
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
