@@ -354,8 +354,8 @@ def test_not_reported_answers_are_capped(tmp_path: Path) -> None:
 
 
 def test_zero_usable_samples_stops_before_writing(tmp_path: Path) -> None:
-    papers_dir, records_path, _ = _corpus(tmp_path, 3)
-    with pytest.raises(EmptyDatasetError, match="no usable samples.*paper_no_directory.*papers_directory"):
+    _, records_path, _ = _corpus(tmp_path, 3)
+    with pytest.raises(EmptyDatasetError, match=r"no usable samples.*paper_no_directory.*papers_directory"):
         build_sft_dataset([records_path], tmp_path / "out", papers_directory=None)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging left behind
