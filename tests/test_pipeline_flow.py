@@ -1,0 +1,172 @@
+"""The pipeline: parameters validated up front, teacher choice, and one run to completion.
+
+The flow test runs every stage for real: extraction against the project's OpenAI-compatible test
+server over HTTP, the dataset stage, a LoRA fine-tune of the tiny Mistral with ms-swift on CPU and
+the evaluation, then a rerun that extracts nothing again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from flows.pipeline import (
+    PIPELINE_SUMMARY_FILE,
+    PipelineParameters,
+    embedded_chunk_tokens,
+    outputs_markdown,
+    temporary_environment,
+    use_embedded_teacher,
+)
+from methyl_distill.embedded_teacher import EmbeddedTeacherConfig
+from methyl_distill.teacher_settings import TeacherSettings
+from methyl_distill.training.finetune import FinetuneConfig
+
+SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
+
+
+def test_parameters_reject_missing_input_and_outputs_inside_inputs(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="does not exist"):
+        PipelineParameters(input_directory=str(tmp_path / "nope"), output_directory=str(tmp_path / "out"))
+    (tmp_path / "papers").mkdir()
+    with pytest.raises(ValidationError, match="must not be inside"):
+        PipelineParameters(
+            input_directory=str(tmp_path / "papers"), output_directory=str(tmp_path / "papers/out")
+        )
+    with pytest.raises(ValidationError, match="extra"):
+        PipelineParameters.model_validate(
+            {"input_directory": str(tmp_path / "papers"), "output_directory": str(tmp_path / "o"), "typo": 1}
+        )
+    parameters = PipelineParameters(
+        input_directory=str(tmp_path / "papers"), output_directory=str(tmp_path / "o")
+    )
+    assert parameters.stage_directory("dataset") == str((tmp_path / "o" / "dataset").resolve())
+    assert parameters.finetune.max_steps is not None  # the default is a short run
+    assert parameters.student_preset == "smollm2-135m"
+
+
+@pytest.mark.parametrize(
+    ("choice", "base_url", "settings", "embedded"),
+    [
+        ("auto", None, {}, True),
+        ("auto", None, {"openai_api_key": SecretStr("sk-x")}, False),
+        ("auto", None, {"openai_api_key": SecretStr("")}, True),
+        ("auto", None, {"openai_base_url": "http://127.0.0.1:1/v1"}, False),
+        ("auto", "http://127.0.0.1:1/v1", {}, False),
+        ("auto", None, {"teacher_api_key_secret_block": "openai-key"}, False),
+        ("embedded", None, {"openai_api_key": SecretStr("sk-x")}, True),
+        ("configured", None, {}, False),
+    ],
+)
+def test_teacher_choice(choice: str, base_url: str | None, settings: dict, embedded: bool) -> None:
+    defaults = {"openai_api_key": None, "openai_base_url": None, "teacher_api_key_secret_block": None}
+    resolved = TeacherSettings.model_construct(**{**defaults, **settings})
+    assert use_embedded_teacher(choice, base_url, resolved) is embedded  # type: ignore[arg-type]
+
+
+def test_temporary_environment_restores_previous_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METHYL_TEST_KEEP", "before")
+    monkeypatch.delenv("METHYL_TEST_NEW", raising=False)
+    with (
+        pytest.raises(RuntimeError),
+        temporary_environment({"METHYL_TEST_KEEP": "x", "METHYL_TEST_NEW": "y"}),
+    ):
+        assert os.environ["METHYL_TEST_KEEP"] == "x" and os.environ["METHYL_TEST_NEW"] == "y"
+        raise RuntimeError("a stage failed")
+    assert os.environ["METHYL_TEST_KEEP"] == "before"
+    assert "METHYL_TEST_NEW" not in os.environ
+
+
+def test_embedded_chunks_leave_room_for_questions_schema_and_reply() -> None:
+    config = EmbeddedTeacherConfig()
+    chunk = embedded_chunk_tokens(config)
+    assert chunk + config.max_output_tokens < config.n_ctx - 2000
+
+
+@pytest.fixture
+def extraction_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
+    from methyl_distill.openai_test_server import OpenAITestServerConfig, running_test_server
+
+    with running_test_server(OpenAITestServerConfig(latency_s=(0.0, 0.01))) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-pipeline-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "prefect-cache"))
+        monkeypatch.setenv("METHYL_DISTILL_CACHE", str(tmp_path / "model-cache"))
+        yield server
+
+
+def tiny_student() -> FinetuneConfig:
+    return FinetuneConfig(
+        max_steps=2,
+        save_steps=2,
+        learning_rate=5e-3,
+        batch_size=2,
+        max_length=1024,
+        gradient_checkpointing=False,
+        device="cpu",
+        seed=0,
+    )
+
+
+@pytest.mark.flow
+def test_unknown_student_preset_fails_before_extraction(
+    prefect_harness: None, extraction_server, tmp_path: Path
+):
+    from flows.pipeline import pipeline_flow
+
+    with pytest.raises(ValueError, match="unknown model preset"):
+        pipeline_flow(str(SAMPLE_PAPERS), str(tmp_path / "out"), student_preset="no-such-model")
+    assert extraction_server.stats().requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.flow
+def test_pipeline_runs_every_stage_and_reruns_from_cache(
+    prefect_harness: None, extraction_server, tmp_path: Path
+) -> None:
+    from flows.pipeline import pipeline_flow
+
+    papers = tmp_path / "papers"
+    shutil.copytree(SAMPLE_PAPERS, papers)
+    output = tmp_path / "out"
+    summary = pipeline_flow(
+        input_directory=str(papers),
+        output_directory=str(output),
+        student_preset="tiny-mistral",
+        finetune=tiny_student(),
+        evaluation_limit=2,
+        evaluation_max_new_tokens=8,
+    )
+    first_requests = extraction_server.stats().requests
+    assert first_requests >= 8
+    assert summary.teacher.startswith("gpt-4o at http://127.0.0.1")
+    extraction = summary.stages["extraction"]
+    assert extraction["papers"] == 8 and extraction["extracted"] == 8 and extraction["failed"] == 0
+    assert Path(summary.records_path).parent == output.resolve() / "extraction"
+    assert Path(summary.dataset_directory, "train.jsonl").stat().st_size > 0
+    assert Path(summary.adapter_path or "", "adapter_config.json").is_file()
+    assert summary.stages["finetune"]["global_step"] == 2
+    assert summary.evaluation_report_path is not None and Path(summary.evaluation_report_path).is_file()
+    assert summary.stages["evaluation"]["examples"] >= 1
+    written = json.loads((output / PIPELINE_SUMMARY_FILE).read_text(encoding="utf-8"))
+    assert written["adapter_path"] == summary.adapter_path
+    assert summary.adapter_path in outputs_markdown(summary)
+    assert "sk-test-pipeline-key" not in (output / PIPELINE_SUMMARY_FILE).read_text(encoding="utf-8")
+
+    rerun = pipeline_flow(
+        input_directory=str(papers),
+        output_directory=str(output),
+        student_preset="tiny-mistral",
+        finetune=tiny_student(),
+        evaluate=False,
+    )
+    assert extraction_server.stats().requests == first_requests  # every paper came from the cache
+    assert rerun.stages["extraction"]["cached"] == 8
+    assert rerun.adapter_path == summary.adapter_path
+    assert rerun.evaluation_report_path is None
