@@ -307,7 +307,7 @@ def extract_flow(
                 tally.finish(paper, future)
                 progress.advance()
 
-    paths = write_extraction_outputs(output_directory, tally.records, tally.failures)
+    paths = write_extraction_outputs(output_directory, tally.records, tally.failures, processed_files=False)
     cost = settings.estimate_cost_usd(tally.usage)
     counts = tally.counts()
     spent = f"{tally.usage.total_tokens} tokens in {tally.usage.requests} requests, ~${cost:.2f}"

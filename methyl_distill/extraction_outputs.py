@@ -118,12 +118,24 @@ def processed_file_path(output_directory: str | Path, file_id: str) -> Path:
     return Path(output_directory) / PROCESSED_FILES_DIR / f"{file_id}.txt"
 
 
+def _unchanged(path: Path, data: bytes) -> bool:
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
+
+
 def write_processed_files(output_directory: str | Path, record: PaperRecord) -> list[Path]:
-    """`processed_files/<file_id>.txt` for every file holding the record's paper."""
+    """`processed_files/<file_id>.txt` for every file holding the record's paper.
+
+    A file that already holds exactly this text is left alone, so an all-cached rerun writes nothing.
+    """
     paths = []
     for file_id in record.file_ids:
         path = processed_file_path(output_directory, file_id)
-        atomic_write_text(path, format_processed_file(record, file_id))
+        data = format_processed_file(record, file_id).encode("utf-8")
+        if not _unchanged(path, data):
+            atomic_write_bytes(path, data)
         paths.append(path)
     return paths
 
@@ -150,16 +162,25 @@ def _jsonl(models: Iterable[PaperRecord] | Iterable[FailureRecord]) -> str:
 
 
 def write_extraction_outputs(
-    output_directory: str | Path, records: Sequence[PaperRecord], failures: Sequence[FailureRecord]
+    output_directory: str | Path,
+    records: Sequence[PaperRecord],
+    failures: Sequence[FailureRecord],
+    *,
+    processed_files: bool = True,
 ) -> ExtractionOutputPaths:
-    """Write every output file of a run; each one atomically. Returns their paths."""
+    """Write every output file of a run, each one atomically; returns their paths.
+
+    `processed_files=False` skips the per-paper files, for callers that wrote them as each paper
+    finished.
+    """
     paths = ExtractionOutputPaths.under(output_directory)
     Path(paths.processed_files).mkdir(parents=True, exist_ok=True)
     for directory in (paths.output_directory, paths.processed_files):
         remove_stale_temporaries(directory)
     ordered = sorted(records, key=lambda record: record.file_id)
-    for record in ordered:
-        write_processed_files(paths.output_directory, record)
+    if processed_files:
+        for record in ordered:
+            write_processed_files(paths.output_directory, record)
     atomic_write_text(
         paths.all_results, json.dumps(all_results_entries(ordered), indent=2, ensure_ascii=False) + "\n"
     )

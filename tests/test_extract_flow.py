@@ -233,6 +233,23 @@ def test_under_injected_faults_every_paper_ends_extracted_or_failed(
     assert second.extracted == len(failed) and second.failed == 0
 
 
+def test_many_papers_are_mapped_in_batches(server: ServerHandle, tmp_path: Path) -> None:
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for index in range(60):
+        (papers / f"paper_{index:03d}.txt").write_text(
+            f"Study {index}: SEPT9 promoter hypermethylation was found in {index % 50 + 30}% of samples "
+            f"from {index + 40} patients with colorectal cancer by qMSP.",
+            encoding="utf-8",
+        )
+    first = _run(server, papers, tmp_path, batch_size=15)
+    assert (first.papers, first.extracted, first.failed) == (60, 60, 0)
+    before = server.stats().requests
+    second = _run(server, papers, tmp_path, batch_size=15)
+    assert (second.cached, second.extracted) == (60, 0) and server.stats().requests == before
+    assert len(_records(second)) == 60
+
+
 @pytest.mark.xfail(
     reason="token_bucket.PrefectTokenBucket._release sends occupancy_seconds=0.0, which the Prefect 3.9 API "
     "rejects with 422 (must be > 0), so every refund fails the request",
