@@ -298,7 +298,6 @@ def convert_smollm2(output_dir: Path) -> Path:
             model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.config.torch_dtype = torch.float32
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / SMOLLM2_COMPLETE_MARKER).write_text(
