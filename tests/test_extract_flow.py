@@ -80,6 +80,16 @@ def _latest_artifact_data(key: str) -> object:
     return json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
 
 
+def _prefect_database() -> Path:
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    assert url is not None
+    text = url.get_secret_value()
+    assert text.startswith("sqlite"), text
+    return Path(text.split(":///", 1)[1])
+
+
 def _copy_papers(target: Path, names: list[str]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -164,10 +174,13 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     assert renamed.file_ids == ["gstp1-renamed-txt", "nested-gstp1-copy-md"]
     assert (Path(fifth.processed_files_dir) / "gstp1-renamed-txt.txt").exists()
 
-    # The API key is nowhere on disk; no temporary files are left behind.
-    assert (
-        _files_contain(tmp_path / "cache", API_KEY) == [] and _files_contain(tmp_path / "out", API_KEY) == []
-    )
+    # The API key is nowhere on disk (cache, outputs, Prefect's database); no temporary files are left behind.
+    assert _files_contain(tmp_path / "cache", API_KEY) == []
+    assert _files_contain(tmp_path / "out", API_KEY) == []
+    database = _prefect_database()
+    assert database.exists()
+    for path in database.parent.glob(database.name + "*"):  # the database and its WAL
+        assert API_KEY.encode() not in path.read_bytes()
     assert [path for path in (tmp_path / "out").rglob("*.tmp")] == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -308,3 +309,28 @@ def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
     assert isinstance(failure, FailureRecord) and failure.stage == "validate"
     assert "output truncated" in failure.reason and failure.raw_output is not None
     assert len(teacher.papers_seen) == 2  # whole paper, then its first half: depth limit reached
+
+
+def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from prefect.states import Completed, Failed
+
+    from tasks.extraction import PaperExtractionFailed, _retry_unless_paper_failed, resolve_cache_storage
+
+    monkeypatch.delenv("METHYL_DISTILL_CACHE_STORAGE_BLOCK", raising=False)
+    monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "from-env"))
+    assert resolve_cache_storage() == tmp_path / "from-env" and (tmp_path / "from-env").is_dir()
+    assert resolve_cache_storage(tmp_path / "explicit") == tmp_path / "explicit"
+    monkeypatch.setenv("METHYL_DISTILL_CACHE_STORAGE_BLOCK", "s3-bucket/extractions")
+    assert resolve_cache_storage() == "s3-bucket/extractions"
+
+    failure = FailureRecord(
+        file_id="p1", source_path="p1.txt", stage="validate", reason="bad", raw_output="{"
+    )
+    error = PaperExtractionFailed(failure)
+    assert pickle.loads(pickle.dumps(error)).failure == failure
+    # The paper's own failures are final; anything else (infrastructure) is retried by Prefect.
+    assert _retry_unless_paper_failed(None, None, Failed(data=error)) is False  # type: ignore[arg-type]
+    assert _retry_unless_paper_failed(None, None, Failed(data=ConnectionError("api down"))) is True  # type: ignore[arg-type]
+    assert _retry_unless_paper_failed(None, None, Completed(data=1)) is False  # type: ignore[arg-type]
