@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from methyl_distill.sft_dataset.config import DatasetConfig
@@ -26,15 +27,15 @@ from methyl_distill.sft_dataset.dataset_writer import (
     check_output_directory,
     make_staging_directory,
     publish,
-    sample_line,
     write_dataset_dict,
     write_jsonl,
 )
 from methyl_distill.sft_dataset.deduplication import DuplicateFinder
 from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
 from methyl_distill.sft_dataset.record_reader import scan_records
-from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, unit_draw
-from methyl_distill.sft_dataset.sample_length import enforce_max_length, make_token_counter
+from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder
+from methyl_distill.sft_dataset.sample_length import TokenCounter, enforce_max_length, make_token_counter
+from methyl_distill.sft_dataset.sample_store import SampleStore
 from methyl_distill.sft_dataset.splitting import SPLITS, split_by_paper
 
 logger = logging.getLogger(__name__)
@@ -107,23 +108,33 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cap_not_reported(samples: list[Sample], config: DatasetConfig, drops: Counter[str]) -> list[Sample]:
-    answered = sum(1 for s in samples if s.style == "grounded" and not s.not_reported)
-    candidates = [s for s in samples if s.not_reported]
+def _store_batch(
+    batch: list[Sample],
+    papers: dict[str, PaperText],
+    store: SampleStore,
+    finder: DuplicateFinder,
+    counter: TokenCounter,
+    config: DatasetConfig,
+    drops: Counter[str],
+) -> None:
+    """Length rules over a batch of papers' samples, then spill them and sign them for dedup."""
+    fitting = enforce_max_length(batch, papers, counter, config, drops)
+    store.add(fitting)
+    finder.add([sample.dedup_text for sample in fitting])
+
+
+def _cap_not_reported(
+    store: SampleStore, keep: np.ndarray, config: DatasetConfig, drops: Counter[str]
+) -> None:
+    """Keep 'not reported' samples up to `not_reported_share` of the grounded samples (seeded choice)."""
+    candidates = [index for index in store.not_reported_draws if keep[index]]
     share = config.not_reported_share
-    allowed = int(share / (1 - share) * answered) if share > 0 else 0
-    ranked = sorted(candidates, key=lambda s: unit_draw(config.seed, s.paper, "not_reported", s.question))
-    keep = {id(s) for s in ranked[:allowed]}
+    allowed = int(share / (1 - share) * store.grounded_answered) if share > 0 else 0
+    candidates.sort(key=lambda index: store.not_reported_draws[index])
+    for index in candidates[allowed:]:
+        keep[index] = False
     if len(candidates) > allowed:
         drops["not_reported"] += len(candidates) - allowed
-    return [s for s in samples if not s.not_reported or id(s) in keep]
-
-
-def _messages(sample: Sample, system_prompt: str) -> list[dict[str, str]]:
-    messages = [{"role": "user", "content": sample.user}, {"role": "assistant", "content": sample.assistant}]
-    if system_prompt:
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    return messages
 
 
 def build_sft_dataset(
@@ -152,97 +163,84 @@ def build_sft_dataset(
     )
 
     builder = SampleBuilder(config)
+    finder = DuplicateFinder(config.near_duplicate_threshold, config.minhash_permutations, config.seed)
     drops: Counter[str] = Counter()
     paper_status: Counter[str] = Counter()
     missing: list[str] = []
-    samples: list[Sample] = []
-    batch: list[Sample] = []
-    batch_papers: dict[str, PaperText] = {}
-
-    papers_used = 0
-    for record in scan.iter_records():
-        papers_used += 1
-        paper = library.load(record.source_paths, record.content_sha256)
-        paper_status[paper.status] += 1
-        if paper.status not in ("ok", "changed"):
-            missing.append(f"{record.file_id}: {paper.status} ({paper.detail})")
-        elif paper.status == "changed":
-            logger.warning("%s: %s; grounding checks the current text", record.file_id, paper.detail)
-        built = builder.build(record, paper)
-        drops.update(built.drops)
-        batch.extend(built.samples)
-        if paper.text is not None:
-            batch_papers[record.content_sha256] = paper.text
-        if len(batch_papers) >= _LENGTH_BATCH_PAPERS:
-            samples.extend(enforce_max_length(batch, batch_papers, counter, config, drops))
-            batch, batch_papers = [], {}
-    samples.extend(enforce_max_length(batch, batch_papers, counter, config, drops))
-    del batch, batch_papers
-    if missing:
-        logger.warning(
-            "%d paper(s) could not be read for grounding (first: %s)", len(missing), "; ".join(missing[:3])
-        )
-
-    samples = _cap_not_reported(samples, config, drops)
-    finder = DuplicateFinder(config.near_duplicate_threshold, config.minhash_permutations, config.seed)
-    finder.add([sample.dedup_text for sample in samples])
-    verdict = finder.verdict()
-    drops.update(exact_duplicate=int(verdict.exact.sum()), near_duplicate=int(verdict.near.sum()))
-    drops = +drops  # only reasons that happened
-    samples = [sample for sample, keep in zip(samples, verdict.keep.tolist(), strict=True) if keep]
-    if not samples:
-        reasons = (
-            ", ".join(f"{reason}: {count}" for reason, count in drops.most_common()) or "no Q&A in records"
-        )
-        hint = ""
-        if papers_directory is None and config.grounding == "drop":
-            hint = " (no papers directory was given, so nothing could be grounded: pass papers_directory)"
-        raise EmptyDatasetError(
-            f"no usable samples from {papers_used} paper(s) in {len(records_paths)} records file(s); "
-            f"left out: {reasons}{hint}. Nothing was written."
-        )
-
-    assignment = split_by_paper(
-        (s.paper for s in samples), config.val_fraction, config.test_fraction, config.seed
-    )
-    by_split: dict[str, list[Sample]] = {split: [] for split in SPLITS}
-    for sample in samples:
-        by_split[assignment[sample.paper]].append(sample)
-    del samples
-    split_stats: dict[str, SplitStats] = {}
-    flags: Counter[str] = Counter()
-    markers: Counter[str] = Counter()
     staging = make_staging_directory(output)
+    store = SampleStore(staging / ".samples.jsonl", config.system_prompt, config.include_meta, config.seed)
     try:
-        for split, split_samples in by_split.items():
-            random.Random(f"{config.seed}:{split}").shuffle(split_samples)
-            stats = SplitStats(papers=len({s.paper for s in split_samples}))
-            styles: Counter[str] = Counter()
-            for sample in split_samples:
-                styles[sample.style] += 1
-                flags.update(sample.flags)
-                markers.update(sample.markers)
-                stats.tokens += sample.tokens
-                stats.max_tokens = max(stats.max_tokens, sample.tokens)
-            stats.styles = dict(sorted(styles.items()))
-            lines = (
-                sample_line(
-                    _messages(sample, config.system_prompt),
-                    {
-                        "file_id": sample.file_id,
-                        "style": sample.style,
-                        "flags": list(sample.flags),
-                        "markers": list(sample.markers),
-                        "tokens": sample.tokens,
-                    }
-                    if config.include_meta
-                    else None,
-                )
-                for sample in split_samples
+        papers_used = 0
+        batch: list[Sample] = []
+        batch_papers: dict[str, PaperText] = {}
+        for record in scan.iter_records():
+            papers_used += 1
+            paper = library.load(record.source_paths, record.content_sha256)
+            paper_status[paper.status] += 1
+            if paper.status not in ("ok", "changed"):
+                missing.append(f"{record.file_id}: {paper.status} ({paper.detail})")
+            elif paper.status == "changed":
+                logger.warning("%s: %s; grounding checks the current text", record.file_id, paper.detail)
+            built = builder.build(record, paper)
+            drops.update(built.drops)
+            batch.extend(built.samples)
+            if paper.text is not None:
+                batch_papers[record.content_sha256] = paper.text
+            if len(batch_papers) >= _LENGTH_BATCH_PAPERS:
+                _store_batch(batch, batch_papers, store, finder, counter, config, drops)
+                batch, batch_papers = [], {}
+        _store_batch(batch, batch_papers, store, finder, counter, config, drops)
+        del batch, batch_papers
+        store.finish_writing()
+        if missing:
+            logger.warning(
+                "%d paper(s) could not be read for grounding (first: %s)",
+                len(missing),
+                "; ".join(missing[:3]),
             )
-            stats.samples = write_jsonl(staging / SPLIT_FILES[split], lines)
+
+        verdict = finder.verdict()
+        keep = verdict.keep
+        drops.update(exact_duplicate=int(verdict.exact.sum()), near_duplicate=int(verdict.near.sum()))
+        _cap_not_reported(store, keep, config, drops)
+        drops = +drops  # only reasons that happened
+        if not keep.any():
+            reasons = (
+                ", ".join(f"{reason}: {count}" for reason, count in drops.most_common())
+                or "no Q&A in records"
+            )
+            hint = ""
+            if papers_directory is None and config.grounding == "drop":
+                hint = " (no papers directory was given, so nothing could be grounded: pass papers_directory)"
+            raise EmptyDatasetError(
+                f"no usable samples from {papers_used} paper(s) in {len(records_paths)} records file(s); "
+                f"left out: {reasons}{hint}. Nothing was written."
+            )
+
+        kept = np.flatnonzero(keep).tolist()
+        assignment = split_by_paper(
+            (store.papers[index] for index in kept), config.val_fraction, config.test_fraction, config.seed
+        )
+        by_split: dict[str, list[int]] = {split: [] for split in SPLITS}
+        for index in kept:
+            by_split[assignment[store.papers[index]]].append(index)
+        split_stats: dict[str, SplitStats] = {}
+        flags: Counter[str] = Counter()
+        markers: Counter[str] = Counter()
+        for split, indices in by_split.items():
+            random.Random(f"{config.seed}:{split}").shuffle(indices)
+            stats = SplitStats(papers=len({store.papers[index] for index in indices}))
+            styles: Counter[str] = Counter()
+            for index in indices:
+                styles[store.styles[index]] += 1
+                flags.update(store.flags[index])
+                markers.update(store.markers[index])
+                stats.tokens += store.tokens[index]
+                stats.max_tokens = max(stats.max_tokens, store.tokens[index])
+            stats.styles = dict(sorted(styles.items()))
+            stats.samples = write_jsonl(staging / SPLIT_FILES[split], store.lines(indices))
             split_stats[split] = stats
-        by_split.clear()
+        store.remove()
         write_dataset_dict(staging, config.include_meta)
         summary = DatasetSummary(
             output_directory=str(output),
@@ -271,6 +269,7 @@ def build_sft_dataset(
         (staging / CARD_FILE).write_text(render_card(summary), encoding="utf-8")
         publish(staging, output)
     except BaseException:
+        store.remove()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if config.push_to_hub:
