@@ -4,9 +4,10 @@ Every distinct paper is one `extract-paper` task run, mapped in batches over a b
 (thousands of task runs created in one burst overflow the Prefect server's event queue), all of
 them sharing one teacher client and one token bucket, so the whole run stays inside one TPM/RPM
 budget (a Prefect global concurrency limit when TEACHER_BUCKET_BACKEND=prefect, shared with every
-other process using it). Results land in the Prefect cache as each task finishes; the output
-files are (re)written atomically at the end from the cache and the fresh results, so a run killed
-half way loses nothing and its rerun repeats no finished paper.
+other process using it). Results land in the Prefect cache as each task finishes, and each
+paper's readable Q&A file is written then; the aggregate files (records.jsonl, all_results.json,
+failures.jsonl) are rewritten atomically at the end from the cached and fresh results, so a run
+killed half way loses nothing and its rerun repeats no finished paper.
 
 The API key never is a parameter: it comes from the teacher settings (environment, `.env` or a
 Prefect Secret block).
@@ -196,7 +197,7 @@ class _Tally:
 
     def finish(self, paper: Paper, future: PrefectFuture[PaperRecord]) -> None:
         if not future.state.is_completed():
-            failure = _failure_from(future, paper)
+            failure = self._redacted(_failure_from(future, paper))
             self.failures.append(failure)
             self.usage = self.usage + failure.usage
             cost = self.settings.estimate_cost_usd(failure.usage)
@@ -215,6 +216,18 @@ class _Tally:
             self.usage = self.usage + record.usage
             cost = self.settings.estimate_cost_usd(record.usage)
             self._row(paper.file_id, len(paper.file_ids), "extracted", record.usage, cost, note)
+
+    def _redacted(self, failure: FailureRecord) -> FailureRecord:
+        """Defence in depth: an error message that quotes the API key must not reach failures.jsonl."""
+        key = self.settings.openai_api_key.get_secret_value() if self.settings.openai_api_key else ""
+        if not key or (key not in failure.reason and key not in (failure.raw_output or "")):
+            return failure
+        return failure.model_copy(
+            update={
+                "reason": failure.reason.replace(key, "***"),
+                "raw_output": failure.raw_output.replace(key, "***") if failure.raw_output else None,
+            }
+        )
 
     def _row(self, file_id: str, files: int, status: str, usage: TokenUsage, cost: float, note: str) -> None:
         self.rows.append(
