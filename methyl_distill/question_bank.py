@@ -7,12 +7,16 @@ validates the file and names it in every error, so a user editing the bank sees 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# The bundled bank lives in the repository's data/ folder: next to the package in a source checkout or
+# an editable install, and in the working directory of the worker images (a copy of the repository).
 DEFAULT_QUESTION_BANK = Path(__file__).resolve().parent.parent / "data" / "question_bank.toml"
+QUESTION_BANK_ENV = "METHYL_DISTILL_QUESTION_BANK"
 
 _QUESTION_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 
@@ -96,9 +100,25 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def default_question_bank_path() -> Path:
+    """METHYL_DISTILL_QUESTION_BANK if set, else the bundled bank (next to the package, or ./data/)."""
+    configured = os.environ.get(QUESTION_BANK_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    candidates = [DEFAULT_QUESTION_BANK, Path.cwd() / "data" / "question_bank.toml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise QuestionBankError(
+        "no question bank given and the bundled one was not found (looked at "
+        + ", ".join(str(candidate) for candidate in candidates)
+        + f"): pass --question_bank FILE or set {QUESTION_BANK_ENV}"
+    )
+
+
 def load_question_bank(path: str | Path | None = None) -> QuestionBank:
-    """Load and validate a question bank; the bundled one when `path` is None."""
-    bank_path = Path(path) if path is not None else DEFAULT_QUESTION_BANK
+    """Load and validate a question bank; the default one (see `default_question_bank_path`) when None."""
+    bank_path = Path(path).expanduser() if path is not None else default_question_bank_path()
     try:
         raw = bank_path.read_bytes()
     except FileNotFoundError as exc:

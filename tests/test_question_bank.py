@@ -86,3 +86,11 @@ def test_missing_and_non_utf8_banks(tmp_path: Path) -> None:
     latin1.write_bytes('version = "1"\n# caf\xe9\n'.encode("latin-1"))
     with pytest.raises(QuestionBankError, match="not UTF-8"):
         load_question_bank(latin1)
+
+
+def test_default_bank_can_be_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, 'version = "env-1"\n[[questions]]\nid = "a"\ntext = "Question one?"\n')
+    monkeypatch.setenv("METHYL_DISTILL_QUESTION_BANK", str(path))
+    assert load_question_bank().version == "env-1"
+    monkeypatch.delenv("METHYL_DISTILL_QUESTION_BANK")
+    assert load_question_bank().version == load_question_bank(DEFAULT_QUESTION_BANK).version
