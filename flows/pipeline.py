@@ -14,6 +14,7 @@ GPT-4o or whatever OPENAI_BASE_URL / TEACHER_MODEL name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -62,8 +63,9 @@ class PipelineParameters(BaseModel):
 
     input_directory: str = Field(description="Folder of papers (.txt, .md), searched recursively.")
     output_directory: str = Field(
-        description="Where every stage writes: extraction/, dataset/, finetune/, evaluation/ and "
-        f"{PIPELINE_SUMMARY_FILE}."
+        description="Where every stage writes: extraction/, dataset/, finetune/<run>/, evaluation/<run>/ "
+        f"and {PIPELINE_SUMMARY_FILE}; <run> names the student preset and a digest of the training data "
+        "and hyper-parameters."
     )
     teacher: TeacherChoice = Field(
         default="auto",
@@ -212,10 +214,27 @@ def _extract(parameters: PipelineParameters, embedded: bool) -> tuple[Any, str]:
     return summary, f"embedded {config.model_alias} (llama.cpp)"
 
 
-def _finetune(parameters: PipelineParameters, dataset_directory: str) -> Any:
+def training_run_name(parameters: PipelineParameters, dataset_directory: str) -> str:
+    """`<preset>-<digest>` of what a fine-tune learns from: the training files, the preset and the
+    hyper-parameters. Each new dataset gets its own fine-tune and evaluation folders (a rerun on the
+    same dataset finds its finished fine-tune there), and no run overwrites another's adapter."""
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl"):
+        path = Path(dataset_directory) / name
+        digest.update(name.encode())
+        if path.is_file():
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    digest.update(parameters.student_preset.encode())
+    digest.update(parameters.finetune.model_dump_json().encode())
+    return f"{parameters.student_preset}-{digest.hexdigest()[:12]}"
+
+
+def _finetune(parameters: PipelineParameters, dataset_directory: str, run_name: str) -> Any:
     from methyl_distill.training.finetune import FinetuneSummary
 
-    output_directory = parameters.stage_directory("finetune")
+    output_directory = str(Path(parameters.stage_directory("finetune")) / run_name)
     if parameters.finetune_deployment is None:
         from flows.finetune import finetune_flow
 
@@ -259,13 +278,13 @@ def read_finetune_summary(output_directory: str, summary_type: type[BaseModel]) 
     return summary_type.model_validate_json(path.read_text(encoding="utf-8"))
 
 
-def _evaluate(parameters: PipelineParameters, test_path: str, adapter_path: str) -> Any:
+def _evaluate(parameters: PipelineParameters, test_path: str, adapter_path: str, run_name: str) -> Any:
     from flows.evaluate import evaluate_flow
 
     return evaluate_flow(
         test_path=test_path,
         adapter_path=adapter_path,
-        output_directory=parameters.stage_directory("evaluation"),
+        output_directory=str(Path(parameters.stage_directory("evaluation")) / run_name),
         max_new_tokens=parameters.evaluation_max_new_tokens,
         limit=parameters.evaluation_limit,
     )
@@ -350,12 +369,13 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     )
 
     logger.info("Stage 3/4: LoRA fine-tune of %s", parameters.student_preset)
-    finetuned = _finetune(parameters, dataset.output_directory)
+    run_name = training_run_name(parameters, dataset.output_directory)
+    finetuned = _finetune(parameters, dataset.output_directory, run_name)
 
     evaluation = None
     if parameters.evaluate and dataset.splits["test"].samples > 0:
         logger.info("Stage 4/4: evaluation of base and tuned %s on the test split", parameters.student_preset)
-        evaluation = _evaluate(parameters, dataset.test_jsonl, finetuned.adapter_path)
+        evaluation = _evaluate(parameters, dataset.test_jsonl, finetuned.adapter_path, run_name)
     elif parameters.evaluate:
         logger.warning("Stage 4/4 skipped: the test split is empty (too few papers for one)")
 

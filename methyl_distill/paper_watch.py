@@ -196,11 +196,14 @@ def watch_once(
     state_path: str | Path | None = None,
     *,
     emit: EventEmitter | None = None,
+    baseline: bool = False,
 ) -> WatchReport:
     """One scan: announce each new content, mark it seen once its event went out, save the state.
 
     `emit` defaults to `prefect.events.emit_event`. An emitter that returns None (Prefect's, when no
     events client is configured) counts as not delivered: the paper stays unseen for the next scan.
+    `baseline` records the new contents as seen without announcing them: for starting to watch a
+    folder whose papers were already processed.
     """
     state_file = Path(state_path) if state_path is not None else default_state_path(input_directory)
     emitter = emit or _prefect_emit
@@ -210,6 +213,9 @@ def watch_once(
     seen = dict(state.seen)
     try:
         for paper in new:
+            if baseline:
+                seen[paper.sha256] = SeenPaper(first_path=paper.relative_path, announced_at=datetime.now(UTC))
+                continue
             if emitter(**paper_added_event(paper, input_directory)) is None:
                 logger.warning(
                     "paper.added for %s was not delivered (no Prefect events client)", paper.relative_path
@@ -222,6 +228,8 @@ def watch_once(
         save_watch_state(state_file, state.model_copy(update={"seen": seen}))
         if emit is None and announced:
             _flush_prefect_events()
+    if baseline:
+        logger.info("baseline: %d paper(s) recorded as seen without announcing them", len(new))
     return WatchReport(announced=announced, known=len(seen), unreadable=unreadable)
 
 

@@ -206,5 +206,5 @@ def setup_prefect(config: PrefectSetupConfig | None = None) -> list[SetupAction]
             )
         actions.append(_ensure_tag_limit(client, config.gpu_tag, config.gpu_tag_limit))
     for action in actions:
-        logger.info("%s", action)
+        logger.debug("%s", action)
     return actions

@@ -224,42 +224,24 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
     (completed,) = _pipeline_runs(stack, pipeline_id)
     assert completed["state_type"] == "COMPLETED"
 
-    # A new paper: `methyl-distill watch --once` announces it and the trigger starts the pipeline.
+    # Start watching the processed folder, then add a paper: `methyl-distill watch --once` announces
+    # it and the deployment's trigger starts a pipeline run over the folder.
     state_file = work / "watch-state.json"
-    services.run(
-        "watch-initial",
-        [
-            str(BIN / "methyl-distill"),
-            "watch",
-            "--once",
-            "--input_directory",
-            str(papers),
-            "--state_file",
-            str(state_file),
-        ],
-        timeout=120,
-    )
+
+    def watch(name: str, flag: str) -> str:
+        command = [str(BIN / "methyl-distill"), "watch", flag, "--input_directory", str(papers)]
+        return services.run(name, [*command, "--state_file", str(state_file)], timeout=120).stdout
+
+    assert "8 known paper(s)" in watch("watch-baseline", "--baseline")
     requests_before = stack["teacher"].stats().requests
     (papers / "rassf1a_followup.txt").write_text(
         "RASSF1A promoter methylation in serum DNA distinguished 40 breast cancer patients from 20 healthy "
         "women with 75% sensitivity and 95% specificity in a follow-up cohort measured by qMSP.\n",
         encoding="utf-8",
     )
-    watched = services.run(
-        "watch-new",
-        [
-            str(BIN / "methyl-distill"),
-            "watch",
-            "--once",
-            "--input_directory",
-            str(papers),
-            "--state_file",
-            str(state_file),
-        ],
-        timeout=120,
-    )
-    assert "paper.added rassf1a_followup.txt" in watched.stdout
-    assert "1 new paper(s) announced" in watched.stdout
+    watched = watch("watch-new", "--once")
+    assert "paper.added rassf1a_followup.txt" in watched
+    assert "1 new paper(s) announced" in watched
 
     def triggered_run_finished() -> dict[str, Any] | None:
         runs = _pipeline_runs(stack, pipeline_id)
@@ -272,6 +254,7 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
         triggered_run_finished, 420, "the pipeline run triggered by paper.added", interval=3
     )
     assert triggered["parameters"]["input_directory"] == str(papers.resolve())
+    assert len(_pipeline_runs(stack, pipeline_id)) == 2  # one event, one run
     assert triggered["state_type"] == "COMPLETED", services.log("worker")
     # Only the new paper reached the teacher: the others came from the extraction cache.
     new_requests = stack["teacher"].stats().requests - requests_before

@@ -80,6 +80,16 @@ def test_rescan_announces_only_new_or_changed_content(papers: Path, tmp_path: Pa
     assert emit.paths == ["sept9.txt", "lung/shox2.md"]  # edited content is new
 
 
+def test_baseline_records_without_announcing(papers: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    emit = RecordingEmitter()
+    report = watch_once(papers, state, emit=emit, baseline=True)
+    assert emit.events == [] and report.announced == [] and report.known == 2
+    (papers / "new.txt").write_text("GSTP1 in urine.\n", encoding="utf-8")
+    watch_once(papers, state, emit=emit)
+    assert emit.paths == ["new.txt"]
+
+
 def test_undelivered_events_are_retried_next_scan(papers: Path, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     first = watch_once(papers, state, emit=RecordingEmitter(refuse={"mgmt.txt"}))

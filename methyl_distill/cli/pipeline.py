@@ -27,6 +27,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _quiet_http_logs() -> None:
+    """One line per HTTP request to the Prefect API is noise on a terminal (kept with --verbose)."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_run(subparsers)
     _register_watch(subparsers)
@@ -82,6 +89,7 @@ def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    _quiet_http_logs()
     from flows.pipeline import pipeline_flow, short_lora_run
     from methyl_distill.sft_dataset import DatasetConfig
 
@@ -137,12 +145,19 @@ def _register_watch(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     )
     parser.add_argument("--once", action="store_true", help="Scan once and exit (for cron or CI).")
     parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="Record the papers there now as seen without announcing them, then exit (start watching a "
+        "folder that was already processed).",
+    )
+    parser.add_argument(
         "--interval", type=_positive_float, default=30.0, help="Seconds between scans (default 30)."
     )
     parser.set_defaults(handler=run_watch_command)
 
 
 def run_watch_command(args: argparse.Namespace) -> int:
+    _quiet_http_logs()
     from methyl_distill.paper_watch import WatchReport, watch_forever, watch_once
 
     def report(result: WatchReport) -> None:
@@ -151,6 +166,10 @@ def run_watch_command(args: argparse.Namespace) -> int:
         for path in result.unreadable:
             logger.debug("unreadable: %s", path)
 
+    if args.baseline:
+        result = watch_once(args.input_directory, args.state_file, baseline=True)
+        print(f"baseline recorded: {result.known} known paper(s); new ones will be announced from now on")
+        return 0
     if args.once:
         result = watch_once(args.input_directory, args.state_file)
         report(result)
@@ -201,6 +220,7 @@ def _register_setup(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def run_setup_command(args: argparse.Namespace) -> int:
+    _quiet_http_logs()
     from methyl_distill.prefect_setup import PrefectSetupConfig, setup_prefect
     from methyl_distill.teacher_settings import TeacherSettings
 
