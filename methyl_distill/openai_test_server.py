@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, get_args
 
 import uvicorn
 from pydantic import ValidationError
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         type=_parse_fault,
-        help="kind[:count=N|:p=P|:marker=TEXT]; kinds: " + ", ".join(FaultKind.__args__),
+        help="kind[:count=N|:p=P|:marker=TEXT]; kinds: " + ", ".join(get_args(FaultKind)),
     )
     args = parser.parse_args(argv)
     config = OpenAITestServerConfig(
@@ -514,6 +514,9 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,
         backlog=2048,
         timeout_graceful_shutdown=2,
+        # Longer than httpx's 5 s keep-alive expiry: the client, not the server, retires idle
+        # connections, so a request never races the server closing the connection under it.
+        timeout_keep_alive=30,
     )
 
 

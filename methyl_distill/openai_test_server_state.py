@@ -47,8 +47,9 @@ def server_count_tokens(text: str) -> int:
 
 
 class FaultRule(BaseModel):
-    """One kind of fault and when it fires: the next `count` requests, with `probability`, or for
-    every request whose text contains `marker` (a paper that always fails)."""
+    """One kind of fault and when it fires: the next `count` requests, with `probability` (seeded),
+    for every request whose text contains `marker` (a paper that always fails), or, with none of
+    these set, for every request."""
 
     model_config = ConfigDict(extra="forbid")
 

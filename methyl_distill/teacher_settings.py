@@ -8,7 +8,7 @@ talks to OpenAI (or to a local llama.cpp server) needs nothing new. Everything e
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,7 +107,8 @@ class TeacherSettings(BaseSettings):
             from prefect.blocks.system import Secret  # imported only when a block is configured
 
             try:
-                value = Secret.load(self.teacher_api_key_secret_block).get()
+                block = cast(Secret, Secret.load(self.teacher_api_key_secret_block))
+                value = block.get()
             except ValueError as exc:
                 raise ValueError(
                     f"Prefect Secret block {self.teacher_api_key_secret_block!r} could not be loaded "

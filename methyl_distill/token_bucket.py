@@ -114,6 +114,7 @@ class Reservation:
     tokens: int
     requests: int = 1
     id: int = field(default_factory=lambda: next(_reservation_ids))
+    reserved_at: float = field(default_factory=time.monotonic)
     settled: bool = False
 
 
@@ -402,17 +403,21 @@ class PrefectTokenBucket:
             reservation.settled = True
         difference = reservation.tokens - max(0, actual_tokens)
         if difference > 0:
-            self._release(difference)
+            self._release(difference, held_s=time.monotonic() - reservation.reserved_at)
         elif difference < 0:
             from prefect.concurrency.sync import rate_limit
 
             rate_limit(self.name, occupy=min(-difference, self._limit_tokens), strict=True)
 
-    def _release(self, slots: int) -> None:
+    def _release(self, slots: int, held_s: float) -> None:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
-            client.release_concurrency_slots(names=[self.name], slots=slots, occupancy_seconds=0.0)
+            # The server floors active slots at 0 after decay: the same cap as a local refund.
+            # occupancy_seconds (> 0) feeds its average-occupancy estimate for waiting clients.
+            client.release_concurrency_slots(
+                names=[self.name], slots=slots, occupancy_seconds=max(0.001, held_s)
+            )
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         parsed = RateLimitHeaders.parse(headers)

@@ -174,3 +174,33 @@ def test_waiters_are_served_in_arrival_order() -> None:
         thread.join(timeout=5)
     assert order[0] == "big"
     assert len(order) == 6
+
+
+@pytest.mark.flow
+def test_prefect_bucket_reserves_and_refunds_global_concurrency_slots(prefect_harness: None) -> None:
+    from uuid import uuid4
+
+    from prefect.client.orchestration import get_client
+
+    from methyl_distill.token_bucket import PrefectTokenBucket, ensure_limit
+
+    name = f"test-teacher-tpm-{uuid4().hex[:8]}"
+    bucket = PrefectTokenBucket(name, 600)  # creates the limit: 600 slots, decaying 10 per second
+
+    def read() -> tuple[int, float, float]:
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(name)
+            return limit.limit, limit.slot_decay_per_second, limit.active_slots
+
+    assert read() == (600, 10.0, 0)
+    reservation = bucket.reserve(400)
+    assert 350 <= read()[2] <= 400  # reads show the slots left after decay (a loaded machine is slow)
+    bucket.reconcile(reservation, 100)  # releases the 300 slots the request did not use
+    bucket.reconcile(reservation, 100)  # and only once
+    assert 50 <= read()[2] <= 100
+    with pytest.raises(RequestTooLargeError):
+        bucket.reserve(601)
+    ensure_limit(name, 600, 10.0)  # idempotent
+    assert read()[:2] == (600, 10.0)
+    ensure_limit(name, 1_200, 20.0)
+    assert read()[:2] == (1_200, 20.0)
