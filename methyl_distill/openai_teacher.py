@@ -62,6 +62,15 @@ _MAX_RETRY_AFTER_S = 600.0
 _STATED_LIMIT = re.compile(r"Limit (\d+)")
 
 
+class TeacherRequestError(TeacherError):
+    """No answer after the retries. `usage` counts every HTTP attempt of the call, failed ones included,
+    so a failure record can still report what the paper cost."""
+
+    def __init__(self, message: str, usage: TokenUsage) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
 class _ModeRejected(Exception):
     """The endpoint does not accept this structured-output mode."""
 
@@ -327,8 +336,9 @@ class OpenAITeacher:
             raise
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
-            raise TeacherError(
-                self._redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}")
+            raise TeacherRequestError(
+                self._redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}"),
+                log.usage,
             ) from None
 
     def _raise_for_status(

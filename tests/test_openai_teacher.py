@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from methyl_distill.openai_teacher import OpenAITeacher
+from methyl_distill.openai_teacher import OpenAITeacher, TeacherRequestError
 from methyl_distill.openai_test_server import OpenAITestServerConfig, ServerHandle, running_test_server
 from methyl_distill.records import TeacherExtraction, TokenUsage
 from methyl_distill.teacher import RequestTooLargeError, TeacherError
@@ -194,9 +194,10 @@ def test_persistent_server_errors_raise_after_the_retry_budget() -> None:
     with running_test_server(config) as handle:
         sleeps = Sleeps()
         teacher = make_teacher(handle, sleeps, teacher_max_retries=3, teacher_retry_max_wait_s=4.0)
-        with pytest.raises(TeacherError, match=r"failed after 4 attempt\(s\): HTTP 503"):
+        with pytest.raises(TeacherRequestError, match=r"failed after 4 attempt\(s\): HTTP 503") as caught:
             teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
         assert handle.stats().requests == 4
+        assert caught.value.usage.requests == 4  # the failed attempts are accounted for
         assert len(sleeps.calls) == 3 and all(0 <= s <= 4.0 for s in sleeps.calls)
 
 
