@@ -263,11 +263,6 @@ def test_many_papers_are_mapped_in_batches(server: ServerHandle, tmp_path: Path)
     assert len(_records(second)) == 60
 
 
-@pytest.mark.xfail(
-    reason="token_bucket.PrefectTokenBucket._release sends occupancy_seconds=0.0, which the Prefect 3.9 API "
-    "rejects with 422 (must be > 0), so every refund fails the request",
-    strict=False,
-)
 def test_prefect_global_concurrency_limit_is_the_shared_bucket(server: ServerHandle, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
