@@ -76,13 +76,18 @@ def main() -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-dataset-"))
     try:
         started = time.perf_counter()
-        papers_dir, records = write_synthetic_corpus(
-            workdir, args.papers, filler_sentences=args.filler_sentences
-        )
+        if args.reuse and (workdir / "records.jsonl").exists():
+            papers_dir, records = workdir / "papers", workdir / "records.jsonl"
+        else:
+            papers_dir, records = write_synthetic_corpus(
+                workdir, args.papers, filler_sentences=args.filler_sentences
+            )
         paper_mib = sum(path.stat().st_size for path in papers_dir.iterdir()) / 2**20
+        with records.open("rb") as handle:
+            record_count = sum(1 for _ in handle)
         print(
-            f"generated {args.papers} records ({records.stat().st_size / 2**20:.0f} MiB) and papers "
-            f"({paper_mib:.0f} MiB) in {time.perf_counter() - started:.1f} s"
+            f"corpus: {record_count} records ({records.stat().st_size / 2**20:.0f} MiB), papers "
+            f"{paper_mib:.0f} MiB, ready in {time.perf_counter() - started:.1f} s"
         )
         shutil.rmtree(workdir / "dataset", ignore_errors=True)
         child = subprocess.run(

@@ -302,8 +302,8 @@ class SampleBuilder:
                 used = chars
         samples = []
         for group in groups:
-            spans = tuple(span for entry in group for span in entry[2])
-            excerpt = text.excerpt(list(spans), budget)
+            group_spans = tuple(span for entry in group for span in entry[2])
+            excerpt = text.excerpt(list(group_spans), budget)
             if excerpt is None:
                 drops["evidence_exceeds_excerpt"] += 1
                 continue
@@ -325,7 +325,7 @@ class SampleBuilder:
                     ),
                     flags=tuple(flags),
                     markers=tuple(sorted({entry[1].gene or entry[1].marker for entry in group})),
-                    spans=spans,
+                    spans=group_spans,
                     excerpt_budget=budget,
                     excerpt_pieces=excerpt.pieces,
                 )
