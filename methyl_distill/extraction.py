@@ -19,6 +19,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +45,7 @@ from methyl_distill.records import (
     TeacherExtraction,
     TokenUsage,
 )
+from methyl_distill.structured_output import schema_instruction, strict_json_schema
 from methyl_distill.teacher import RequestTooLargeError, Teacher, TeacherError
 from methyl_distill.token_count import estimate_chat_tokens, estimate_tokens
 
@@ -80,9 +82,20 @@ class ExtractionConfig(BaseModel):
         ) / 1_000_000
 
 
+@lru_cache(maxsize=1)
+def _schema_instruction_tokens() -> int:
+    return estimate_tokens(schema_instruction(strict_json_schema(TeacherExtraction)))
+
+
 def framing_tokens(bank: QuestionBank) -> int:
-    """Estimated prompt tokens of a request without its paper text (the chunked wording, the longer one)."""
-    return estimate_chat_tokens(build_messages("", bank, chunk_index=0, chunk_count=2))
+    """Estimated prompt tokens of a request without its paper text.
+
+    The chunked wording (the longer one), plus the JSON schema the teacher client spells out in the
+    prompt for endpoints without structured outputs (json_object and prompt modes): the budget must
+    hold whichever mode the endpoint ends up in.
+    """
+    messages = build_messages("", bank, chunk_index=0, chunk_count=2)
+    return estimate_chat_tokens(messages) + _schema_instruction_tokens()
 
 
 def paper_chunk_budget(bank: QuestionBank, config: ExtractionConfig) -> int:
