@@ -42,17 +42,19 @@ STAGE_DIRECTORIES = {
 
 def short_lora_run() -> FinetuneConfig:
     """The default student run: a short LoRA run that finishes in minutes on a CPU."""
-    return FinetuneConfig(
-        max_steps=30,
-        learning_rate=2e-4,
-        lora_rank=8,
-        lora_alpha=16,
-        batch_size=1,
-        gradient_accumulation_steps=2,
-        max_length=1024,
-        save_steps=30,
-        save_total_limit=1,
-        warmup_ratio=0.1,
+    return FinetuneConfig.model_validate(
+        {
+            "max_steps": 30,
+            "learning_rate": 2e-4,
+            "lora_rank": 8,
+            "lora_alpha": 16,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 2,
+            "max_length": 1024,
+            "save_steps": 30,
+            "save_total_limit": 1,
+            "warmup_ratio": 0.1,
+        }
     )
 
 
@@ -192,16 +194,11 @@ def _extract(parameters: PipelineParameters, embedded: bool) -> tuple[Any, str]:
         summary = extract_flow(
             **arguments, teacher_base_url=parameters.teacher_base_url, teacher_model=parameters.teacher_model
         )
-        settings = TeacherSettings(
-            **{
-                k: v
-                for k, v in {
-                    "openai_base_url": parameters.teacher_base_url,
-                    "teacher_model": parameters.teacher_model,
-                }.items()
-                if v is not None
-            }
-        )
+        overrides: dict[str, Any] = {
+            "openai_base_url": parameters.teacher_base_url,
+            "teacher_model": parameters.teacher_model,
+        }
+        settings = TeacherSettings(**{k: v for k, v in overrides.items() if v is not None})
         return summary, f"{settings.teacher_model} at {settings.openai_base_url or 'api.openai.com'}"
     config = parameters.embedded_teacher
     if arguments["max_chunk_tokens"] is None:
@@ -244,11 +241,12 @@ def _finetune(parameters: PipelineParameters, dataset_directory: str, run_name: 
             preset=parameters.student_preset,
             config=parameters.finetune,
         )
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     logger = get_run_logger()
     logger.info("Fine-tuning as deployment %s; waiting for it", parameters.finetune_deployment)
-    flow_run = run_deployment(
+    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call inside a sync flow
         name=parameters.finetune_deployment,
         parameters={
             "dataset_directory": dataset_directory,
