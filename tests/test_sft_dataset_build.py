@@ -475,3 +475,15 @@ def test_synthetic_corpus_builds(tmp_path: Path) -> None:
     assert summary.paper_status == {"ok": 30}
     assert summary.drops.get("ungrounded", 0) == 0 and summary.drops.get("no_evidence", 0) == 0
     assert summary.total_samples >= 90
+
+
+def test_parallel_workers_build_the_same_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import methyl_distill.sft_dataset.build as build_module
+
+    papers_dir, records_path = write_synthetic_corpus(tmp_path, 24, seed=6)
+    serial = build_sft_dataset([records_path], tmp_path / "serial", papers_dir, DatasetConfig(workers=1))
+    monkeypatch.setattr(build_module, "_SHARD_PAPERS", 5)  # 5 shards over 2 spawned processes
+    parallel = build_sft_dataset([records_path], tmp_path / "parallel", papers_dir, DatasetConfig(workers=2))
+    for name in ("train_jsonl", "val_jsonl", "test_jsonl"):
+        assert Path(getattr(serial, name)).read_bytes() == Path(getattr(parallel, name)).read_bytes()
+    assert serial.drops == parallel.drops and serial.paper_status == parallel.paper_status

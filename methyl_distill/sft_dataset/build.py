@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import shutil
 import time
@@ -31,16 +32,17 @@ from methyl_distill.sft_dataset.dataset_writer import (
     write_jsonl,
 )
 from methyl_distill.sft_dataset.deduplication import DuplicateFinder
-from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
+from methyl_distill.sft_dataset.paper_text import PaperLibrary
 from methyl_distill.sft_dataset.record_reader import scan_records
-from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder
-from methyl_distill.sft_dataset.sample_length import TokenCounter, enforce_max_length, make_token_counter
 from methyl_distill.sft_dataset.sample_store import SampleStore
+from methyl_distill.sft_dataset.shard_worker import build_shards, token_counter
 from methyl_distill.sft_dataset.splitting import SPLITS, split_by_paper
 
 logger = logging.getLogger(__name__)
 
-_LENGTH_BATCH_PAPERS = 512
+# Papers per unit of work; a build with fewer papers runs in this process.
+_SHARD_PAPERS = 1000
+_MAX_AUTO_WORKERS = 8
 
 
 class EmptyDatasetError(ValueError):
@@ -108,21 +110,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _store_batch(
-    batch: list[Sample],
-    papers: dict[str, PaperText],
-    store: SampleStore,
-    finder: DuplicateFinder,
-    counter: TokenCounter,
-    config: DatasetConfig,
-    drops: Counter[str],
-) -> None:
-    """Length rules over a batch of papers' samples, then spill them and sign them for dedup."""
-    fitting = enforce_max_length(batch, papers, counter, config, drops)
-    store.add(fitting)
-    finder.add([sample.dedup_text for sample in fitting])
-
-
 def _cap_not_reported(
     store: SampleStore, keep: np.ndarray, config: DatasetConfig, drops: Counter[str]
 ) -> None:
@@ -150,8 +137,8 @@ def build_sft_dataset(
     check_output_directory(output)
     if config.push_to_hub:
         config.hub_token()  # fail before the work, not after
-    counter = make_token_counter(config)
-    library = PaperLibrary(papers_directory)
+    token_counting = token_counter(config).description  # a bad tokenizer folder fails here, before any work
+    PaperLibrary(papers_directory)  # likewise a missing papers directory
     records_paths = [Path(path) for path in records]
     scan = scan_records(records_paths, config.corrupt_lines)
     logger.info(
@@ -162,35 +149,24 @@ def build_sft_dataset(
         scan.superseded,
     )
 
-    builder = SampleBuilder(config)
     finder = DuplicateFinder(config.near_duplicate_threshold, config.minhash_permutations, config.seed)
     drops: Counter[str] = Counter()
     paper_status: Counter[str] = Counter()
     missing: list[str] = []
+    shards = scan.shards(_SHARD_PAPERS)
+    workers = min(config.workers or min(os.cpu_count() or 1, _MAX_AUTO_WORKERS), len(shards))
     staging = make_staging_directory(output)
-    store = SampleStore(staging / ".samples.jsonl", config.system_prompt, config.include_meta, config.seed)
+    store = SampleStore(staging / ".samples.jsonl")
     try:
         papers_used = 0
-        batch: list[Sample] = []
-        batch_papers: dict[str, PaperText] = {}
-        for record in scan.iter_records():
-            papers_used += 1
-            paper = library.load(record.source_paths, record.content_sha256)
-            paper_status[paper.status] += 1
-            if paper.status not in ("ok", "changed"):
-                missing.append(f"{record.file_id}: {paper.status} ({paper.detail})")
-            elif paper.status == "changed":
-                logger.warning("%s: %s; grounding checks the current text", record.file_id, paper.detail)
-            built = builder.build(record, paper)
-            drops.update(built.drops)
-            batch.extend(built.samples)
-            if paper.text is not None:
-                batch_papers[record.content_sha256] = paper.text
-            if len(batch_papers) >= _LENGTH_BATCH_PAPERS:
-                _store_batch(batch, batch_papers, store, finder, counter, config, drops)
-                batch, batch_papers = [], {}
-        _store_batch(batch, batch_papers, store, finder, counter, config, drops)
-        del batch, batch_papers
+        for shard_output in build_shards(shards, papers_directory, config, workers):
+            store.add_shard(shard_output)
+            finder.add(shard_output.dedup_texts)
+            drops.update(shard_output.drops)
+            paper_status.update(shard_output.paper_status)
+            missing.extend(shard_output.missing)
+            scan.corrupt.extend(shard_output.corrupt)
+            papers_used += shard_output.papers_used
         store.finish_writing()
         if missing:
             logger.warning(
@@ -261,7 +237,7 @@ def build_sft_dataset(
             drops=dict(sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: (-kv[1], kv[0]))),
             flags=dict(sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))),
             markers_covered=dict(sorted(markers.items(), key=lambda kv: (-kv[1], kv[0]))),
-            token_counting=counter.description,
+            token_counting=token_counting,
             config=config,
             build_seconds=round(time.monotonic() - started, 3),
         )

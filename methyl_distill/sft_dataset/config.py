@@ -158,6 +158,14 @@ class DatasetConfig(BaseModel):
         default="skip",
         description="A records line that is not a valid PaperRecord: 'skip' it (logged, counted) or 'fail'.",
     )
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Processes that build samples in parallel (shards of 1000 papers); 0 = one per CPU core, at "
+            "most 8. The dataset is the same for any number of workers."
+        ),
+    )
     include_meta: bool = Field(
         default=True,
         description=(

@@ -71,6 +71,7 @@ def sample_line(messages: list[dict[str, str]], meta: dict[str, object] | None) 
 
 def write_dataset_dict(staging: Path, include_meta: bool) -> None:
     """The split files as a `datasets.DatasetDict` saved to disk (parsed by pyarrow, no HF cache)."""
+    import datasets
     import pyarrow as pa
     import pyarrow.json as pa_json
     from datasets import Dataset, DatasetDict
@@ -109,7 +110,13 @@ def write_dataset_dict(staging: Path, include_meta: bool) -> None:
                 parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"),
             )
         splits[split] = Dataset(table, split=split)
-    DatasetDict(splits).save_to_disk(str(staging / DATASET_DICT_DIR))
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # one bar per split and shard is noise in a pipeline's log
+    try:
+        DatasetDict(splits).save_to_disk(str(staging / DATASET_DICT_DIR))
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
 
 
 def publish(staging: Path, output_directory: Path) -> None:

@@ -51,22 +51,13 @@ class _Location:
 
 
 @dataclass
-class RecordScan:
-    """Where the records of every paper lie, and what the scan met on the way."""
+class RecordShard:
+    """Some papers' record locations (newest first): what one worker reads and validates."""
 
     paths: tuple[Path, ...]
-    corrupt_lines: Literal["skip", "fail"] = "skip"
-    candidates: dict[str, list[_Location]] = field(default_factory=dict)
-    lines_read: int = 0
+    corrupt_lines: Literal["skip", "fail"]
+    groups: list[list[_Location]]
     corrupt: list[str] = field(default_factory=list)  # "file:line: reason"
-
-    @property
-    def paper_count(self) -> int:
-        return len(self.candidates)
-
-    @property
-    def superseded(self) -> int:
-        return sum(len(locations) - 1 for locations in self.candidates.values())
 
     def _problem(self, location: _Location, reason: str, exc: Exception | None = None) -> None:
         problem = f"{self.paths[location.file_index]}:{location.line_number}: {reason}"
@@ -76,11 +67,10 @@ class RecordScan:
         self.corrupt.append(problem)
 
     def iter_records(self) -> Iterator[PaperRecord]:
-        """The newest valid record of each paper, in the order of its file and line (deterministic)."""
-        ordered = sorted(self.candidates.values(), key=lambda locations: locations[0].sort_position)
+        """The newest valid record of each paper; a corrupt newest record falls back to the next."""
         handles = [path.open("rb") for path in self.paths]
         try:
-            for locations in ordered:
+            for locations in self.groups:
                 for location in locations:
                     handle = handles[location.file_index]
                     handle.seek(location.offset)
@@ -94,6 +84,44 @@ class RecordScan:
         finally:
             for handle in handles:
                 handle.close()
+
+
+@dataclass
+class RecordScan:
+    """Where the records of every paper lie, and what the scan met on the way."""
+
+    paths: tuple[Path, ...]
+    corrupt_lines: Literal["skip", "fail"] = "skip"
+    candidates: dict[str, list[_Location]] = field(default_factory=dict)
+    lines_read: int = 0
+    corrupt: list[str] = field(default_factory=list)  # "file:line: reason" (from the first pass)
+
+    @property
+    def paper_count(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def superseded(self) -> int:
+        return sum(len(locations) - 1 for locations in self.candidates.values())
+
+    def _problem(self, location: _Location, reason: str, exc: Exception | None = None) -> None:
+        shard = RecordShard(self.paths, self.corrupt_lines, [])
+        shard._problem(location, reason, exc)
+        self.corrupt.extend(shard.corrupt)
+
+    def shards(self, papers_per_shard: int) -> list[RecordShard]:
+        """The papers in the order of their newest record's file and line, cut into shards."""
+        ordered = sorted(self.candidates.values(), key=lambda locations: locations[0].sort_position)
+        return [
+            RecordShard(self.paths, self.corrupt_lines, ordered[start : start + papers_per_shard])
+            for start in range(0, len(ordered), papers_per_shard)
+        ]
+
+    def iter_records(self) -> Iterator[PaperRecord]:
+        """The newest valid record of each paper, in order (deterministic); see `RecordShard`."""
+        for shard in self.shards(max(1, self.paper_count)):
+            yield from shard.iter_records()
+            self.corrupt.extend(shard.corrupt)
 
 
 def _short_reason(exc: Exception) -> str:
