@@ -45,37 +45,55 @@ class FinetuneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    lora_rank: int = Field(8, ge=1, le=1024, description="LoRA rank r (--lora_rank).")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling alpha (--lora_alpha).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input (--lora_dropout).")
+    lora_rank: int = Field(default=8, ge=1, le=1024, description="LoRA rank r (--lora_rank).")
+    lora_alpha: float = Field(default=32.0, gt=0, description="LoRA scaling alpha (--lora_alpha).")
+    lora_dropout: float = Field(
+        default=0.05, ge=0, lt=1, description="Dropout on the LoRA input (--lora_dropout)."
+    )
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         description="Modules that get adapters: all-linear, all-attention, all-mlp or names like q_proj.",
     )
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (--learning_rate).")
-    num_train_epochs: float = Field(3.0, gt=0, description="Epochs, when max_steps is not set.")
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_train_epochs.")
-    batch_size: int = Field(1, ge=1, description="Sequences per device per micro-batch.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Peak learning rate (--learning_rate).")
+    num_train_epochs: float = Field(default=3.0, gt=0, description="Epochs, when max_steps is not set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps; overrides num_train_epochs."
+    )
+    batch_size: int = Field(default=1, ge=1, description="Sequences per device per micro-batch.")
     gradient_accumulation_steps: int = Field(
-        1, ge=1, description="Micro-batches per optimizer step (ms-swift's own default is 16)."
+        default=1, ge=1, description="Micro-batches per optimizer step (ms-swift's own default is 16)."
     )
-    max_length: int | None = Field(None, ge=16, description="Max tokens per sample; None: the preset's.")
-    packing: bool = Field(False, description="Pack samples into max_length sequences (needs FlashAttention).")
+    max_length: int | None = Field(
+        default=None, ge=16, description="Max tokens per sample; None: the preset's."
+    )
+    packing: bool = Field(
+        default=False, description="Pack samples into max_length sequences (needs FlashAttention)."
+    )
     gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in backward (saves memory)."
+        default=True, description="Recompute activations in backward (saves memory)."
     )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the LR.")
-    lr_scheduler_type: str = Field("cosine", description="HF scheduler name (cosine, linear, constant...).")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay.")
-    logging_steps: int = Field(1, ge=1, description="Log the loss every N optimizer steps.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint (and validate) every N optimizer steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
-    seed: int = Field(42, description="Seed of initialisation, shuffling and dropout.")
-    merge_lora: bool = Field(False, description="Also write the base model with the adapter merged in.")
-    device: DeviceRequest = Field("auto", description="auto: CUDA when available, else CPU.")
-    attn_impl: str = Field("auto", description="auto, flash_attention_2 or sdpa.")
-    system: str | None = Field(None, description="System prompt for samples without one; None: the preset's.")
-    dataloader_num_workers: int = Field(0, ge=0, description="Data loader worker processes.")
+    warmup_ratio: float = Field(
+        default=0.05, ge=0, lt=1, description="Share of steps spent warming up the LR."
+    )
+    lr_scheduler_type: str = Field(
+        default="cosine", description="HF scheduler name (cosine, linear, constant...)."
+    )
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW weight decay.")
+    logging_steps: int = Field(default=1, ge=1, description="Log the loss every N optimizer steps.")
+    save_steps: int = Field(
+        default=50, ge=1, description="Checkpoint (and validate) every N optimizer steps."
+    )
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
+    seed: int = Field(default=42, description="Seed of initialisation, shuffling and dropout.")
+    merge_lora: bool = Field(
+        default=False, description="Also write the base model with the adapter merged in."
+    )
+    device: DeviceRequest = Field(default="auto", description="auto: CUDA when available, else CPU.")
+    attn_impl: str = Field(default="auto", description="auto, flash_attention_2 or sdpa.")
+    system: str | None = Field(
+        default=None, description="System prompt for samples without one; None: the preset's."
+    )
+    dataloader_num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:

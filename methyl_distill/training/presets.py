@@ -106,7 +106,8 @@ def mistral_7b_config() -> Any:
     """Mistral-7B's architecture (the v0.1 release's config.json) as a `MistralConfig`."""
     from transformers import MistralConfig
 
-    return MistralConfig(
+    # Passed as a dict: transformers 4.x and 5.x accept these keywords, but 5.x no longer declares them all.
+    arguments: dict[str, Any] = dict(
         vocab_size=32000,
         hidden_size=4096,
         intermediate_size=14336,
@@ -124,13 +125,14 @@ def mistral_7b_config() -> Any:
         eos_token_id=2,
         torch_dtype="bfloat16",
     )
+    return MistralConfig(**arguments)
 
 
 def smollm2_135m_config() -> Any:
     """SmolLM2-135M's architecture as a `LlamaConfig` (as the GGUF's metadata states it)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    arguments: dict[str, Any] = dict(
         vocab_size=49152,
         hidden_size=576,
         intermediate_size=1536,
@@ -146,6 +148,7 @@ def smollm2_135m_config() -> Any:
         bos_token_id=1,
         eos_token_id=2,
     )
+    return LlamaConfig(**arguments)
 
 
 def tiny_mistral_config() -> Any:
@@ -295,7 +298,7 @@ def convert_smollm2(output_dir: Path) -> Path:
         )
         # A dequantised model is a plain model: drop the quantiser so save_pretrained writes it as one.
         if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging, safe_serialization=True)

@@ -209,7 +209,7 @@ def _write_tiny_mistral(folder: Path, settings: dict[str, int]) -> None:
         raise RuntimeError(
             f"the tokenizer has {len(tokenizer)} tokens, more than vocab_size {settings['vocab_size']}"
         )
-    config = MistralConfig(
+    arguments: dict[str, Any] = dict(
         vocab_size=settings["vocab_size"],
         hidden_size=settings["hidden_size"],
         intermediate_size=settings["intermediate_size"],
@@ -228,6 +228,7 @@ def _write_tiny_mistral(folder: Path, settings: dict[str, int]) -> None:
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
     )
+    config = MistralConfig(**arguments)
     # Seeded from a private generator so the weights depend on `seed` only, not on global RNG state.
     fork_devices: list[Any] = []
     with torch.random.fork_rng(devices=fork_devices):
