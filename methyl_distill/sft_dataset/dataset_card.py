@@ -114,7 +114,9 @@ no paper contributes samples to two splits.
 Sample styles: **closed_book** (the question alone -> the answer), **grounded** (a paper excerpt
 around the evidence + the question -> the answer), **extraction** (an excerpt -> JSON marker records).
 
-{total} samples from {summary.papers} papers. {statistics_markdown(summary)}
+{total} samples from {summary.papers} papers.
+
+{statistics_markdown(summary)}
 
 ## Markers covered
 
