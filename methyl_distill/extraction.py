@@ -354,23 +354,29 @@ class _ChunkRun:
     requests_sent: int = 0
 
     def run(self, chunks: list[str]) -> list[TeacherExtraction]:
-        queue: list[tuple[str, int]] = [(chunk, 0) for chunk in chunks]
+        # (text, splits so far, whether a truncated reply already split it)
+        queue: list[tuple[str, int, bool]] = [(chunk, 0, False) for chunk in chunks]
         results: list[TeacherExtraction] = []
         while queue:
-            text, depth = queue.pop(0)
+            text, depth, halved_for_length = queue.pop(0)
             index, count = len(results), len(results) + 1 + len(queue)
             try:
                 results.append(self._ask(text, index, count))
             except RequestTooLargeError as exc:
-                queue[:0] = [(part, depth + 1) for part in self._split_further(text, depth, exc)]
+                parts = self._split_further(text, depth, exc)
+                queue[:0] = [(part, depth + 1, halved_for_length) for part in parts]
             except _Truncated as truncated:
-                if depth >= self.config.max_split_depth or estimate_tokens(text) < 2 * MIN_CHUNK_TOKENS:
+                # Halving once helps when the answer grows with the text (many markers); the answers
+                # to the fixed questions do not shrink further, so a second halving would only waste
+                # requests.
+                too_small = estimate_tokens(text) < 2 * MIN_CHUNK_TOKENS
+                if halved_for_length or depth >= self.config.max_split_depth or too_small:
                     raise truncated.failure from None
                 parts = split_into_chunks(text, estimate_tokens(text) // 2 + 1)
                 logger.info(
                     "%s: reply truncated, split a chunk into %d parts", self.paper.file_id, len(parts)
                 )
-                queue[:0] = [(part, depth + 1) for part in parts]
+                queue[:0] = [(part, depth + 1, True) for part in parts]
         return results
 
     def _ask(self, text: str, index: int, count: int) -> TeacherExtraction:

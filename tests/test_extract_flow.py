@@ -246,6 +246,39 @@ def test_under_injected_faults_every_paper_ends_extracted_or_failed(
     assert second.extracted == len(failed) and second.failed == 0
 
 
+def test_long_papers_are_chunked_and_refused_requests_split_further(tmp_path: Path) -> None:
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    texts = [path.read_text(encoding="utf-8") for path in sorted(SAMPLE_PAPERS.glob("*.txt"))]
+    (papers / "review.txt").write_text("\n\n".join(texts), encoding="utf-8")  # ~4000 words
+    (papers / "chunked.txt").write_text("\n\n".join(texts[:3]), encoding="utf-8")
+    # The client believes in a 128k context; the server allows 9000 tokens and refuses the whole review.
+    small_context = OpenAITestServerConfig(context_tokens=9000, latency_s=(0.0, 0.01))
+    with pytest.MonkeyPatch.context() as patch, running_test_server(small_context) as server:
+        patch.setenv("OPENAI_API_KEY", API_KEY)
+        patch.setenv("TEACHER_MAX_OUTPUT_TOKENS", "4000")
+        summary = _run(server, papers, tmp_path, max_chunk_tokens=1200)
+        refused = server.stats().responses_by_status.get("400", 0)
+    assert (summary.extracted, summary.failed) == (2, 0)
+    records = {record.file_id: record for record in _records(summary)}
+    assert records["chunked-txt"].chunks >= 2
+    review = records["review-txt"]
+    assert review.chunks > records["chunked-txt"].chunks and refused == 0  # pre-chunked: nothing refused
+    genes = {marker.gene for marker in review.markers}
+    assert {"MGMT", "SEPT9", "GSTP1", "NDRG4"} <= genes  # markers of every part survive the merge
+    text = (papers / "review.txt").read_text(encoding="utf-8")
+    assert all(quote in text for answer in review.answers for quote in answer.evidence)
+
+    # Without the client-side chunk limit, the server refuses the whole review and it is split further.
+    with pytest.MonkeyPatch.context() as patch, running_test_server(small_context) as server:
+        patch.setenv("OPENAI_API_KEY", API_KEY)
+        patch.setenv("TEACHER_MAX_OUTPUT_TOKENS", "4000")
+        unchunked = _run(server, papers, tmp_path / "second", refresh=True)
+        refused = server.stats().responses_by_status.get("400", 0)
+    assert (unchunked.extracted, unchunked.failed) == (2, 0) and refused >= 1
+    assert {record.file_id: record.chunks for record in _records(unchunked)}["review-txt"] >= 2
+
+
 def test_many_papers_are_mapped_in_batches(server: ServerHandle, tmp_path: Path) -> None:
     papers = tmp_path / "papers"
     papers.mkdir()

@@ -298,7 +298,7 @@ def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
     from methyl_distill.openai_teacher import TRUNCATED_ERROR
 
     assert TRUNCATED_ERROR_PREFIX == TRUNCATED_ERROR  # the signal the core relies on
-    config = ExtractionConfig(max_split_depth=1)
+    config = ExtractionConfig()  # a truncated reply halves a chunk once, whatever max_split_depth allows
     teacher = QueuedTeacher([_truncated_reply(), *([_chunk_reply] * 10)])
     record = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
     assert isinstance(record, PaperRecord) and record.chunks >= 2
@@ -308,7 +308,7 @@ def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
     failure = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
     assert isinstance(failure, FailureRecord) and failure.stage == "validate"
     assert "output truncated" in failure.reason and failure.raw_output is not None
-    assert len(teacher.papers_seen) == 2  # whole paper, then its first half: depth limit reached
+    assert len(teacher.papers_seen) == 2  # the whole paper, then its first half: no second halving
 
 
 def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
