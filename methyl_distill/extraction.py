@@ -3,8 +3,8 @@
 `extract_paper` is the plain core of the extraction stage: no Prefect, no files. It returns a
 `PaperRecord` or, when the paper cannot be extracted, a `FailureRecord` with the stage, the
 reason, the teacher's raw output and the tokens spent. A request the teacher reports as too large
-is split further, up to `ExtractionConfig.max_split_depth` times; so is a chunk whose answer is cut off by
-max_tokens on every attempt (a smaller chunk needs a shorter answer).
+is split further, up to `ExtractionConfig.max_split_depth` times; a chunk whose answer is cut off
+by max_tokens on every attempt is halved once (fewer markers, shorter answers).
 
 Evidence quotes are checked against the paper: a quote that does not occur in the text (compared
 case-, whitespace- and punctuation-style-insensitively) is dropped and counted, so every quote in a
