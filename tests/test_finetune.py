@@ -177,6 +177,19 @@ def test_completed_run_is_returned_and_a_different_one_refused(
         cache_dir=workspace["cache"],
     )
     assert again == trained
+    copied = workspace["root"] / "adapter-gone"
+    shutil.copytree(trained.output_directory, copied, symlinks=True)
+    summary_file = copied / "finetune_summary.json"
+    summary_file.write_text(summary_file.read_text().replace(trained.output_directory, str(copied)))
+    shutil.rmtree(copied / "adapter")
+    with pytest.raises(FileNotFoundError, match=r"adapter .* is gone"):
+        finetune(
+            workspace["dataset"],
+            copied,
+            preset="tiny-mistral",
+            config=tiny_config(),
+            cache_dir=workspace["cache"],
+        )
     with pytest.raises(FinetuneOutputConflict, match="config"):
         finetune(
             workspace["dataset"],

@@ -216,8 +216,14 @@ class LoraFinetuneRecipe:
                     "use a new output directory"
                 )
             if self.summary_path.is_file():
+                summary = FinetuneSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+                if not (Path(summary.adapter_path) / "adapter_model.safetensors").is_file():
+                    raise FileNotFoundError(
+                        f"{self.summary_path}: the finished run's adapter {summary.adapter_path} is gone; "
+                        "delete the summary to save it again from the last checkpoint, or use a new directory"
+                    )
                 logger.info("Fine-tune in %s is already complete", self.output_directory)
-                return FinetuneSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+                return summary
         elif self.output_directory.is_dir() and any(self.output_directory.iterdir()):
             raise FinetuneOutputConflict(
                 f"{self.output_directory}: not empty and holds no fine-tune request; use an empty directory"
