@@ -170,3 +170,53 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
     assert rerun.stages["extraction"]["cached"] == 8
     assert rerun.adapter_path == summary.adapter_path
     assert rerun.evaluation_report_path is None
+
+
+def test_run_command_maps_flags_and_says_where_outputs_are(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import flows.pipeline
+    from flows.pipeline import PipelineSummary
+    from methyl_distill.cli import main
+
+    calls: list[dict] = []
+
+    def fake_pipeline(**kwargs: object) -> PipelineSummary:
+        calls.append(kwargs)
+        return PipelineSummary(
+            output_directory=str(tmp_path / "out"),
+            teacher="embedded smollm2-135m-instruct (llama.cpp)",
+            records_path=str(tmp_path / "out/extraction/records.jsonl"),
+            dataset_directory=str(tmp_path / "out/dataset"),
+            adapter_path=str(tmp_path / "out/finetune/run/adapter"),
+            evaluation_report_path=str(tmp_path / "out/evaluation/run/evaluation.md"),
+            stages={"extraction": {"papers": 8, "extracted": 7, "cached": 1, "failed": 0}},
+        )
+
+    monkeypatch.setattr(flows.pipeline, "pipeline_flow", fake_pipeline)
+    dataset_config = Path(__file__).resolve().parent.parent / "data" / "dataset.toml"
+    code = main(
+        [
+            "run",
+            "--input_directory",
+            str(SAMPLE_PAPERS),
+            "--output_directory",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "5",
+            "--student",
+            "tiny-mistral",
+            "--dataset_config",
+            str(dataset_config),
+            "--no_evaluation",
+        ]
+    )
+    assert code == 0
+    (call,) = calls
+    assert call["student_preset"] == "tiny-mistral" and call["evaluate"] is False
+    assert call["finetune"].max_steps == 5 and call["finetune"].save_steps == 5
+    assert call["dataset"].max_length > 0 and call["teacher"] == "auto"
+    printed = capsys.readouterr().out
+    assert "adapter:     " + str(tmp_path / "out/finetune/run/adapter") in printed
+    assert "evaluation:  " + str(tmp_path / "out/evaluation/run/evaluation.md") in printed
+    assert "7 extracted, 1 cached" in printed
