@@ -25,6 +25,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _BASE = 0x100000001B3  # odd, so invertible modulo 2**64
 _BASE_INVERSE = pow(_BASE, -1, 2**64)
 _BATCH_BYTES = 1 << 21
+_VERIFY_PAIRS = 1 << 16
 _EMPTY = np.uint32(0xFFFFFFFF)
 # Bytes that belong to words: ASCII letters and digits, and every byte of a non-ASCII character.
 _WORD_BYTE = np.zeros(256, dtype=bool)
@@ -173,8 +174,12 @@ class DuplicateFinder:
         if not pairs:
             return DuplicateVerdict(exact, near)
         unique_pairs = np.unique(np.concatenate(pairs), axis=0)
-        similarity = (signatures[unique_pairs[:, 0]] == signatures[unique_pairs[:, 1]]).mean(axis=1)
-        edges = unique_pairs[similarity >= self.threshold]
+        verified = []
+        for start in range(0, len(unique_pairs), _VERIFY_PAIRS):  # bounded memory: pairs x bins at a time
+            chunk = unique_pairs[start : start + _VERIFY_PAIRS]
+            agreement = (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).sum(axis=1)
+            verified.append(chunk[agreement >= self.threshold * self.bins])
+        edges = np.concatenate(verified)
         near[_later_members(edges)] = True
         return DuplicateVerdict(exact, near)
 
