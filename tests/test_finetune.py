@@ -46,9 +46,10 @@ def tiny_config(**overrides) -> FinetuneConfig:
     values = {
         "max_steps": STEPS,
         "save_steps": SAVE_EVERY,
-        "learning_rate": 5e-3,
-        "lora_rank": 8,
-        "lora_alpha": 16,
+        "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant",
+        "lora_rank": 16,
+        "lora_alpha": 32,
         "batch_size": 4,
         "max_length": 128,
         "gradient_checkpointing": False,
@@ -94,7 +95,7 @@ def test_loss_is_finite_and_falls(trained: FinetuneSummary) -> None:
     assert Path(trained.loss_curve_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     adapter = Path(trained.adapter_path)
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
-    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 8
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == 16
     assert set(adapter_config["target_modules"]) == {
         "q_proj",
         "k_proj",
