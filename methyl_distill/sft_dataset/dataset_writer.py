@@ -98,18 +98,25 @@ def write_dataset_dict(staging: Path, include_meta: bool) -> None:
             )
         )
     schema = pa.schema(fields)
+    # Each split is parsed in blocks and streamed to an Arrow file that the Dataset memory-maps, so
+    # memory stays flat however large the split; save_to_disk then writes the DatasetDict from it.
+    scratch = staging / ".arrow"
+    scratch.mkdir()
     splits = {}
     for split, name in SPLIT_FILES.items():
-        path = staging / name
-        if path.stat().st_size == 0:
-            table = schema.empty_table()
-        else:
-            table = pa_json.read_json(
-                path,
-                read_options=pa_json.ReadOptions(block_size=1 << 24),
-                parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"),
-            )
-        splits[split] = Dataset(table, split=split)
+        path, arrow_path = staging / name, scratch / f"{split}.arrow"
+        with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            if path.stat().st_size:
+                reader = pa_json.open_json(
+                    path,
+                    read_options=pa_json.ReadOptions(block_size=1 << 23),
+                    parse_options=pa_json.ParseOptions(
+                        explicit_schema=schema, unexpected_field_behavior="error"
+                    ),
+                )
+                for batch in reader:
+                    writer.write_batch(batch)
+        splits[split] = Dataset.from_file(str(arrow_path), split=split)
     quiet = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # one bar per split and shard is noise in a pipeline's log
     try:
@@ -117,6 +124,8 @@ def write_dataset_dict(staging: Path, include_meta: bool) -> None:
     finally:
         if not quiet:
             datasets.enable_progress_bars()
+        del splits
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def publish(staging: Path, output_directory: Path) -> None:
