@@ -55,6 +55,22 @@ def _config(**overrides) -> FinetuneConfig:
     return FinetuneConfig(**values)
 
 
+def assert_merged_model_equals_base_plus_adapter(base: str, adapter: str, merged: str | None) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert merged is not None
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+        expected = tuned(input_ids=ids).logits
+        untuned = AutoModelForCausalLM.from_pretrained(base).eval()(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(merged).eval()(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, untuned, atol=1e-4)  # training moved the adapter off its zero start
+
+
 async def _artifact(key: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -77,10 +93,13 @@ def test_finetune_and_evaluate_flows(
         dataset_directory=str(dataset),
         output_directory=str(tmp_path / "finetune"),
         preset="tiny-mistral",
-        config=_config(),
+        config=_config(merge_lora=True),
         cache_dir=str(model_cache),
     )
     assert summary.global_step == 3 and Path(summary.adapter_path, "adapter_model.safetensors").is_file()
+    assert_merged_model_equals_base_plus_adapter(
+        summary.base_model, summary.adapter_path, summary.merged_model_path
+    )
     artifact = asyncio.run(_artifact("finetune-loss-curve"))
     assert artifact is not None and "data:image/png;base64," in artifact.data
     assert "final validation loss" in artifact.data
