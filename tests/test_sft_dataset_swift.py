@@ -77,3 +77,34 @@ def test_ms_swift_sft_trains_on_the_produced_train_and_val_jsonl(tmp_path: Path)
     evaluations = [float(entry["eval_loss"]) for entry in log if "eval_loss" in entry]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert evaluations and math.isfinite(evaluations[0])
+
+
+def test_tokenizer_counts_match_the_chat_template(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from methyl_distill.sft_dataset.sample_builder import Sample
+    from methyl_distill.sft_dataset.sample_length import TokenizerTokenCounter
+    from methyl_distill.training.tiny_mistral import make_tiny_mistral
+
+    model = make_tiny_mistral(tmp_path / "tiny-mistral")
+    counter = TokenizerTokenCounter(model)
+    tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    samples = [
+        Sample("p", "f", "closed_book", "Which gene is methylated in glioblastoma?", "MGMT.", "x"),
+        Sample(
+            "p", "f", "grounded", "Excerpt: SEPT9 in plasma.\n\nQuestion: Which marker?", "SEPT9, 68%.", "y"
+        ),
+    ]
+    for system_prompt in ("You are an expert in DNA methylation.", ""):
+        counted = counter.count(samples, system_prompt)
+        for sample, tokens in zip(samples, counted, strict=True):
+            messages = [
+                {"role": "user", "content": sample.user},
+                {"role": "assistant", "content": sample.assistant},
+            ]
+            if system_prompt:
+                messages.insert(0, {"role": "system", "content": system_prompt})
+            expected = len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+            assert abs(tokens - expected) <= 1  # BPE merges across a message boundary may differ by one
+    with pytest.raises(FileNotFoundError, match="student tokenizer folder not found"):
+        TokenizerTokenCounter(tmp_path / "absent")

@@ -333,6 +333,14 @@ class SampleBuilder:
         return samples
 
 
+def sample_messages(sample: Sample, system_prompt: str) -> list[dict[str, str]]:
+    """The chat messages of a sample: system (unless empty), user, assistant."""
+    messages = [{"role": "user", "content": sample.user}, {"role": "assistant", "content": sample.assistant}]
+    if system_prompt:
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
 def with_excerpt(sample: Sample, config: DatasetConfig, excerpt: Excerpt) -> Sample:
     """A copy of an excerpt-bearing sample with a new excerpt."""
     if sample.style == "extraction":

@@ -18,7 +18,7 @@ import numpy as np
 
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.paper_text import PaperText
-from methyl_distill.sft_dataset.sample_builder import Sample, with_excerpt
+from methyl_distill.sft_dataset.sample_builder import Sample, sample_messages, with_excerpt
 from methyl_distill.sft_dataset.token_estimate import estimate_pieces_many, estimate_tokens_many, run_class
 from methyl_distill.token_count import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
 
@@ -91,7 +91,9 @@ def _template_static(template: str) -> tuple[int, int] | None:
 
 
 class TokenizerTokenCounter:
-    """Counts with the student's tokenizer; the chat template's framing is measured once."""
+    """Counts with the student's tokenizer: each conversation rendered by its chat template and
+    tokenized, in batches (exactly what `apply_chat_template(..., tokenize=True)` gives). Without a
+    chat template, the contents plus the special tokens of a plain encoding per message."""
 
     def __init__(self, tokenizer_path: str | Path) -> None:
         from transformers import AutoTokenizer
@@ -103,33 +105,24 @@ class TokenizerTokenCounter:
             )
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.description = f"student tokenizer at {path}"
-        self._framing: dict[str, int] = {}
+        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
 
-    def _encode_lengths(self, texts: list[str]) -> list[int]:
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
-
-    def framing(self, system_prompt: str) -> int:
-        """Tokens the chat template adds around the contents (special tokens, role markers)."""
-        if system_prompt not in self._framing:
-            probe = [{"role": "user", "content": "Which marker?"}, {"role": "assistant", "content": "MGMT."}]
-            if system_prompt:
-                probe.insert(0, {"role": "system", "content": system_prompt})
-            contents = sum(self._encode_lengths([message["content"] for message in probe]))
-            if getattr(self.tokenizer, "chat_template", None):
-                total = len(self.tokenizer.apply_chat_template(probe, tokenize=True, return_dict=False))
-            else:
-                total = contents + 2 * len(probe)  # no template: a couple of special tokens per message
-            self._framing[system_prompt] = max(0, total - contents)
-        return self._framing[system_prompt]
+    def _lengths(self, texts: list[str], special: bool) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
     def count(self, samples: Sequence[Sample], system_prompt: str) -> list[int]:
-        texts = [text for sample in samples for text in (sample.user, sample.assistant)]
-        lengths = self._encode_lengths(texts) if texts else []
-        fixed = self.framing(system_prompt) + (
-            self._encode_lengths([system_prompt])[0] if system_prompt else 0
-        )
-        return [lengths[2 * i] + lengths[2 * i + 1] + fixed for i in range(len(samples))]
+        if not samples:
+            return []
+        if not self._has_template:
+            texts = [text for sample in samples for text in (sample.user, sample.assistant)]
+            lengths = self._lengths(texts, special=True)
+            fixed = self._lengths([system_prompt], special=True)[0] if system_prompt else 0
+            return [lengths[2 * i] + lengths[2 * i + 1] + fixed for i in range(len(samples))]
+        rendered = [
+            str(self.tokenizer.apply_chat_template(sample_messages(sample, system_prompt), tokenize=False))
+            for sample in samples
+        ]
+        return self._lengths(rendered, special=False)
 
 
 def make_token_counter(config: DatasetConfig) -> TokenCounter:

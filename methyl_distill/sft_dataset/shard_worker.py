@@ -20,7 +20,7 @@ from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_writer import sample_line
 from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
 from methyl_distill.sft_dataset.record_reader import RecordShard
-from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, unit_draw
+from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, sample_messages, unit_draw
 from methyl_distill.sft_dataset.sample_length import TokenCounter, enforce_max_length, make_token_counter
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,7 @@ class ShardOutput:
 
     def add(self, samples: Iterable[Sample], config: DatasetConfig) -> None:
         for sample in samples:
-            messages = [
-                {"role": "user", "content": sample.user},
-                {"role": "assistant", "content": sample.assistant},
-            ]
-            if config.system_prompt:
-                messages.insert(0, {"role": "system", "content": config.system_prompt})
+            messages = sample_messages(sample, config.system_prompt)
             meta = None
             if config.include_meta:
                 meta = {
