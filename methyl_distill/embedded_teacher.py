@@ -73,17 +73,20 @@ class EmbeddedTeacherConfig(BaseModel):
         default=120.0, gt=0, description="Longest wait for /v1/models to answer."
     )
     max_output_tokens: int = Field(
-        default=2048, ge=256, description="max_tokens of one request: what SmolLM2 may write per chunk."
+        default=1536,
+        ge=256,
+        description="max_tokens of one request: what SmolLM2 may write per chunk. With the default grammar "
+        "bounds the longest document the grammar admits is ~4200 characters, so replies are not cut off.",
     )
     grammar_max_array_items: int = Field(
-        default=4, ge=1, description="Grammar bound on lists of objects (answers, markers, Q&A pairs)."
+        default=2, ge=1, description="Grammar bound on lists of objects (answers, markers, Q&A pairs)."
     )
     grammar_max_scalar_array_items: int = Field(
-        default=2,
+        default=1,
         ge=1,
         description="Grammar bound on lists of strings (evidence quotes, CpG ids, assays...).",
     )
-    grammar_max_string_length: int = Field(default=200, ge=16, description="Grammar bound on string length.")
+    grammar_max_string_length: int = Field(default=100, ge=16, description="Grammar bound on string length.")
     log_path: Path | None = Field(
         default=None,
         description="Where the server's output goes; default: a temporary file, kept on failure.",
@@ -135,11 +138,15 @@ def free_loopback_port(host: str = "127.0.0.1") -> int:
 
 
 def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: int) -> list[str]:
-    """The `python -m llama_cpp.server` command line for `config`."""
+    """The command line serving `config`: llama.cpp's server (`python -m llama_cpp.server`), run
+    under this module's guard, which ends it when the process that started it is gone."""
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "methyl_distill.embedded_teacher",
+        "--parent",
+        str(os.getpid()),
+        "--",
         "--model",
         str(model_path),
         "--model_alias",
@@ -182,7 +189,7 @@ def embedded_teacher_overrides(base_url: str, config: EmbeddedTeacherConfig | No
         "TEACHER_TPM": "1000000",
         # A local bucket: the embedded budget must never overwrite a shared Prefect limit meant for GPT-4o.
         "TEACHER_BUCKET_BACKEND": "local",
-        "TEACHER_TIMEOUT_S": "900",
+        "TEACHER_TIMEOUT_S": "600",
         "TEACHER_MAX_REASKS": "1",
         "TEACHER_PRICE_INPUT_PER_MTOK": "0",
         "TEACHER_PRICE_OUTPUT_PER_MTOK": "0",
@@ -310,3 +317,25 @@ class EmbeddedTeacherServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop(keep_log=exc_type is not None)
+
+
+def _serve_until_parent_exits(parent_pid: int, server_arguments: list[str]) -> None:
+    """Run llama.cpp's server in this process and exit as soon as `parent_pid` is no longer our
+    parent: a pipeline killed with SIGKILL (or a crashed worker) never leaves a server behind."""
+    import runpy
+    import threading
+
+    def watch_parent() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)  # the parent is gone: nothing will ever stop us otherwise
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    sys.argv = ["llama_cpp.server", *server_arguments]
+    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[1] != "--parent" or sys.argv[3] != "--":
+        sys.exit("usage: python -m methyl_distill.embedded_teacher --parent PID -- LLAMA_CPP_SERVER_ARGS...")
+    _serve_until_parent_exits(int(sys.argv[2]), sys.argv[4:])

