@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,29 @@ def test_serve_answers_over_openai_api(dataset: Path, model_cache: Path, tmp_pat
         group = server.process.pid
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # the server's whole process group is gone
+
+    # The command line: serves until SIGTERM (or Ctrl-C), then stops the server's process group.
+    import subprocess
+    import sys
+
+    import httpx
+
+    from methyl_distill.training.serving import free_loopback_port
+
+    port = free_loopback_port()
+    entry = "import sys; from methyl_distill.cli import main; sys.exit(main())"
+    command = [sys.executable, "-c", entry, "serve", "--adapter", summary.adapter_path]
+    command += ["--port", str(port), "--device", "cpu"]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert cli.stdout is not None
+        banner = cli.stdout.readline()
+        assert f"http://127.0.0.1:{port}/v1" in banner, banner
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).status_code == 200
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)

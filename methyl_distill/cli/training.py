@@ -206,6 +206,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from methyl_distill.training.serving import start_server
 
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # a service manager's stop ends the server cleanly too
     server = start_server(
         Path(args.adapter),
         host=args.host,
@@ -216,7 +220,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     print(f"Serving {server.model_name} at {server.base_url} (OpenAI-compatible). Ctrl-C stops it.")
     sys.stdout.flush()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         server.process.wait()
         print(
