@@ -280,6 +280,23 @@ def test_ungrounded_answers_are_dropped_or_flagged(tmp_path: Path) -> None:
     kept = [row for row in _all_samples(flagged) if row["messages"][2]["content"] == "Poor survival."]
     assert len(kept) == 1 and kept[0]["meta"]["flags"] == ["ungrounded"]
     assert flagged.flags.get("ungrounded") == 1
+    # A question about 'the study' needs its paper: under 'flag' it is grounded on the paper's opening.
+    referential = bad.model_copy(
+        update={
+            "additional_qa": [
+                bad.additional_qa[0].model_copy(update={"question": "What did the study find?"})
+            ]
+        }
+    )
+    records_path.write_text(
+        "".join(r.model_dump_json() + "\n" for r in [referential, *records[1:]]), encoding="utf-8"
+    )
+    grounded = build_sft_dataset(
+        [records_path], tmp_path / "flag2", papers_dir, DatasetConfig(grounding="flag")
+    )
+    row = next(row for row in _all_samples(grounded) if row["messages"][2]["content"] == "Poor survival.")
+    assert row["meta"]["style"] == "grounded" and row["meta"]["flags"] == ["ungrounded"]
+    assert "Title: SEPT9 study 0" in row["messages"][1]["content"]
 
 
 def test_missing_paper_files_are_counted_and_named(tmp_path: Path) -> None:

@@ -213,9 +213,10 @@ class SampleBuilder:
         if config.mix.grounded == 0:
             drops["needs_context_but_grounded_off"] += 1
             return None
-        if text is None or not spans:
-            drops["ungrounded" if text is not None else f"paper_{paper.status}"] += 1
+        if text is None:
+            drops[f"paper_{paper.status}"] += 1
             return None
+        # No quote located (kept only under 'flag', flagged): the excerpt is the paper's opening.
         sample = self._grounded(record, text, question, answer, tuple(spans), markers, index, flags=flags)
         if sample is None:
             drops["evidence_exceeds_excerpt"] += 1
