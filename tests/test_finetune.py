@@ -167,7 +167,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
         assert again[step] == pytest.approx(original[step], rel=1e-4)
 
 
-def test_completed_run_is_returned_and_a_different_one_refused(
+def test_completed_run_is_returned_and_a_different_one_supersedes_it(
     trained: FinetuneSummary, workspace: dict[str, Path]
 ) -> None:
     again = finetune(
@@ -191,14 +191,19 @@ def test_completed_run_is_returned_and_a_different_one_refused(
             config=tiny_config(),
             cache_dir=workspace["cache"],
         )
-    with pytest.raises(FinetuneOutputConflict, match="config"):
-        finetune(
-            workspace["dataset"],
-            Path(trained.output_directory),
-            preset="tiny-mistral",
-            config=tiny_config(lora_rank=4),
-            cache_dir=workspace["cache"],
-        )
+    # New hyper-parameters (or new data) in the same folder, as a pipeline rerun does: a fresh run,
+    # with the earlier one kept under superseded/.
+    rerun_dir = workspace["root"] / "rerun"
+    shutil.copytree(trained.output_directory, rerun_dir, symlinks=True)
+    changed = tiny_config(lora_rank=4, max_steps=2, save_steps=2)
+    rerun = finetune(
+        workspace["dataset"], rerun_dir, preset="tiny-mistral", config=changed, cache_dir=workspace["cache"]
+    )
+    assert rerun.global_step == 2 and rerun.resumed_from is None
+    assert json.loads((rerun_dir / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    (kept,) = (rerun_dir / "superseded").iterdir()
+    assert json.loads((kept / "finetune_summary.json").read_text())["global_step"] == STEPS
+    assert json.loads((kept / "adapter" / "adapter_config.json").read_text())["r"] == 16
 
 
 def test_evaluation_writes_its_report(trained: FinetuneSummary, workspace: dict[str, Path]) -> None:

@@ -12,7 +12,9 @@ output folder holds:
     finetune_summary.json            `FinetuneSummary`; written last, it marks the run complete
 
 An interrupted run resumes from its newest complete checkpoint when started again with the same request;
-a completed run is returned as it is; a different request into the same folder is refused.
+a completed run is returned as it is. A different request (new data, new hyper-parameters) into the same
+folder, as a scheduled pipeline rerun makes, moves the earlier run to `superseded/<UTC time>/` and starts
+afresh; a non-empty folder that holds no fine-tune is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "additional_config.json", "args.json")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Where the outputs of an earlier run with a different request go when a new one starts in its folder.
+SUPERSEDED_DIR = "superseded"
 
 
 class FinetuneConfig(BaseModel):
@@ -131,7 +135,7 @@ class FinetuneSummary(BaseModel):
 
 
 class FinetuneOutputConflict(ValueError):
-    """The output folder holds a different run."""
+    """The output folder holds something that is not a fine-tune of ours."""
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
@@ -211,11 +215,14 @@ class LoraFinetuneRecipe:
             previous = json.loads(self.request_path.read_text(encoding="utf-8"))
             if previous != request:
                 changed = sorted(k for k in request if previous.get(k) != request[k])
-                raise FinetuneOutputConflict(
-                    f"{self.output_directory}: holds a fine-tune with a different {', '.join(changed)}; "
-                    "use a new output directory"
+                kept = self._supersede_previous_run()
+                logger.warning(
+                    "%s held a fine-tune with a different %s: moved it to %s and starting afresh",
+                    self.output_directory,
+                    ", ".join(changed),
+                    kept,
                 )
-            if self.summary_path.is_file():
+            elif self.summary_path.is_file():
                 summary = FinetuneSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
                 if not (Path(summary.adapter_path) / "adapter_model.safetensors").is_file():
                     raise FileNotFoundError(
@@ -224,7 +231,9 @@ class LoraFinetuneRecipe:
                     )
                 logger.info("Fine-tune in %s is already complete", self.output_directory)
                 return summary
-        elif self.output_directory.is_dir() and any(self.output_directory.iterdir()):
+        elif self.output_directory.is_dir() and any(
+            child.name != SUPERSEDED_DIR for child in self.output_directory.iterdir()
+        ):
             raise FinetuneOutputConflict(
                 f"{self.output_directory}: not empty and holds no fine-tune request; use an empty directory"
             )
@@ -238,6 +247,18 @@ class LoraFinetuneRecipe:
         self.output_directory.mkdir(parents=True, exist_ok=True)
         self.request_path.write_text(json.dumps(request, indent=2, sort_keys=True), encoding="utf-8")
         return None
+
+    def _supersede_previous_run(self) -> Path:
+        """Move an earlier run's outputs into superseded/<UTC time>/ (nothing is deleted)."""
+        from datetime import UTC, datetime
+
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        destination = self.output_directory / SUPERSEDED_DIR / stamp
+        destination.mkdir(parents=True)
+        for child in list(self.output_directory.iterdir()):
+            if child.name != SUPERSEDED_DIR:
+                child.rename(destination / child.name)
+        return destination
 
     def _request(self) -> dict[str, Any]:
         return {
