@@ -130,3 +130,32 @@ def test_presets() -> None:
     assert get_preset("smollm2-135m").swift_template == "chatml"
     with pytest.raises(ValueError, match="unknown model preset"):
         get_preset("gpt-5")
+
+
+def test_local_mistral_folders_are_checked(tmp_path) -> None:
+    import json
+
+    from methyl_distill.training.presets import check_mistral_7b_folder, resolve_model
+
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        check_mistral_7b_folder(folder)
+    config = preset_config("mistral-7b").to_dict()
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 30}))
+    with pytest.raises(ValueError, match=r"num_hidden_layers 30 \(expected 32\)"):
+        check_mistral_7b_folder(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(ValueError, match="custom model code"):
+        check_mistral_7b_folder(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        check_mistral_7b_folder(folder)
+    (folder / "model.safetensors").write_bytes(b"")
+    resolved = resolve_model("mistral-7b", model_source=str(folder))
+    assert resolved.is_local and resolved.model == str(folder.resolve())
+    assert resolve_model("mistral-7b", model_source="org/some-mistral").model == "org/some-mistral"
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        resolve_model("mistral-7b", model_source="/nonexistent/mistral")
+    with pytest.raises(ValueError, match="takes no model source"):
+        resolve_model("tiny-mistral", model_source="x")

@@ -242,6 +242,12 @@ def check_mistral_7b_folder(folder: Path) -> None:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ValueError(f"{config_path}: not valid JSON ({exc})") from exc
+    if "auto_map" in config:
+        # ms-swift loads models with trust_remote_code=True: a folder shipping its own code would run it.
+        raise ValueError(
+            f"{config_path}: declares custom model code (auto_map); the mistral-7b preset takes only "
+            "the standard transformers Mistral implementation"
+        )
     expected = mistral_7b_config()
     wrong = {
         key: (config.get(key), getattr(expected, key))
