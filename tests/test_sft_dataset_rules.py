@@ -270,3 +270,13 @@ def test_lsh_parameters_fit_the_permutations_and_threshold() -> None:
     assert bands * rows <= 64
     # The S-curve's midpoint lies near the threshold.
     assert 0.7 < (1 / bands) ** (1 / rows) < 0.95
+
+
+def test_near_duplicate_chains_do_not_remove_unlike_samples() -> None:
+    from methyl_distill.sft_dataset.deduplication import _later_members
+
+    # 0 ~ 1 and 1 ~ 2, but 0 and 2 unlike: 1 goes (it resembles kept 0); 2 stays (its only match went).
+    assert _later_members(np.array([[0, 1], [2, 1]])).tolist() == [1]
+    # 3 resembles both a removed (1) and a kept (0) sample: it goes.
+    assert _later_members(np.array([[0, 1], [1, 3], [0, 3]])).tolist() == [1, 3]
+    assert _later_members(np.zeros((0, 2), dtype=np.int64)).tolist() == []

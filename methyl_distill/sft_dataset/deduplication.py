@@ -9,9 +9,10 @@ ASCII letters and digits and of non-ASCII characters); everything below is numpy
 - exact duplicates: the same word sequence (a 64-bit polynomial hash of the word hashes); the first
   sample wins;
 - near duplicates: one-permutation MinHash over word bigrams (each bigram hash picks one of K bins,
-  the bin keeps its minimum; empty bins are filled by rotation densification), LSH banding with
-  bands and rows chosen for the threshold, candidate pairs verified on the whole signature, and
-  connected candidates resolved to their first sample. Work is linear in the text; no pair loop.
+  the bin keeps its minimum; empty bins are filled by rotation densification for banding), LSH
+  banding with bands and rows chosen for the threshold, candidate pairs verified with the
+  one-permutation estimate on the bins that held shingles, and
+  a sample removed when it resembles an earlier kept one. Work is linear in the text; no pair loop.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class DuplicateFinder:
         self._salt = np.uint64(seed & 0xFFFFFFFF)
         self._keys: list[np.ndarray] = []
         self._signatures: list[np.ndarray] = []
+        self._filled: list[np.ndarray] = []  # bins that held a shingle before densification (bit-packed)
         self._has_words: list[np.ndarray] = []
 
     def add(self, texts: Sequence[str]) -> None:
@@ -137,7 +139,9 @@ class DuplicateFinder:
         signatures = np.full(len(texts) * bins, _EMPTY, dtype=np.uint32)
         slots = shingle_owner * bins + (shingles % np.uint64(bins)).astype(np.int64)
         np.minimum.at(signatures, slots, (shingles >> np.uint64(33)).astype(np.uint32))
-        self._signatures.append(_densify(signatures.reshape(len(texts), bins)))
+        raw = signatures.reshape(len(texts), bins)
+        self._filled.append(np.packbits(raw != _EMPTY, axis=1))
+        self._signatures.append(_densify(raw))
         self._keys.append(keys)
         self._has_words.append(counts > 0)
 
@@ -153,6 +157,7 @@ class DuplicateFinder:
         if self.threshold >= 1.0:
             return DuplicateVerdict(exact, near)
         signatures = np.concatenate(self._signatures)
+        filled = np.concatenate(self._filled)
         candidates = np.flatnonzero(np.concatenate(self._has_words) & ~exact)
         if candidates.size < 2:
             return DuplicateVerdict(exact, near)
@@ -177,11 +182,20 @@ class DuplicateFinder:
         verified = []
         for start in range(0, len(unique_pairs), _VERIFY_PAIRS):  # bounded memory: pairs x bins at a time
             chunk = unique_pairs[start : start + _VERIFY_PAIRS]
-            agreement = (signatures[chunk[:, 0]] == signatures[chunk[:, 1]]).sum(axis=1)
-            verified.append(chunk[agreement >= self.threshold * self.bins])
+            verified.append(chunk[self._similarity(signatures, filled, chunk) >= self.threshold])
         edges = np.concatenate(verified)
         near[_later_members(edges)] = True
         return DuplicateVerdict(exact, near)
+
+    def _similarity(self, signatures: np.ndarray, filled: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+        """One-permutation Jaccard estimate of each pair on the bins as filled before densification:
+        equal non-empty bins / bins non-empty in either (Li, Owen & Zhang 2012). Densified bins are
+        correlated, so counting them would inflate the similarity of short texts."""
+        left = np.unpackbits(filled[pairs[:, 0]], axis=1, count=self.bins).astype(bool)
+        right = np.unpackbits(filled[pairs[:, 1]], axis=1, count=self.bins).astype(bool)
+        matches = ((signatures[pairs[:, 0]] == signatures[pairs[:, 1]]) & left & right).sum(axis=1)
+        either = (left | right).sum(axis=1)
+        return matches / np.maximum(either, 1)
 
 
 def _densify(signatures: np.ndarray) -> np.ndarray:
@@ -204,19 +218,17 @@ def _densify(signatures: np.ndarray) -> np.ndarray:
 
 
 def _later_members(edges: np.ndarray) -> np.ndarray:
-    """Indices that are not the smallest of their connected component (union-find over the edges)."""
-    parent: dict[int, int] = {}
+    """Samples with a verified edge to an earlier sample that is itself kept (decided in order).
 
-    def find(node: int) -> int:
-        root = node
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(node, node) != root:
-            parent[node], node = root, parent[node]
-        return root
-
-    for left, right in edges.tolist():
-        a, b = find(left), find(right)
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-    return np.array([node for node in parent if find(node) != node], dtype=np.int64)
+    Unlike connected components, this never removes a sample for a chain of resemblances
+    (A ~ B ~ C with A and C unlike): each removed sample resembles a kept, earlier one.
+    """
+    if edges.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    ordered = np.sort(edges, axis=1)
+    ordered = ordered[np.lexsort((ordered[:, 0], ordered[:, 1]))]
+    removed: set[int] = set()
+    for earlier, later in ordered.tolist():
+        if later not in removed and earlier not in removed:
+            removed.add(later)
+    return np.array(sorted(removed), dtype=np.int64)
