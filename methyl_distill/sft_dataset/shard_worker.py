@@ -134,9 +134,13 @@ def build_shards(
             pending.append(pool.submit(build_shard, shard, papers_directory, config))
             if len(pending) >= 2 * workers:
                 break
-        while pending:
-            result = pending.pop(0).result()
-            next_shard = next(queue, None)
-            if next_shard is not None:
-                pending.append(pool.submit(build_shard, next_shard, papers_directory, config))
-            yield result
+        try:
+            while pending:
+                result = pending.pop(0).result()
+                next_shard = next(queue, None)
+                if next_shard is not None:
+                    pending.append(pool.submit(build_shard, next_shard, papers_directory, config))
+                yield result
+        finally:  # a failure (or a consumer that stops early) leaves no queued shard to wait for
+            for future in pending:
+                future.cancel()
