@@ -504,3 +504,24 @@ def test_parallel_workers_build_the_same_dataset(tmp_path: Path, monkeypatch: py
     for name in ("train_jsonl", "val_jsonl", "test_jsonl"):
         assert Path(getattr(serial, name)).read_bytes() == Path(getattr(parallel, name)).read_bytes()
     assert serial.drops == parallel.drops and serial.paper_status == parallel.paper_status
+
+
+def test_a_corrupt_record_in_a_worker_fails_the_build_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import methyl_distill.sft_dataset.build as build_module
+
+    papers_dir, records_path = write_synthetic_corpus(tmp_path, 12, seed=7)
+    lines = records_path.read_text(encoding="utf-8").splitlines()
+    broken = json.loads(lines[9])
+    broken["markers"] = [{"marker": "no other fields"}]  # a valid header, an invalid body
+    lines[9] = json.dumps(broken)
+    records_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr(build_module, "_SHARD_PAPERS", 4)
+    config = DatasetConfig(workers=2, corrupt_lines="fail")
+    with pytest.raises(RecordsFileError, match=r"records\.jsonl:10: not a valid PaperRecord: markers"):
+        build_sft_dataset([records_path], tmp_path / "out", papers_dir, config)
+    assert not (tmp_path / "out").exists()
+    assert not [path for path in tmp_path.iterdir() if "staging" in path.name]
+    skipped = build_sft_dataset([records_path], tmp_path / "out", papers_dir, DatasetConfig(workers=2))
+    assert skipped.papers == 11 and len(skipped.corrupt_lines) == 1
