@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# Command-line flags that override a field of DatasetConfig: flag -> (type, help).
-_OVERRIDES: dict[str, tuple[Any, str]] = {
-    "max_length": (int, "The student's max length in tokens."),
-    "student_tokenizer": (str, "Local folder of the student's tokenizer (exact token counts)."),
-    "length_policy": (str, "Over-long samples: drop | truncate."),
-    "grounding": (str, "Samples with evidence not found in the paper: drop | flag."),
-    "corrupt_lines": (str, "Corrupt records lines: skip | fail."),
-    "seed": (int, "Seed of the style draw and of the split."),
-    "val_fraction": (float, "Share of papers in the validation split."),
-    "test_fraction": (float, "Share of papers in the test split."),
-    "near_duplicate_threshold": (float, "Near-duplicate Jaccard threshold (1.0: exact duplicates only)."),
-    "system_prompt": (str, "System message of every sample ('' for none)."),
-    "hub_repo_id": (str, "Hub dataset id for --push_to_hub."),
+# Command-line flags that override a field of DatasetConfig: flag -> (type, help, choices).
+_OVERRIDES: dict[str, tuple[Any, str, tuple[str, ...] | None]] = {
+    "max_length": (int, "The student's max length in tokens.", None),
+    "student_tokenizer": (str, "Local folder of the student's tokenizer (exact token counts).", None),
+    "length_policy": (str, "Over-long samples.", ("drop", "truncate")),
+    "grounding": (str, "Samples with evidence not found in the paper.", ("drop", "flag")),
+    "corrupt_lines": (str, "Corrupt records lines.", ("skip", "fail")),
+    "seed": (int, "Seed of the style draw and of the split.", None),
+    "val_fraction": (float, "Share of papers in the validation split.", None),
+    "test_fraction": (float, "Share of papers in the test split.", None),
+    "near_duplicate_threshold": (
+        float,
+        "Near-duplicate Jaccard threshold (1.0: exact duplicates only).",
+        None,
+    ),
+    "system_prompt": (str, "System message of every sample ('' for none).", None),
+    "workers": (int, "Processes building samples (0: one per core, at most 8).", None),
+    "hub_repo_id": (str, "Hub dataset id for --push_to_hub.", None),
 }
 
 
@@ -40,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="The extraction's input directory: records' source_paths are read relative to it.",
     )
     parser.add_argument("--config", default=None, help="Dataset config TOML (default: built-in defaults).")
-    for name, (kind, text) in _OVERRIDES.items():
-        parser.add_argument(f"--{name}", type=kind, default=None, help=text)
+    for name, (kind, text, choices) in _OVERRIDES.items():
+        parser.add_argument(f"--{name}", type=kind, default=None, choices=choices, help=text)
     parser.add_argument(
         "--push_to_hub", action="store_true", default=None, help="Push to the Hugging Face Hub."
     )
