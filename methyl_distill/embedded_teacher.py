@@ -176,8 +176,10 @@ def embedded_teacher_overrides(base_url: str, config: EmbeddedTeacherConfig | No
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": LOCAL_SERVER_API_KEY,
         "TEACHER_MODEL": config.model_alias,
-        # llama.cpp rejects json_schema (HTTP 500); json_object + schema + grammar is what works.
-        "TEACHER_OUTPUT_MODE": "json_object",
+        # llama.cpp rejects json_schema (HTTP 500), and with response_format json_object it builds
+        # its own grammar from the schema (the one that lets raw newlines into strings) and ignores
+        # ours: the prompt mode sends the schema in the prompt and only our grammar.
+        "TEACHER_OUTPUT_MODE": "prompt",
         "TEACHER_GBNF_GRAMMAR": "true",
         # Tight bounds: SmolLM2 repeats list items until max_tokens cuts the JSON off otherwise.
         "TEACHER_GRAMMAR_MAX_ARRAY_ITEMS": str(config.grammar_max_array_items),

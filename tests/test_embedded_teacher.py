@@ -40,7 +40,8 @@ months) than patients with an unmethylated promoter (12.7 months).
 def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
     overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1")
     assert overrides["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1"
-    assert overrides["TEACHER_OUTPUT_MODE"] == "json_object"  # llama.cpp rejects json_schema
+    # llama.cpp rejects json_schema, and response_format json_object would replace our grammar.
+    assert overrides["TEACHER_OUTPUT_MODE"] == "prompt"
     assert overrides["TEACHER_GBNF_GRAMMAR"] == "true"
     assert int(overrides["TEACHER_CONTEXT_TOKENS"]) == EmbeddedTeacherConfig().n_ctx
     assert int(overrides["TEACHER_MAX_OUTPUT_TOKENS"]) < int(overrides["TEACHER_CONTEXT_TOKENS"]) // 2
@@ -63,7 +64,7 @@ def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
             else:
                 os.environ[name] = value
     assert settings.teacher_model == embedded_teacher.EMBEDDED_MODEL_ALIAS
-    assert settings.teacher_gbnf_grammar and settings.teacher_output_mode == "json_object"
+    assert settings.teacher_gbnf_grammar and settings.teacher_output_mode == "prompt"
     assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1000, completion_tokens=1000, requests=1)) == 0
     assert limits.max_scalar_array_items == EmbeddedTeacherConfig().grammar_max_scalar_array_items
 
@@ -213,9 +214,17 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
                     os.environ[name] = value
     assert reply.error is None, f"{reply.error}\nraw output:\n{reply.raw_text[:2000]}"
     assert isinstance(reply.parsed, TeacherExtraction)
-    assert reply.mode == "json_object"
+    assert reply.mode == "prompt"
     assert reply.usage.requests >= 1 and reply.usage.completion_tokens > 0
-    assert "\n" not in "".join(answer.answer for answer in reply.parsed.answers)  # the grammar's char rule
+    # Our grammar, not llama.cpp's own, shaped the reply: its bounds hold.
+    limits = EmbeddedTeacherConfig()
+    extraction = reply.parsed
+    assert len(extraction.answers) <= limits.grammar_max_array_items
+    assert len(extraction.markers) <= limits.grammar_max_array_items
+    quotes = [quote for answer in extraction.answers for quote in answer.evidence]
+    assert all(len(answer.evidence) <= limits.grammar_max_scalar_array_items for answer in extraction.answers)
+    strings = [answer.answer for answer in extraction.answers] + quotes
+    assert all(len(text) <= limits.grammar_max_string_length and "\n" not in text for text in strings)
     # The whole process group is gone after the block.
     assert pid is not None
     with pytest.raises(ProcessLookupError):
