@@ -116,7 +116,12 @@ def _cap_not_reported(
     """Keep 'not reported' samples up to `not_reported_share` of the grounded samples (seeded choice)."""
     candidates = [index for index in store.not_reported_draws if keep[index]]
     share = config.not_reported_share
-    allowed = int(share / (1 - share) * store.grounded_answered) if share > 0 else 0
+    answered = sum(
+        1
+        for index, style in enumerate(store.styles)
+        if style == "grounded" and keep[index] and index not in store.not_reported_draws
+    )
+    allowed = int(share / (1 - share) * answered) if share > 0 else 0
     candidates.sort(key=lambda index: store.not_reported_draws[index])
     for index in candidates[allowed:]:
         keep[index] = False

@@ -26,7 +26,6 @@ class SampleStore:
         self.flags: list[tuple[str, ...]] = []
         self.markers: list[tuple[str, ...]] = []
         self.not_reported_draws: dict[int, float] = {}  # sample index -> draw, for 'not reported' answers
-        self.grounded_answered = 0
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -45,7 +44,6 @@ class SampleStore:
         self.not_reported_draws.update(
             {base + index: draw for index, draw in shard.not_reported_draws.items()}
         )
-        self.grounded_answered += shard.grounded_answered
 
     def finish_writing(self) -> None:
         self._handle.close()

@@ -40,7 +40,6 @@ class ShardOutput:
     markers: list[tuple[str, ...]] = field(default_factory=list)
     dedup_texts: list[str] = field(default_factory=list)
     not_reported_draws: dict[int, float] = field(default_factory=dict)  # local index -> seeded draw
-    grounded_answered: int = 0
     drops: Counter[str] = field(default_factory=Counter)
     paper_status: Counter[str] = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)
@@ -63,8 +62,6 @@ class ShardOutput:
                 self.not_reported_draws[len(self.lines)] = unit_draw(
                     config.seed, sample.paper, "not_reported", sample.question
                 )
-            elif sample.style == "grounded":
-                self.grounded_answered += 1
             self.lines.append(sample_line(messages, meta).encode("utf-8"))
             self.papers.append(sample.paper)
             self.styles.append(sample.style)
