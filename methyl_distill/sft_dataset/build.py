@@ -166,7 +166,8 @@ def build_sft_dataset(
         papers_used = 0
         for shard_output in build_shards(shards, papers_directory, config, workers):
             store.add_shard(shard_output)
-            finder.add(shard_output.dedup_texts)
+            if shard_output.signatures is not None:
+                finder.add_signed(shard_output.signatures)
             drops.update(shard_output.drops)
             paper_status.update(shard_output.paper_status)
             missing.extend(shard_output.missing)

@@ -18,7 +18,7 @@ ASCII letters and digits and of non-ASCII characters); everything below is numpy
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -100,65 +100,88 @@ class DuplicateVerdict:
         return ~(self.exact | self.near)
 
 
+@dataclass(frozen=True)
+class Signatures:
+    """What the finder keeps of a batch of texts (made where the texts are, e.g. in a worker)."""
+
+    keys: np.ndarray  # 64-bit exact keys
+    dense: np.ndarray  # (texts, bins) uint32 densified one-permutation MinHash
+    filled: np.ndarray  # (texts, bins / 8) bins that held a shingle before densification, bit-packed
+    has_words: np.ndarray  # bool per text
+
+
+def sign_texts(texts: Sequence[str], bins: int = 64, seed: int = 0) -> Signatures:
+    """Exact keys and MinHash signatures of `texts`, in batches of about 2 MB of text."""
+    parts = []
+    begin = 0
+    while begin < len(texts):
+        end, size = begin, 0
+        while end < len(texts) and (end == begin or size + len(texts[end]) < _BATCH_BYTES):
+            size += len(texts[end]) + 1
+            end += 1
+        parts.append(_sign_batch(texts[begin:end], bins, np.uint64(seed & 0xFFFFFFFF)))
+        begin = end
+    if not parts:
+        return Signatures(
+            np.zeros(0, np.uint64), np.zeros((0, bins), np.uint32), np.zeros((0, (bins + 7) // 8), np.uint8),
+            np.zeros(0, bool),
+        )  # fmt: skip
+    return Signatures(
+        *(np.concatenate([getattr(part, item.name) for part in parts]) for item in fields(Signatures))
+    )
+
+
+def _sign_batch(texts: Sequence[str], bins: int, salt: np.uint64) -> Signatures:
+    hashes, counts = word_hashes(texts)
+    mixed = _mix64(hashes ^ salt)
+    text_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    keys = _mix64(_segment_hash(mixed, text_starts, text_starts + counts) ^ counts.astype(np.uint64))
+    owner = np.repeat(np.arange(len(texts)), counts)
+    # Shingles: word bigrams inside a text; a one-word text is its word.
+    same_text = owner[1:] == owner[:-1]
+    with np.errstate(over="ignore"):
+        bigrams = _mix64(mixed[:-1] * _GOLDEN + mixed[1:])[same_text]
+    single = np.flatnonzero(counts == 1)
+    shingles = np.concatenate((bigrams, mixed[text_starts[single]]))
+    shingle_owner = np.concatenate((owner[:-1][same_text], single))
+    signatures = np.full(len(texts) * bins, _EMPTY, dtype=np.uint32)
+    slots = shingle_owner * bins + (shingles % np.uint64(bins)).astype(np.int64)
+    np.minimum.at(signatures, slots, (shingles >> np.uint64(33)).astype(np.uint32))
+    raw = signatures.reshape(len(texts), bins)
+    return Signatures(keys, _densify(raw), np.packbits(raw != _EMPTY, axis=1), counts > 0)
+
+
 class DuplicateFinder:
-    """Signs dedup texts in batches (64-bit exact keys and MinHash signatures only are kept)."""
+    """Collects signatures of dedup texts (keys and MinHash only) and decides at the end."""
 
     def __init__(self, threshold: float, permutations: int = 64, seed: int = 0) -> None:
         self.threshold = threshold
         self.bins = permutations
-        self._salt = np.uint64(seed & 0xFFFFFFFF)
-        self._keys: list[np.ndarray] = []
-        self._signatures: list[np.ndarray] = []
-        self._filled: list[np.ndarray] = []  # bins that held a shingle before densification (bit-packed)
-        self._has_words: list[np.ndarray] = []
+        self.seed = seed
+        self._parts: list[Signatures] = []
 
     def add(self, texts: Sequence[str]) -> None:
-        begin = 0
-        while begin < len(texts):
-            end, size = begin, 0
-            while end < len(texts) and (end == begin or size + len(texts[end]) < _BATCH_BYTES):
-                size += len(texts[end]) + 1
-                end += 1
-            self._add_batch(texts[begin:end])
-            begin = end
+        self.add_signed(sign_texts(texts, self.bins, self.seed))
 
-    def _add_batch(self, texts: Sequence[str]) -> None:
-        hashes, counts = word_hashes(texts)
-        mixed = _mix64(hashes ^ self._salt)
-        text_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        keys = _mix64(_segment_hash(mixed, text_starts, text_starts + counts) ^ counts.astype(np.uint64))
-        owner = np.repeat(np.arange(len(texts)), counts)
-        # Shingles: word bigrams inside a text; a one-word text is its word.
-        same_text = owner[1:] == owner[:-1]
-        with np.errstate(over="ignore"):
-            bigrams = _mix64(mixed[:-1] * _GOLDEN + mixed[1:])[same_text]
-        single = np.flatnonzero(counts == 1)
-        shingles = np.concatenate((bigrams, mixed[text_starts[single]]))
-        shingle_owner = np.concatenate((owner[:-1][same_text], single))
-        bins = self.bins
-        signatures = np.full(len(texts) * bins, _EMPTY, dtype=np.uint32)
-        slots = shingle_owner * bins + (shingles % np.uint64(bins)).astype(np.int64)
-        np.minimum.at(signatures, slots, (shingles >> np.uint64(33)).astype(np.uint32))
-        raw = signatures.reshape(len(texts), bins)
-        self._filled.append(np.packbits(raw != _EMPTY, axis=1))
-        self._signatures.append(_densify(raw))
-        self._keys.append(keys)
-        self._has_words.append(counts > 0)
+    def add_signed(self, signatures: Signatures) -> None:
+        if signatures.dense.shape[1] != self.bins:
+            raise ValueError(f"signatures have {signatures.dense.shape[1]} bins, the finder {self.bins}")
+        self._parts.append(signatures)
 
     def verdict(self) -> DuplicateVerdict:
-        if not self._keys:
+        if not self._parts:
             empty = np.zeros(0, dtype=bool)
             return DuplicateVerdict(empty, empty.copy())
-        keys = np.concatenate(self._keys)
+        keys = np.concatenate([part.keys for part in self._parts])
         _, first = np.unique(keys, return_index=True)
         exact = np.ones(keys.size, dtype=bool)
         exact[first] = False
         near = np.zeros(keys.size, dtype=bool)
         if self.threshold >= 1.0:
             return DuplicateVerdict(exact, near)
-        signatures = np.concatenate(self._signatures)
-        filled = np.concatenate(self._filled)
-        candidates = np.flatnonzero(np.concatenate(self._has_words) & ~exact)
+        signatures = np.concatenate([part.dense for part in self._parts])
+        filled = np.concatenate([part.filled for part in self._parts])
+        candidates = np.flatnonzero(np.concatenate([part.has_words for part in self._parts]) & ~exact)
         if candidates.size < 2:
             return DuplicateVerdict(exact, near)
         bands, rows = lsh_parameters(self.threshold, self.bins)

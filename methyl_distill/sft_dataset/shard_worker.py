@@ -18,6 +18,7 @@ from pathlib import Path
 
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_writer import sample_line
+from methyl_distill.sft_dataset.deduplication import Signatures, sign_texts
 from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
 from methyl_distill.sft_dataset.record_reader import RecordShard
 from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, sample_messages, unit_draw
@@ -38,7 +39,8 @@ class ShardOutput:
     tokens: list[int] = field(default_factory=list)
     flags: list[tuple[str, ...]] = field(default_factory=list)
     markers: list[tuple[str, ...]] = field(default_factory=list)
-    dedup_texts: list[str] = field(default_factory=list)
+    dedup_texts: list[str] = field(default_factory=list)  # signed, then emptied, before leaving the worker
+    signatures: Signatures | None = None
     not_reported_draws: dict[int, float] = field(default_factory=dict)  # local index -> seeded draw
     drops: Counter[str] = field(default_factory=Counter)
     paper_status: Counter[str] = field(default_factory=Counter)
@@ -111,6 +113,9 @@ def build_shard(
             batch, batch_papers = [], {}
     out.add(enforce_max_length(batch, batch_papers, counter, config, out.drops), config)
     out.corrupt = shard.corrupt
+    # Deduplication's per-text work happens here, in parallel; the main process only decides.
+    out.signatures = sign_texts(out.dedup_texts, config.minhash_permutations, config.seed)
+    out.dedup_texts = []
     return out
 
 
