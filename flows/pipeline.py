@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from methyl_distill.embedded_teacher import EmbeddedTeacherConfig, EmbeddedTeacherServer
 from methyl_distill.extraction_outputs import atomic_write_text
+from methyl_distill.question_bank import load_question_bank
 from methyl_distill.sft_dataset import DatasetConfig
 from methyl_distill.teacher_settings import TeacherSettings
 from methyl_distill.training.finetune import FinetuneConfig
@@ -205,7 +206,11 @@ def _extract(parameters: PipelineParameters, embedded: bool) -> tuple[Any, str]:
         arguments["max_chunk_tokens"] = embedded_chunk_tokens(config)
     # llama.cpp serves one request at a time: more in flight only queue up (and time out).
     arguments["max_concurrency"] = 1
-    with EmbeddedTeacherServer(config) as server, temporary_environment(server.settings_overrides()):
+    question_ids = [question.id for question in load_question_bank(parameters.question_bank).questions]
+    with (
+        EmbeddedTeacherServer(config) as server,
+        temporary_environment(server.settings_overrides(question_ids)),
+    ):
         get_run_logger().info("Embedded teacher %s serving at %s", server.model, server.base_url)
         summary = extract_flow(**arguments, teacher_base_url=server.base_url, teacher_model=server.model)
     return summary, f"embedded {config.model_alias} (llama.cpp)"

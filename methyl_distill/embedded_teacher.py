@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -164,15 +166,18 @@ def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: 
     ]
 
 
-def embedded_teacher_overrides(base_url: str, config: EmbeddedTeacherConfig | None = None) -> dict[str, str]:
+def embedded_teacher_overrides(
+    base_url: str, config: EmbeddedTeacherConfig | None = None, question_ids: Sequence[str] = ()
+) -> dict[str, str]:
     """Teacher settings (environment names) for the embedded server: its URL and model, the grammar,
-    and a context, reply budget and chunk size that fit SmolLM2.
+    and a context, reply budget and chunk size that fit SmolLM2. `question_ids` (the question
+    bank's) become the only values the grammar lets SmolLM2 write as an answer's question_id.
 
     The token bucket stays on (same path as GPT-4o); its limit is set far above what one llama.cpp
     process, which serves one request at a time, can use. Prices are zero: it runs locally.
     """
     config = config or EmbeddedTeacherConfig()
-    return {
+    overrides = {
         "OPENAI_BASE_URL": base_url,
         "OPENAI_API_KEY": LOCAL_SERVER_API_KEY,
         "TEACHER_MODEL": config.model_alias,
@@ -196,6 +201,9 @@ def embedded_teacher_overrides(base_url: str, config: EmbeddedTeacherConfig | No
         "TEACHER_PRICE_INPUT_PER_MTOK": "0",
         "TEACHER_PRICE_OUTPUT_PER_MTOK": "0",
     }
+    if question_ids:
+        overrides["TEACHER_GRAMMAR_PROPERTY_ENUMS"] = json.dumps({"question_id": list(question_ids)})
+    return overrides
 
 
 class EmbeddedTeacherServer:
@@ -222,8 +230,8 @@ class EmbeddedTeacherServer:
     def model(self) -> str:
         return self.config.model_alias
 
-    def settings_overrides(self) -> dict[str, str]:
-        return embedded_teacher_overrides(self.base_url, self.config)
+    def settings_overrides(self, question_ids: Sequence[str] = ()) -> dict[str, str]:
+        return embedded_teacher_overrides(self.base_url, self.config, question_ids)
 
     def start(self) -> None:
         if self._process is not None:

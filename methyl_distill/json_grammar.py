@@ -106,6 +106,11 @@ class GrammarLimits(BaseSettings):
         default="compact",
         description="compact: at most one space between tokens; flexible: also a newline and a short indent.",
     )
+    property_enums: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Restrict string properties of these names to these values, e.g. "
+        '{"question_id": ["markers", "assays"]}: what the caller knows and the schema cannot say.',
+    )
 
 
 def schema_to_gbnf(schema: dict[str, Any], limits: GrammarLimits | None = None) -> str:
@@ -163,6 +168,7 @@ class _Converter:
         self._max_scalar_array_items = limits.max_scalar_array_items
         self._max_string_length = limits.max_string_length
         self._whitespace = _WHITESPACE[limits.whitespace]
+        self._property_enums = limits.property_enums
         self._rules: dict[str, str] = {}
         self._body_to_name: dict[str, str] = {}
         self._ref_names: dict[str, str] = {}
@@ -393,6 +399,8 @@ class _Converter:
 
         pairs: dict[str, str] = {}
         for name, prop_schema in properties.items():
+            if name in self._property_enums:
+                prop_schema = self._restrict_to_values(prop_schema, name, hint)
             value = self._as_item(self._visit(prop_schema, f"{hint}-{name}"), f"{hint}-{name}")
             pairs[name] = self._add_rule(
                 f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value} {ws}'
@@ -408,6 +416,19 @@ class _Converter:
             else:
                 sequence = self._optional_only(hint, [pairs[name] for name in optional_names], ws)
         return f'"{{" {ws} {sequence} "}}"'
+
+    def _restrict_to_values(self, schema: Any, name: str, hint: str) -> dict[str, Any]:
+        """The string property `name` limited to the configured values (null stays allowed if it was)."""
+        values = self._property_enums[name]
+        if not values:
+            raise GrammarError(f"property_enums[{name!r}] is empty")
+        resolved = self._resolve(schema["$ref"]) if isinstance(schema, dict) and "$ref" in schema else schema
+        options = resolved.get("anyOf", [resolved]) if isinstance(resolved, dict) else []
+        types = {option.get("type") for option in options if isinstance(option, dict)}
+        if not types or not types <= {"string", "null"} or "string" not in types:
+            raise GrammarError(f"property_enums names {name!r} at {hint!r}, which is not a string property")
+        restricted: dict[str, Any] = {"enum": list(values)}
+        return {"anyOf": [restricted, {"type": "null"}]} if "null" in types else restricted
 
     def _optional_only(self, hint: str, pairs: list[str], ws: str) -> str:
         """Any subset of `pairs`, in order, comma-separated: rule `rest_i` = what may follow pair i."""

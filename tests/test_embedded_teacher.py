@@ -38,7 +38,7 @@ months) than patients with an unmethylated promoter (12.7 months).
 
 
 def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
-    overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1")
+    overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1", question_ids=["markers", "assays"])
     assert overrides["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1"
     # llama.cpp rejects json_schema, and response_format json_object would replace our grammar.
     assert overrides["TEACHER_OUTPUT_MODE"] == "prompt"
@@ -67,6 +67,8 @@ def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
     assert settings.teacher_gbnf_grammar and settings.teacher_output_mode == "prompt"
     assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1000, completion_tokens=1000, requests=1)) == 0
     assert limits.max_scalar_array_items == EmbeddedTeacherConfig().grammar_max_scalar_array_items
+    assert limits.property_enums == {"question_id": ["markers", "assays"]}
+    assert "TEACHER_GRAMMAR_PROPERTY_ENUMS" not in embedded_teacher_overrides("http://127.0.0.1:9/v1")
 
 
 def test_server_command_line() -> None:
@@ -195,7 +197,7 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     small_bank = QuestionBank(version=bank.version, questions=bank.questions[:3])
     with EmbeddedTeacherServer(EmbeddedTeacherConfig(log_path=tmp_path / "server.log")) as server:
         pid = server._process.pid if server._process else None
-        overrides = server.settings_overrides()
+        overrides = server.settings_overrides([question.id for question in small_bank.questions])
         saved = {name: os.environ.get(name) for name in overrides}
         os.environ.update(overrides)
         try:
@@ -219,6 +221,7 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     # Our grammar, not llama.cpp's own, shaped the reply: its bounds hold.
     limits = EmbeddedTeacherConfig()
     extraction = reply.parsed
+    assert {answer.question_id for answer in extraction.answers} <= {q.id for q in small_bank.questions}
     assert len(extraction.answers) <= limits.grammar_max_array_items
     assert len(extraction.markers) <= limits.grammar_max_array_items
     quotes = [quote for answer in extraction.answers for quote in answer.evidence]

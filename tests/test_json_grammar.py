@@ -332,3 +332,26 @@ def test_llama_cpp_parses_the_grammar(teacher_grammar: str) -> None:
     assert _llama_cpp_accepts(schema_to_gbnf(_Optional.model_json_schema()))
     assert _llama_cpp_accepts(schema_to_gbnf({"type": "object", "properties": {"any": {}}}))
     assert not _llama_cpp_accepts('root ::= "{" undefined-rule "}"\n')
+
+
+def test_property_enums_restrict_named_string_properties() -> None:
+    limits = GrammarLimits(property_enums={"question_id": ["markers", "assays"], "gene": ["MGMT"]})
+    grammar = schema_to_gbnf(TeacherExtraction.model_json_schema(), limits)
+    document = _extraction()
+    assert accepts(grammar, json.dumps(document))  # question_id "markers", gene "MGMT"
+    document["answers"][0]["question_id"] = "not_in_the_bank"
+    assert not accepts(grammar, json.dumps(document))
+    document = _extraction()
+    document["markers"][0]["gene"] = None  # still nullable
+    assert accepts(grammar, json.dumps(document))
+    document["markers"][0]["gene"] = "SEPT9"
+    assert not accepts(grammar, json.dumps(document))
+    with pytest.raises(GrammarError, match="not a string property"):
+        schema_to_gbnf(
+            TeacherExtraction.model_json_schema(), GrammarLimits(property_enums={"evidence": ["x"]})
+        )
+
+
+def test_property_enums_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEACHER_GRAMMAR_PROPERTY_ENUMS", '{"question_id": ["markers"]}')
+    assert GrammarLimits().property_enums == {"question_id": ["markers"]}
