@@ -525,3 +525,19 @@ def test_a_corrupt_record_in_a_worker_fails_the_build_cleanly(
     assert not [path for path in tmp_path.iterdir() if "staging" in path.name]
     skipped = build_sft_dataset([records_path], tmp_path / "out", papers_dir, DatasetConfig(workers=2))
     assert skipped.papers == 11 and len(skipped.corrupt_lines) == 1
+
+
+def test_source_paths_may_not_leave_the_papers_directory(tmp_path: Path) -> None:
+    from methyl_distill.sft_dataset.paper_text import PaperLibrary
+
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    (tmp_path / "secret.txt").write_text("not a paper", encoding="utf-8")
+    (papers / "a.txt").write_text("A paper about MGMT.", encoding="utf-8")
+    library = PaperLibrary(papers)
+    assert library.load(["../secret.txt"], "sha").status == "outside_directory"
+    assert library.load(["a.txt"], "sha").status == "changed"  # found, but not the recorded content
+    assert library.load(["b.txt"], "sha").status == "missing"
+    assert PaperLibrary(None).load(["a.txt"], "sha").status == "no_directory"
+    with pytest.raises(FileNotFoundError, match="papers directory not found"):
+        PaperLibrary(tmp_path / "absent")

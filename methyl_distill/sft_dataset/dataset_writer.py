@@ -8,7 +8,6 @@ non-empty folder is refused, so a mistyped path never deletes someone's files.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,6 +15,8 @@ import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+
+import orjson
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,12 @@ def write_jsonl(path: Path, lines: Iterable[str]) -> int:
     return count
 
 
-def sample_line(messages: list[dict[str, str]], meta: dict[str, object] | None) -> str:
+def sample_line(messages: list[dict[str, str]], meta: dict[str, object] | None) -> bytes:
+    """One JSON line (UTF-8, compact, without the newline)."""
     row: dict[str, object] = {"messages": messages}
     if meta is not None:
         row["meta"] = meta
-    return json.dumps(row, ensure_ascii=False)
+    return orjson.dumps(row)
 
 
 def write_dataset_dict(staging: Path, include_meta: bool) -> None:

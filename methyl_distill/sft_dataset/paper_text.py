@@ -13,6 +13,7 @@ why when it cannot ('missing', 'unreadable', 'outside_directory').
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -277,7 +278,8 @@ class PaperLibrary:
         fallback: LoadedPaper | None = None
         problem = LoadedPaper("missing", detail=f"none of {source_paths} exists under {self.root}")
         for relative in source_paths:
-            path = (self.root / relative).resolve()
+            # Lexical check (no syscalls): a source path may not climb out of the papers directory.
+            path = Path(os.path.normpath(self.root / relative))
             if not path.is_relative_to(self.root):
                 problem = LoadedPaper("outside_directory", detail=f"{relative} lies outside {self.root}")
                 continue

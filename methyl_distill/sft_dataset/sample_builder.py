@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
+
+import orjson
 
 from methyl_distill.records import MarkerRecord, PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
@@ -308,9 +309,7 @@ class SampleBuilder:
             if excerpt is None:
                 drops["evidence_exceeds_excerpt"] += 1
                 continue
-            target = json.dumps(
-                {"markers": [entry[1].model_dump(mode="json") for entry in group]}, ensure_ascii=False
-            )
+            target = orjson.dumps({"markers": [entry[1].model_dump(mode="json") for entry in group]}).decode()
             flags = ["ungrounded"] if any(entry[3] for entry in group) else []
             if paper.status == "changed":
                 flags.append("paper_changed")

@@ -64,7 +64,7 @@ class ShardOutput:
                 self.not_reported_draws[len(self.lines)] = unit_draw(
                     config.seed, sample.paper, "not_reported", sample.question
                 )
-            self.lines.append(sample_line(messages, meta).encode("utf-8"))
+            self.lines.append(sample_line(messages, meta))
             self.papers.append(sample.paper)
             self.styles.append(sample.style)
             self.tokens.append(sample.tokens)
