@@ -44,6 +44,7 @@ def build_child(workdir: Path) -> None:
                 "workers": summary.config.workers or min(os.cpu_count() or 1, 8),
                 "load_average_1min": round(os.getloadavg()[0], 2),
                 "peak_rss_mib": round(peak_kib / 1024, 1),
+                "phase_seconds": summary.phase_seconds,
                 "samples": {split: stats.samples for split, stats in summary.splits.items()},
                 "tokens": sum(stats.tokens for stats in summary.splits.values()),
                 "jsonl_mib": round(text_bytes / 2**20, 1),

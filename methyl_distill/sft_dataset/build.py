@@ -85,6 +85,9 @@ class DatasetSummary(BaseModel):
     token_counting: str
     config: DatasetConfig
     build_seconds: float
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Wall time of the build's phases: samples, dedup, split files, ..."
+    )
 
     @property
     def total_samples(self) -> int:
@@ -181,6 +184,7 @@ def build_sft_dataset(
                 "; ".join(missing[:3]),
             )
 
+        phases = {"samples": time.monotonic() - started}
         verdict = finder.verdict()
         keep = verdict.keep
         drops.update(exact_duplicate=int(verdict.exact.sum()), near_duplicate=int(verdict.near.sum()))
@@ -199,6 +203,7 @@ def build_sft_dataset(
                 f"left out: {reasons}{hint}. Nothing was written."
             )
 
+        phases["deduplication"] = time.monotonic() - started - sum(phases.values())
         kept = np.flatnonzero(keep).tolist()
         assignment = split_by_paper(
             (store.papers[index] for index in kept), config.val_fraction, config.test_fraction, config.seed
@@ -223,7 +228,9 @@ def build_sft_dataset(
             stats.samples = write_jsonl(staging / SPLIT_FILES[split], store.lines(indices))
             split_stats[split] = stats
         store.remove()
+        phases["split_files"] = time.monotonic() - started - sum(phases.values())
         write_dataset_dict(staging, config.include_meta)
+        phases["dataset_dict"] = time.monotonic() - started - sum(phases.values())
         summary = DatasetSummary(
             output_directory=str(output),
             train_jsonl=str(output / SPLIT_FILES["train"]),
@@ -246,6 +253,7 @@ def build_sft_dataset(
             token_counting=token_counting,
             config=config,
             build_seconds=round(time.monotonic() - started, 3),
+            phase_seconds={name: round(seconds, 2) for name, seconds in phases.items()},
         )
         (staging / STATS_FILE).write_text(summary.model_dump_json(indent=2), encoding="utf-8")
         (staging / CARD_FILE).write_text(render_card(summary), encoding="utf-8")
