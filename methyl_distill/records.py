@@ -50,11 +50,17 @@ class MarkerPerformance(_Strict):
 class MarkerRecord(_Strict):
     marker: str = Field(description="The marker as the paper names it, e.g. 'MGMT promoter' or 'cg05575921'.")
     gene: str | None = Field(description="HGNC gene symbol, e.g. 'SEPT9', or null for intergenic sites.")
-    cpg_sites: list[str] = Field(description="CpG probe ids (cg########) or coordinates named for this marker.")
-    region: str | None = Field(description="Genomic region: promoter, CpG island, exon 1, enhancer..., or null.")
+    cpg_sites: list[str] = Field(
+        description="CpG probe ids (cg########) or coordinates named for this marker."
+    )
+    region: str | None = Field(
+        description="Genomic region: promoter, CpG island, exon 1, enhancer..., or null."
+    )
     direction: Direction = Field(description="Methylation change in the condition relative to controls.")
     condition: str | None = Field(description="Disease or condition studied, e.g. 'glioblastoma'.")
-    sample_types: list[str] = Field(description="Tissue or sample types: tumour tissue, plasma cfDNA, stool...")
+    sample_types: list[str] = Field(
+        description="Tissue or sample types: tumour tissue, plasma cfDNA, stool..."
+    )
     assays: list[str] = Field(description="Assays used: MSP, qMSP, bisulfite sequencing, pyrosequencing...")
     clinical_uses: list[ClinicalUse] = Field(description="Clinical uses the paper reports for the marker.")
     performance: MarkerPerformance
@@ -66,7 +72,9 @@ class MarkerRecord(_Strict):
 
 class AnswerRecord(_Strict):
     question_id: str = Field(description="The id of the question from the question bank.")
-    answer: str = Field(description="The answer, grounded in the paper; 'Not reported in the paper.' if absent.")
+    answer: str = Field(
+        description="The answer, grounded in the paper; 'Not reported in the paper.' if absent."
+    )
     evidence: list[str] = Field(description="Verbatim quotes from the paper supporting the answer.")
 
 
@@ -136,7 +144,9 @@ class PaperRecord(BaseModel):
     usage: TokenUsage
     estimated_cost_usd: float | None = None
     dropped_evidence_quotes: int = Field(
-        default=0, ge=0, description="Teacher quotes not found verbatim in the paper, dropped from the record."
+        default=0,
+        ge=0,
+        description="Teacher quotes not found verbatim in the paper, dropped from the record.",
     )
     extracted_at: datetime = Field(default_factory=_now)
 
@@ -153,6 +163,8 @@ class FailureRecord(BaseModel):
     source_path: str
     stage: FailureStage
     reason: str
-    raw_output: str | None = Field(default=None, description="The teacher's raw text when it failed validation.")
+    raw_output: str | None = Field(
+        default=None, description="The teacher's raw text when it failed validation."
+    )
     usage: TokenUsage = Field(default_factory=TokenUsage)
     failed_at: datetime = Field(default_factory=_now)
