@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile.cpu docker/Dockerfile.cuda
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
