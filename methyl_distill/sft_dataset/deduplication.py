@@ -42,11 +42,22 @@ def _mix64(values: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+# Powers of a base, computed once per process and grown as needed (a batch needs as many as its bytes).
+_POWERS: dict[int, np.ndarray] = {}
+
+
 def _powers(base: int, count: int) -> np.ndarray:
-    powers = np.full(count, base, dtype=np.uint64)
-    powers[0] = 1
-    with np.errstate(over="ignore"):
-        return np.cumprod(powers, dtype=np.uint64)
+    """base**0 .. base**(count - 1) modulo 2**64 (a read-only view of the process-wide table)."""
+    table = _POWERS.get(base)
+    if table is None or table.size < count:
+        size = -(-count // (1 << 20)) * (1 << 20)  # whole MiB of entries: few regrowths
+        table = np.full(size, base, dtype=np.uint64)
+        table[0] = 1
+        with np.errstate(over="ignore"):
+            table = np.cumprod(table, dtype=np.uint64)
+        table.flags.writeable = False
+        _POWERS[base] = table
+    return table[:count]
 
 
 def _segment_hash(values: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

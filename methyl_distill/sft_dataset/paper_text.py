@@ -269,6 +269,8 @@ class PaperLibrary:
         self.root = Path(papers_directory).resolve() if papers_directory is not None else None
         if self.root is not None and not self.root.is_dir():
             raise FileNotFoundError(f"{papers_directory}: papers directory not found")
+        self._root = str(self.root) if self.root is not None else ""
+        self._inside_prefix = self._root.rstrip(os.sep) + os.sep
 
     def load(self, source_paths: list[str], content_sha: str) -> LoadedPaper:
         """The first of `source_paths` whose content still has `content_sha`; else a readable one
@@ -279,24 +281,27 @@ class PaperLibrary:
         problem = LoadedPaper("missing", detail=f"none of {source_paths} exists under {self.root}")
         for relative in source_paths:
             # Lexical check (no syscalls): a source path may not climb out of the papers directory.
-            path = Path(os.path.normpath(self.root / relative))
-            if not path.is_relative_to(self.root):
+            # (String operations: pathlib's per-call parsing costs more than reading a small paper.)
+            path = os.path.normpath(os.path.join(self._root, relative))
+            if path != self._root and not path.startswith(self._inside_prefix):
                 problem = LoadedPaper("outside_directory", detail=f"{relative} lies outside {self.root}")
                 continue
             try:
-                text = normalise_text(_decode(path.read_bytes()))
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                text = normalise_text(_decode(data))
             except FileNotFoundError:
                 continue
             except (OSError, UnicodeDecodeError) as exc:
                 problem = LoadedPaper("unreadable", path=str(path), detail=f"{relative}: {exc}")
                 continue
             if content_sha256(text) == content_sha:
-                return LoadedPaper("ok", PaperText(text), str(path))
+                return LoadedPaper("ok", PaperText(text), path)
             if fallback is None:
                 fallback = LoadedPaper(
                     "changed",
                     PaperText(text),
-                    str(path),
+                    path,
                     detail=f"{relative}: content differs from the record",
                 )
         return fallback or problem

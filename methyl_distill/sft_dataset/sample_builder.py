@@ -51,10 +51,6 @@ def is_not_reported(answer: str) -> bool:
     return bool(_NOT_REPORTED.match(answer.strip()))
 
 
-def _normalised_words(text: str) -> str:
-    return " ".join(_WORDS.findall(text.casefold()))
-
-
 @dataclass(slots=True)
 class Sample:
     """One chat sample under construction; `spans` lets the length rules re-cut its excerpt."""
@@ -100,9 +96,10 @@ def _marker_terms(markers: list[MarkerRecord]) -> dict[str, str]:
     return terms
 
 
-def _mentioned(text: str, terms: dict[str, str]) -> tuple[str, ...]:
-    words = {word.strip(".-") for word in _WORDS.findall(text.casefold())}
-    return tuple(sorted({terms[word] for word in words if word in terms}))
+def _mentioned(words: list[str], terms: dict[str, str]) -> tuple[str, ...]:
+    """The markers named among `words` (`_WORDS` of a case-folded text)."""
+    stripped = {word.strip(".-") for word in words}
+    return tuple(sorted({terms[word] for word in stripped if word in terms}))
 
 
 class SampleBuilder:
@@ -154,7 +151,10 @@ class SampleBuilder:
         if not _ALNUM.search(answer):
             drops["answer_without_content"] += 1
             return None
-        if _normalised_words(answer) == _normalised_words(question):
+        # Words of each text once: for the repeat check and for the markers named (the words of
+        # "question answer" are those of the question and those of the answer).
+        question_words, answer_words = _WORDS.findall(question.casefold()), _WORDS.findall(answer.casefold())
+        if question_words == answer_words:
             drops["answer_repeats_question"] += 1
             return None
         text = paper.text
@@ -167,8 +167,8 @@ class SampleBuilder:
                 return None
             return self._grounded(record, text, question, answer, (), (), index, not_reported=True)
 
-        self_contained = not _REFERS_TO_SOURCE.search(question) and bool(_mentioned(question, terms))
-        markers = _mentioned(f"{question} {answer}", terms)
+        self_contained = not _REFERS_TO_SOURCE.search(question) and bool(_mentioned(question_words, terms))
+        markers = _mentioned(question_words + answer_words, terms)
         flags: list[str] = []
         spans: list[tuple[int, int]] = []
         if paper.status == "changed":
