@@ -16,7 +16,7 @@ Prefect Secret block).
 from __future__ import annotations
 
 import queue
-import time
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,24 +121,58 @@ def _failure_from(future: PrefectFuture[PaperRecord], paper: Paper) -> FailureRe
 
 
 class _Progress:
-    """A Prefect progress artifact, updated at most every couple of seconds."""
+    """A Prefect progress artifact, updated from a background thread at most every couple of seconds.
 
-    def __init__(self, total: int) -> None:
+    Each update is an API call; made inline, it held up the collection of finished papers for as long
+    as a busy server took to answer (about a second each in an all-cached rerun). `close()` sends the
+    final value and waits for it.
+    """
+
+    def __init__(self, total: int, logger: Any) -> None:
         self.total = max(total, 1)
         self.done = 0
-        self._last = 0.0
+        self._logger = logger
         artifact_id = create_progress_artifact(
             progress=0.0, key="extraction-progress", description=f"Papers extracted or failed, of {total}"
         )
         assert isinstance(artifact_id, UUID)  # the sync API inside a sync flow
         self._artifact_id = artifact_id
+        self._changed = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._report, name="extraction-progress", daemon=True)
+        self._thread.start()
 
     def advance(self) -> None:
         self.done += 1
-        now = time.monotonic()
-        if self.done == self.total or now - self._last >= _PROGRESS_INTERVAL_S:
-            self._last = now
-            update_progress_artifact(self._artifact_id, progress=round(100.0 * self.done / self.total, 1))
+        self._changed.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._changed.set()
+        self._thread.join()
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _report(self) -> None:
+        sent = 0
+        while True:
+            self._changed.wait()
+            closing = self._closing.is_set()
+            self._changed.clear()
+            done = self.done
+            if done != sent:
+                try:
+                    update_progress_artifact(self._artifact_id, progress=round(100.0 * done / self.total, 1))
+                    sent = done
+                except Exception as exc:  # the progress bar is not worth failing the run for
+                    self._logger.warning("Could not update the progress artifact: %s", exc)
+            if closing:
+                return
+            self._closing.wait(_PROGRESS_INTERVAL_S)
 
 
 def _map_papers(
@@ -303,9 +337,11 @@ def extract_flow(
         extraction_task = extract_paper_task.with_options(
             result_storage=resolve_cache_storage(cache_dir), refresh_cache=refresh
         )
-        progress = _Progress(len(papers))
         runner: ThreadPoolTaskRunner[Any]
-        with ThreadPoolTaskRunner(max_workers=max_concurrency) as runner:
+        with (
+            _Progress(len(papers), logger) as progress,
+            ThreadPoolTaskRunner(max_workers=max_concurrency) as runner,
+        ):
 
             def submit_batch(batch: Sequence[Paper]) -> list[PrefectFuture[PaperRecord]]:
                 parameters = {

@@ -106,7 +106,9 @@ def _retry_unless_paper_failed(task: Task[..., Any], task_run: TaskRun, state: S
     retries=INFRASTRUCTURE_RETRIES,
     retry_delay_seconds=[2, 10],
     retry_condition_fn=_retry_unless_paper_failed,
-    tags=["teacher"],
+    # No tags: Prefect acquires (and releases) a tag-concurrency lease from the API for every task run
+    # that has one, cached or not: two round trips and a lease per paper, most of an all-cached
+    # rerun's time. Teacher requests are paced by the shared token bucket instead.
 )
 def extract_paper_task(
     paper: Paper, teacher: Teacher, question_bank: QuestionBank, config: ExtractionConfig
