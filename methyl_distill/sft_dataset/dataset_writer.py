@@ -51,12 +51,12 @@ def make_staging_directory(output_directory: Path) -> Path:
     return staging
 
 
-def write_jsonl(path: Path, lines: Iterable[str]) -> int:
+def write_jsonl(path: Path, lines: Iterable[bytes]) -> int:
+    """Write JSON lines given as UTF-8 bytes, each ending with its newline; returns how many."""
     count = 0
-    with path.open("w", encoding="utf-8") as handle:
+    with path.open("wb") as handle:
         for line in lines:
             handle.write(line)
-            handle.write("\n")
             count += 1
         handle.flush()
         os.fsync(handle.fileno())

@@ -8,6 +8,7 @@ work on that metadata; the split files are then written by reading the lines bac
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ class SampleStore:
         self.path = path
         self._handle = path.open("wb")
         self._offsets = array("q")
+        self._size = 0  # bytes written so far (no tell() per line: each is a seek syscall)
         self.papers: list[str] = []
         self.styles: list[str] = []
         self.tokens = array("q")
@@ -32,10 +34,14 @@ class SampleStore:
 
     def add_shard(self, shard: ShardOutput) -> None:
         base = len(self._offsets)
+        offsets, size = self._offsets, self._size
         for line in shard.lines:
-            self._offsets.append(self._handle.tell())
-            self._handle.write(line)
+            offsets.append(size)
+            size += len(line) + 1
+        if shard.lines:
+            self._handle.write(b"\n".join(shard.lines))
             self._handle.write(b"\n")
+        self._size = size
         self.papers.extend(shard.papers)
         self.styles.extend(shard.styles)
         self.tokens.extend(shard.tokens)
@@ -48,12 +54,23 @@ class SampleStore:
     def finish_writing(self) -> None:
         self._handle.close()
 
-    def lines(self, indices: Iterable[int]) -> Iterator[str]:
-        """The JSON lines of `indices`, in that order (without the newline)."""
-        with self.path.open("rb") as handle:
+    def lines(self, indices: Iterable[int]) -> Iterator[bytes]:
+        """The JSON lines of `indices` (UTF-8, each with its newline), in that order."""
+        offsets, count = self._offsets, len(self._offsets)
+        # One pread of exactly the line's bytes: a buffered readline after a seek would read a whole
+        # buffer per line, and the lines come in shuffled order.
+        with self.path.open("rb", buffering=0) as handle:
+            descriptor = handle.fileno()
             for index in indices:
-                handle.seek(self._offsets[index])
-                yield handle.readline().rstrip(b"\n").decode("utf-8")
+                start = offsets[index]
+                end = offsets[index + 1] if index + 1 < count else self._size
+                line = os.pread(descriptor, end - start, start)
+                while len(line) < end - start:  # a short read (rare): read the rest
+                    more = os.pread(descriptor, end - start - len(line), start + len(line))
+                    if not more:
+                        raise OSError(f"{self.path}: truncated at sample {index}")
+                    line += more
+                yield line
 
     def remove(self) -> None:
         if not self._handle.closed:
