@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,67 @@ def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest
     assert _retry_unless_paper_failed(None, None, Failed(data=error)) is False  # type: ignore[arg-type]
     assert _retry_unless_paper_failed(None, None, Failed(data=ConnectionError("api down"))) is True  # type: ignore[arg-type]
     assert _retry_unless_paper_failed(None, None, Completed(data=1)) is False  # type: ignore[arg-type]
+
+
+# --- the flow's Prefect edge, without a server ----------------------------------------------------
+
+
+def test_extraction_task_has_no_tags() -> None:
+    """Prefect acquires a tag-concurrency lease from the API for every task run with a tag, cached or
+    not: two round trips per paper that made all-cached reruns several times slower."""
+    from tasks.extraction import extract_paper_task
+
+    assert not extract_paper_task.tags
+
+
+def test_progress_updates_never_hold_up_the_flow_and_the_last_one_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+    import uuid
+
+    import flows.extract as extract_module
+
+    artifact_id = uuid.uuid4()
+    sent: list[float] = []
+    first_update_started = threading.Event()
+
+    def slow_update(target: uuid.UUID, progress: float) -> None:
+        assert target == artifact_id
+        first_update_started.set()
+        time.sleep(0.3)  # a busy API
+        sent.append(progress)
+
+    monkeypatch.setattr(extract_module, "create_progress_artifact", lambda **_: artifact_id)
+    monkeypatch.setattr(extract_module, "update_progress_artifact", slow_update)
+    monkeypatch.setattr(extract_module, "_PROGRESS_INTERVAL_S", 0.05)
+    logger = logging.getLogger("test-progress")
+    with extract_module._Progress(200, logger) as progress:
+        progress.advance()
+        assert first_update_started.wait(5)
+        began = time.monotonic()
+        for _ in range(199):
+            progress.advance()
+        assert time.monotonic() - began < 0.2  # while an update is in flight
+    assert sent[-1] == 100.0  # close() waited for the final value
+    assert len(sent) <= 3 and sent == sorted(sent)
+
+
+def test_a_failing_progress_update_is_logged_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uuid
+
+    import flows.extract as extract_module
+
+    def failing_update(target: uuid.UUID, progress: float) -> None:
+        raise RuntimeError("API unavailable")
+
+    monkeypatch.setattr(extract_module, "create_progress_artifact", lambda **_: uuid.uuid4())
+    monkeypatch.setattr(extract_module, "update_progress_artifact", failing_update)
+    logger = logging.getLogger("test-progress")
+    with caplog.at_level(logging.WARNING, logger="test-progress"), extract_module._Progress(2, logger) as p:
+        p.advance()
+        p.advance()
+    assert any("API unavailable" in record.getMessage() for record in caplog.records)
