@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,3 +281,30 @@ def test_near_duplicate_chains_do_not_remove_unlike_samples() -> None:
     # 3 resembles both a removed (1) and a kept (0) sample: it goes.
     assert _later_members(np.array([[0, 1], [1, 3], [0, 3]])).tolist() == [1, 3]
     assert _later_members(np.zeros((0, 2), dtype=np.int64)).tolist() == []
+
+
+def test_hash_powers_table_grows_without_changing_values() -> None:
+    from methyl_distill.sft_dataset import deduplication
+
+    small = deduplication._powers(deduplication._BASE, 5).copy()
+    large = deduplication._powers(deduplication._BASE, (1 << 20) + 7)  # regrows the process table
+    assert large.size == (1 << 20) + 7 and np.array_equal(large[:5], small)
+    with np.errstate(over="ignore"):
+        assert large[-1] == large[-2] * np.uint64(deduplication._BASE)
+    assert small.tolist() == [pow(deduplication._BASE, k, 2**64) for k in range(5)]
+
+
+def test_sample_store_reads_lines_back_exactly_in_any_order(tmp_path: Path) -> None:
+    from methyl_distill.sft_dataset.sample_store import SampleStore
+    from methyl_distill.sft_dataset.shard_worker import ShardOutput
+
+    store = SampleStore(tmp_path / "spill.jsonl")
+    lines = [b'{"a":1}', '{"b":"\u00e9\u2014x"}'.encode(), b"{}", b'{"c":[' + b"1," * 5000 + b"2]}"]
+    store.add_shard(ShardOutput(lines=lines[:2], papers=["p", "p"]))
+    store.add_shard(ShardOutput())  # an empty shard writes nothing
+    store.add_shard(ShardOutput(lines=lines[2:], papers=["q", "q"]))
+    store.finish_writing()
+    order = [3, 0, 2, 1, 3]
+    assert list(store.lines(order)) == [lines[index] + b"\n" for index in order]
+    store.remove()
+    assert not (tmp_path / "spill.jsonl").exists()
