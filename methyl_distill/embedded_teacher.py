@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,11 @@ class EmbeddedTeacherConfig(BaseModel):
         default=120.0, gt=0, description="Longest wait for /v1/models to answer."
     )
     max_output_tokens: int = Field(
-        default=1536,
+        default=2048,
         ge=256,
         description="max_tokens of one request: what SmolLM2 may write per chunk. With the default grammar "
-        "bounds the longest document the grammar admits is ~4200 characters, so replies are not cut off.",
+        "bounds the longest document the grammar admits is ~5900 characters (five answers, two markers and "
+        "two Q&A pairs with 200-character quotes), so replies are not cut off.",
     )
     grammar_max_array_items: int = Field(
         default=2, ge=1, description="Grammar bound on lists of objects (answers, markers, Q&A pairs)."
@@ -89,10 +90,37 @@ class EmbeddedTeacherConfig(BaseModel):
         description="Grammar bound on lists of strings (evidence quotes, CpG ids, assays...).",
     )
     grammar_max_string_length: int = Field(default=100, ge=16, description="Grammar bound on string length.")
+    grammar_max_answers: int = Field(
+        default=5,
+        ge=1,
+        description="Grammar bound on the answers of one reply (each costs ~60-90 output tokens).",
+    )
+    grammar_min_answers: int = Field(
+        default=3,
+        ge=0,
+        description="Answers the grammar makes SmolLM2 write (with grounding, each quotes the paper): left "
+        "free, it often answers nothing at all.",
+    )
+    grammar_grounding: bool = Field(
+        default=True,
+        description="Ground SmolLM2 in the request's paper text (it paraphrases and invents when merely "
+        "asked not to): the grammar lets it write only the text's sentences (or clauses) as evidence, one "
+        "quote per answer, marker and Q&A pair, before the answer it supports, and only the text's "
+        "symbol-like words (SEPT9, CDKN2A...) as a marker's gene.",
+    )
     log_path: Path | None = Field(
         default=None,
         description="Where the server's output goes; default: a temporary file, kept on failure.",
     )
+
+    @model_validator(mode="after")
+    def _answers_bounds(self) -> EmbeddedTeacherConfig:
+        if self.grammar_min_answers > self.grammar_max_answers:
+            raise ValueError(
+                f"grammar_min_answers ({self.grammar_min_answers}) exceeds grammar_max_answers "
+                f"({self.grammar_max_answers})"
+            )
+        return self
 
 
 def smollm2_gguf_path() -> Path:
@@ -201,6 +229,16 @@ def embedded_teacher_overrides(
         "TEACHER_PRICE_INPUT_PER_MTOK": "0",
         "TEACHER_PRICE_OUTPUT_PER_MTOK": "0",
     }
+    overrides["TEACHER_GRAMMAR_PROPERTY_MAX_ITEMS"] = json.dumps({"answers": config.grammar_max_answers})
+    if config.grammar_grounding:
+        overrides["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"] = json.dumps(["evidence"])
+        overrides["TEACHER_GRAMMAR_SYMBOL_PROPERTIES"] = json.dumps(["gene"])
+        overrides["TEACHER_GRAMMAR_LAST_PROPERTIES"] = json.dumps(["answer"])
+    minimum = {"evidence": 1} if config.grammar_grounding else {}
+    if config.grammar_min_answers:
+        minimum["answers"] = config.grammar_min_answers
+    if minimum:
+        overrides["TEACHER_GRAMMAR_PROPERTY_MIN_ITEMS"] = json.dumps(minimum)
     if question_ids:
         overrides["TEACHER_GRAMMAR_PROPERTY_ENUMS"] = json.dumps({"question_id": list(question_ids)})
     return overrides

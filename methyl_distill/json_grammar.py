@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -111,17 +112,49 @@ class GrammarLimits(BaseSettings):
         description="Restrict string properties of these names to these values, e.g. "
         '{"question_id": ["markers", "assays"]}: what the caller knows and the schema cannot say.',
     )
+    property_max_items: dict[str, int] = Field(
+        default_factory=dict,
+        description='Items of the array properties of these names, e.g. {"answers": 6}; '
+        "overrides the defaults.",
+    )
+    property_min_items: dict[str, int] = Field(
+        default_factory=dict,
+        description='Least items of the array properties of these names, e.g. {"evidence": 1}.',
+    )
+    last_properties: list[str] = Field(
+        default_factory=list,
+        description='Properties of these names come last in their object, e.g. ["answer"] so a model '
+        "writes its evidence before the answer it supports (JSON objects are unordered: the schema "
+        "still holds).",
+    )
+    verbatim_properties: list[str] = Field(
+        default_factory=list,
+        description='String properties (or lists of strings) of these names, e.g. ["evidence"], may only '
+        "be quotes of the request's source text (its sentences or clauses) when a source text is given.",
+    )
+    symbol_properties: list[str] = Field(
+        default_factory=list,
+        description='String properties of these names, e.g. ["gene"], may only be symbol-like words of '
+        "the request's source text (SEPT9, CDKN2A...) when a source text is given (null stays allowed).",
+    )
 
 
-def schema_to_gbnf(schema: dict[str, Any], limits: GrammarLimits | None = None) -> str:
+def schema_to_gbnf(
+    schema: dict[str, Any],
+    limits: GrammarLimits | None = None,
+    quotes: Sequence[str] = (),
+    symbols: Sequence[str] = (),
+) -> str:
     """A GBNF grammar whose sentences are JSON documents valid against `schema` (see module doc).
 
-    `limits` defaults to `GrammarLimits()`, i.e. the TEACHER_GRAMMAR_* settings. The start rule
-    is `root`.
+    `limits` defaults to `GrammarLimits()`, i.e. the TEACHER_GRAMMAR_* settings. `quotes` (e.g.
+    `verbatim_quotes.quote_candidates(paper)`) are the only values of `limits.verbatim_properties`;
+    likewise `symbols` (`verbatim_quotes.symbol_candidates`) of `limits.symbol_properties`; without
+    them those properties are ordinary strings. The start rule is `root`.
     """
     if not isinstance(schema, dict):
         raise GrammarError(f"a JSON schema must be an object, got {type(schema).__name__}")
-    return _Converter(schema, limits if limits is not None else GrammarLimits()).convert()
+    return _Converter(schema, limits if limits is not None else GrammarLimits(), quotes, symbols).convert()
 
 
 def _literal(text: str) -> str:
@@ -162,8 +195,20 @@ def _repeat(item: str, min_count: int, max_count: int | None) -> str:
 
 
 class _Converter:
-    def __init__(self, schema: dict[str, Any], limits: GrammarLimits):
+    def __init__(
+        self,
+        schema: dict[str, Any],
+        limits: GrammarLimits,
+        quotes: Sequence[str] = (),
+        symbols: Sequence[str] = (),
+    ):
         self._schema = schema
+        self._property_max_items = limits.property_max_items
+        self._property_min_items = limits.property_min_items
+        self._last_properties = limits.last_properties
+        self._verbatim = {name: list(dict.fromkeys(quotes)) for name in limits.verbatim_properties if quotes}
+        for name in limits.symbol_properties if symbols else ():
+            self._verbatim[name] = list(dict.fromkeys(symbols))
         self._max_array_items = limits.max_array_items
         self._max_scalar_array_items = limits.max_scalar_array_items
         self._max_string_length = limits.max_string_length
@@ -397,10 +442,19 @@ class _Converter:
             pair = f'{self._string({})} {ws} ":" {ws} {value} {ws}'
             return f'"{{" {ws} ({pair} ("," {ws} {pair})*)? "}}"'
 
+        # Schema order, except that `last_properties` come last.
+        ordered = sorted(properties, key=lambda name: name in self._last_properties)
+        properties = {name: properties[name] for name in ordered}
         pairs: dict[str, str] = {}
         for name, prop_schema in properties.items():
             if name in self._property_enums:
                 prop_schema = self._restrict_to_values(prop_schema, name, hint)
+            if name in self._verbatim:
+                prop_schema = self._restrict_to_quotes(prop_schema, name, hint)
+            if name in self._property_max_items and isinstance(prop_schema, dict):
+                prop_schema = {**prop_schema, "maxItems": self._property_max_items[name]}
+            if name in self._property_min_items and isinstance(prop_schema, dict):
+                prop_schema = {**prop_schema, "minItems": self._property_min_items[name]}
             value = self._as_item(self._visit(prop_schema, f"{hint}-{name}"), f"{hint}-{name}")
             pairs[name] = self._add_rule(
                 f"{hint}-{name}-kv", f'{_json_literal(name)} {ws} ":" {ws} {value} {ws}'
@@ -417,9 +471,11 @@ class _Converter:
                 sequence = self._optional_only(hint, [pairs[name] for name in optional_names], ws)
         return f'"{{" {ws} {sequence} "}}"'
 
-    def _restrict_to_values(self, schema: Any, name: str, hint: str) -> dict[str, Any]:
+    def _restrict_to_values(
+        self, schema: Any, name: str, hint: str, table: dict[str, list[str]] | None = None
+    ) -> dict[str, Any]:
         """The string property `name` limited to the configured values (null stays allowed if it was)."""
-        values = self._property_enums[name]
+        values = (self._property_enums if table is None else table)[name]
         if not values:
             raise GrammarError(f"property_enums[{name!r}] is empty")
         resolved = self._resolve(schema["$ref"]) if isinstance(schema, dict) and "$ref" in schema else schema
@@ -429,6 +485,15 @@ class _Converter:
             raise GrammarError(f"property_enums names {name!r} at {hint!r}, which is not a string property")
         restricted: dict[str, Any] = {"enum": list(values)}
         return {"anyOf": [restricted, {"type": "null"}]} if "null" in types else restricted
+
+    def _restrict_to_quotes(self, schema: Any, name: str, hint: str) -> dict[str, Any]:
+        """The string (or list-of-strings) property `name` limited to the source text's quotes."""
+        if isinstance(schema, dict) and schema.get("type") == "array":
+            return {
+                **schema,
+                "items": self._restrict_to_values(schema.get("items", {}), name, hint, self._verbatim),
+            }
+        return self._restrict_to_values(schema, name, hint, self._verbatim)
 
     def _optional_only(self, hint: str, pairs: list[str], ws: str) -> str:
         """Any subset of `pairs`, in order, comma-separated: rule `rest_i` = what may follow pair i."""

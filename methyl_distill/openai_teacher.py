@@ -26,16 +26,18 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from methyl_distill.prompts import paper_text_in
 from methyl_distill.records import TokenUsage
 from methyl_distill.structured_output import (
     MODES,
     json_text,
+    outline_instruction,
     schema_instruction,
     strict_json_schema,
     with_schema_instruction,
@@ -51,6 +53,10 @@ from methyl_distill.teacher import (
 from methyl_distill.teacher_settings import TeacherSettings
 from methyl_distill.token_bucket import LocalTokenBucket, TokenBudget
 from methyl_distill.token_count import estimate_chat_tokens
+from methyl_distill.verbatim_quotes import quote_candidates, symbol_candidates
+
+if TYPE_CHECKING:
+    from methyl_distill.json_grammar import GrammarLimits
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +172,7 @@ class OpenAITeacher:
         self._mode: OutputMode = "json_schema" if fixed == "auto" else fixed
         self._mode_confirmed = not self._auto
         self._grammars: dict[type[BaseModel], str] = {}
+        self._grammar_limits: GrammarLimits | None = None
 
     def __repr__(self) -> str:
         return (
@@ -246,24 +253,47 @@ class OpenAITeacher:
                 "json_schema": {"name": response_model.__name__, "strict": True, "schema": schema},
             }
         else:
-            arguments["messages"] = with_schema_instruction(messages, schema_instruction(schema))
+            if mode == "json_object":
+                instruction = schema_instruction(schema)
+            else:
+                last = self._limits().last_properties if self.settings.teacher_gbnf_grammar else ()
+                instruction = outline_instruction(schema, last)
+            arguments["messages"] = with_schema_instruction(messages, instruction)
             if mode == "json_object":
                 # `schema` is llama.cpp's extension of json_object; OpenAI never sees this mode
                 # unless it rejected json_schema.
                 arguments["response_format"] = {"type": "json_object", "schema": schema}
             if self.settings.teacher_gbnf_grammar:
-                extra_body["grammar"] = self._grammar(response_model, schema)
+                extra_body["grammar"] = self._grammar(messages, response_model, schema)
         if extra_body:
             arguments["extra_body"] = extra_body
         return arguments
 
-    def _grammar(self, response_model: type[BaseModel], schema: dict[str, Any]) -> str:
+    def _limits(self) -> GrammarLimits:
+        """The grammar bounds (TEACHER_GRAMMAR_* settings), read once."""
+        from methyl_distill.json_grammar import GrammarLimits  # only when a grammar is sent
+
+        with self._lock:
+            if self._grammar_limits is None:
+                self._grammar_limits = GrammarLimits()
+            return self._grammar_limits
+
+    def _grammar(
+        self, messages: list[ChatMessage], response_model: type[BaseModel], schema: dict[str, Any]
+    ) -> str:
+        """The GBNF grammar of `response_model`: one per model, or, when TEACHER_GRAMMAR_VERBATIM_PROPERTIES
+        or _SYMBOL_PROPERTIES name properties, one per request whose quotes (symbols) must come from the
+        request's <paper> text."""
+        from methyl_distill.json_grammar import schema_to_gbnf  # only when the flag is on
+
+        limits = self._limits()
         with self._lock:
             grammar = self._grammars.get(response_model)
+        paper = paper_text_in(messages) if limits.verbatim_properties or limits.symbol_properties else None
+        if paper is not None:
+            return schema_to_gbnf(schema, limits, quote_candidates(paper), symbol_candidates(paper))
         if grammar is None:
-            from methyl_distill.json_grammar import schema_to_gbnf  # only when the flag is on
-
-            grammar = schema_to_gbnf(schema)
+            grammar = schema_to_gbnf(schema, limits)
             with self._lock:
                 self._grammars[response_model] = grammar
         return grammar

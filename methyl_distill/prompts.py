@@ -11,6 +11,8 @@ Bump `PROMPT_VERSION` on any change to the wording: it is part of the extraction
 
 from __future__ import annotations
 
+import re
+
 from methyl_distill.question_bank import QuestionBank
 from methyl_distill.teacher import ChatMessage
 
@@ -79,3 +81,18 @@ def build_messages(
             "content": build_user_prompt(paper_text, bank, chunk_index=chunk_index, chunk_count=chunk_count),
         },
     ]
+
+
+_PAPER_BLOCK = re.compile(r"^<paper>\n(.*?)\n</paper>$", re.DOTALL | re.MULTILINE)
+
+
+def paper_text_in(messages: list[ChatMessage]) -> str | None:
+    """The paper text of a request built by `build_messages` (the first user message's <paper>
+    block), or None when no message carries one."""
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str):
+            match = _PAPER_BLOCK.search(content)
+            if match:
+                return match.group(1)
+    return None

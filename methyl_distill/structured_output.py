@@ -2,15 +2,17 @@
 
 `strict_json_schema` turns a pydantic model's schema into what OpenAI's strict json_schema mode
 accepts (every object closed with `additionalProperties: false`, every property required, no
-`default`s). The json_object and prompt-only modes carry the same schema inside the system prompt
-instead (`with_schema_instruction`), and `json_text` digs the JSON object out of a reply that wraps
-it in code fences or prose, as models without an enforced format often do.
+`default`s). The json_object mode carries the same schema inside the system prompt instead
+(`with_schema_instruction`); the prompt-only mode carries an outline of it (`outline_instruction`:
+no `$defs`, which small models copy into their answers), and `json_text` digs the JSON object out
+of a reply that wraps it in code fences or prose, as models without an enforced format often do.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -51,6 +53,53 @@ def schema_instruction(schema: dict[str, Any]) -> str:
         "Reply with a single JSON object, and nothing else, that validates against this JSON schema "
         "(every property is required; use null where the schema allows it and the text says nothing):\n"
         + json.dumps(schema, separators=(",", ":"))
+    )
+
+
+def _outline(node: Any, root: dict[str, Any], last: Sequence[str], depth: int = 0) -> str:
+    if depth > 32 or not isinstance(node, dict):
+        return "value"
+    while "$ref" in node and isinstance(node["$ref"], str) and node["$ref"].startswith("#/"):
+        target: Any = root
+        for part in node["$ref"][2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        node = target
+    if "enum" in node or "const" in node:
+        values = node["enum"] if "enum" in node else [node["const"]]
+        return " | ".join(json.dumps(value) for value in values)
+    for keyword in ("anyOf", "oneOf"):
+        if keyword in node:
+            return " | ".join(_outline(option, root, last, depth + 1) for option in node[keyword])
+    kind = node.get("type")
+    if isinstance(kind, list):
+        return " | ".join(_outline({**node, "type": t}, root, last, depth + 1) for t in kind)
+    if kind == "object" or "properties" in node:
+        properties: dict[str, Any] = node.get("properties", {})
+        names = sorted(properties, key=lambda name: name in last)
+        members = (
+            f"{json.dumps(name)}: {_outline(properties[name], root, last, depth + 1)}" for name in names
+        )
+        return "{" + ", ".join(members) + "}"
+    if kind == "array":
+        return f"[{_outline(node.get('items', {}), root, last, depth + 1)}, ...]"
+    return str(kind) if kind in {"string", "number", "integer", "boolean", "null"} else "value"
+
+
+def schema_outline(schema: dict[str, Any], last_properties: Sequence[str] = ()) -> str:
+    """`schema` as one compact line of JSON with type names for values (`$ref`s inlined), e.g.
+    `{"answers": [{"question_id": string, "gene": string | null}, ...]}`: what a model without
+    structured outputs can follow, where the raw schema's `$defs` and `$ref`s invite small models
+    to copy them into the answers. Keys named in `last_properties` come last in their object (as
+    the grammar orders them, `json_grammar.GrammarLimits.last_properties`)."""
+    return _outline(schema, schema, last_properties)
+
+
+def outline_instruction(schema: dict[str, Any], last_properties: Sequence[str] = ()) -> str:
+    """The prompt-mode counterpart of `schema_instruction`: the schema as an outline."""
+    return (
+        "Reply with a single JSON object, and nothing else, of this shape (the words string, number, "
+        "integer stand for values of that type; [x, ...] is a list of x; every key is required; use null "
+        "only where shown and the text says nothing):\n" + schema_outline(schema, last_properties)
     )
 
 

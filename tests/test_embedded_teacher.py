@@ -222,12 +222,14 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     limits = EmbeddedTeacherConfig()
     extraction = reply.parsed
     assert {answer.question_id for answer in extraction.answers} <= {q.id for q in small_bank.questions}
-    assert len(extraction.answers) <= limits.grammar_max_array_items
+    assert len(extraction.answers) <= limits.grammar_max_answers
     assert len(extraction.markers) <= limits.grammar_max_array_items
     quotes = [quote for answer in extraction.answers for quote in answer.evidence]
     assert all(len(answer.evidence) <= limits.grammar_max_scalar_array_items for answer in extraction.answers)
-    strings = [answer.answer for answer in extraction.answers] + quotes
+    strings = [answer.answer for answer in extraction.answers]
     assert all(len(text) <= limits.grammar_max_string_length and "\n" not in text for text in strings)
+    # Evidence is restricted to the paper's own sentences: every quote is verbatim.
+    assert all(quote in MGMT_PAPER for quote in quotes)
     # The whole process group is gone after the block.
     assert pid is not None
     with pytest.raises(ProcessLookupError):

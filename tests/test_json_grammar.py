@@ -355,3 +355,75 @@ def test_property_enums_restrict_named_string_properties() -> None:
 def test_property_enums_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEACHER_GRAMMAR_PROPERTY_ENUMS", '{"question_id": ["markers"]}')
     assert GrammarLimits().property_enums == {"question_id": ["markers"]}
+
+
+PAPER_QUOTES = [
+    "MGMT promoter hypermethylation was measured by MSP.",
+    "The promoter was methylated in 45% of tumours.",
+]
+
+
+def _grounded_limits() -> GrammarLimits:
+    return GrammarLimits(
+        verbatim_properties=["evidence"], last_properties=["answer"], property_max_items={"answers": 2}
+    )
+
+
+def _reordered(document: dict) -> dict:
+    """`document` with every object's "answer" key moved after its other keys."""
+    if isinstance(document, dict):
+        items = {k: _reordered(v) for k, v in document.items() if k != "answer"}
+        return {**items, "answer": document["answer"]} if "answer" in document else items
+    if isinstance(document, list):
+        return [_reordered(item) for item in document]
+    return document
+
+
+def test_verbatim_properties_admit_only_the_given_quotes() -> None:
+    grammar = schema_to_gbnf(TeacherExtraction.model_json_schema(), _grounded_limits(), PAPER_QUOTES)
+    document = _extraction(evidence_count=0)
+    document["answers"][0]["evidence"] = [PAPER_QUOTES[1]]
+    document["markers"][0]["evidence"] = [PAPER_QUOTES[0], PAPER_QUOTES[1]]
+    document["additional_qa"][0]["evidence"] = []
+    assert accepts(grammar, json.dumps(_reordered(document)))
+    # A paraphrase, or the answer before its evidence, is not admitted.
+    document["answers"][0]["evidence"] = ["The promoter was methylated in most tumours."]
+    assert not accepts(grammar, json.dumps(_reordered(document)))
+    document["answers"][0]["evidence"] = [PAPER_QUOTES[1]]
+    assert not accepts(grammar, json.dumps(document))
+    # Other strings are untouched; without quotes, evidence is an ordinary string list.
+    free = schema_to_gbnf(TeacherExtraction.model_json_schema(), _grounded_limits())
+    document["answers"][0]["evidence"] = ["anything at all"]
+    assert accepts(free, json.dumps(_reordered(document)))
+    assert _llama_cpp_accepts(grammar)
+
+
+def test_property_max_items_bounds_named_arrays() -> None:
+    grammar = schema_to_gbnf(TeacherExtraction.model_json_schema(), _grounded_limits(), PAPER_QUOTES)
+    document = _reordered(_extraction(evidence_count=0))
+    document["additional_qa"][0]["evidence"] = []
+    document["answers"] = document["answers"] * 2
+    assert accepts(grammar, json.dumps(document))
+    document["answers"] = document["answers"] * 2  # 4 > 2
+    assert not accepts(grammar, json.dumps(document))
+    at_least_one = schema_to_gbnf(
+        TeacherExtraction.model_json_schema(), GrammarLimits(property_min_items={"evidence": 1})
+    )
+    document = _extraction(evidence_count=1)
+    document["answers"][0]["evidence"] = ["quote"]
+    assert accepts(at_least_one, json.dumps(document))
+    document["markers"][0]["evidence"] = []
+    assert not accepts(at_least_one, json.dumps(document))
+
+
+def test_grounding_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEACHER_GRAMMAR_VERBATIM_PROPERTIES", '["evidence"]')
+    monkeypatch.setenv("TEACHER_GRAMMAR_LAST_PROPERTIES", '["answer"]')
+    monkeypatch.setenv("TEACHER_GRAMMAR_PROPERTY_MAX_ITEMS", '{"answers": 5}')
+    limits = GrammarLimits()
+    assert limits.verbatim_properties == ["evidence"] and limits.last_properties == ["answer"]
+    assert limits.property_max_items == {"answers": 5}
+    with pytest.raises(GrammarError, match="not a string property"):
+        schema_to_gbnf(
+            TeacherExtraction.model_json_schema(), GrammarLimits(verbatim_properties=["markers"]), ["x"]
+        )

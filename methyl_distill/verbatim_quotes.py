@@ -1,0 +1,88 @@
+"""Verbatim quotes of a text: what a grammar may let a small model cite as evidence.
+
+The embedded SmolLM2 teacher paraphrases when asked for verbatim quotes. With
+`GrammarLimits.verbatim_properties` its evidence strings are constrained to the candidates from
+`quote_candidates`: every sentence of the paper text, long sentences cut at clause boundaries, so
+each quote is verbatim by construction and short enough for the output budget. Likewise a gene
+symbol can be limited to the symbol-like words of the text (`symbol_candidates`).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["quote_candidates", "symbol_candidates"]
+
+# A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket
+# (so "e.g. the" and "p < 0.001" do not end one), or at a line break.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])|\s*\n\s*")
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+# ...unless the full stop belongs to an abbreviation ("e.g. 120 men", "Fig. 2").
+_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|cf|ca|approx|Fig|Figs|Ref|Refs|No|Dr)|\b[A-Z])\.$")
+MIN_QUOTE_CHARS = 12
+
+
+def _pieces(sentence: str, max_chars: int) -> list[str]:
+    """`sentence` if it fits, else consecutive clauses merged up to `max_chars` (a clause longer
+    than that is cut at a word boundary)."""
+    if len(sentence) <= max_chars:
+        return [sentence]
+    pieces: list[str] = []
+    current = ""
+    for clause in _CLAUSE_END.split(sentence):
+        while len(clause) > max_chars:
+            cut = clause.rfind(" ", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(clause[:cut])
+            clause = clause[cut:].lstrip()
+        candidate = f"{current} {clause}" if current else clause
+        if len(candidate) <= max_chars:
+            current = candidate
+        else:
+            pieces.append(current)
+            current = clause
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _sentences(text: str) -> list[str]:
+    sentences: list[str] = []
+    start = 0
+    for boundary in _SENTENCE_END.finditer(text):
+        if "\n" not in boundary.group() and _ABBREVIATION.search(text, start, boundary.start()):
+            continue
+        sentences.append(text[start : boundary.start()])
+        start = boundary.end()
+    sentences.append(text[start:])
+    return sentences
+
+
+def quote_candidates(text: str, max_chars: int = 200) -> list[str]:
+    """The sentences of `text` in order, each at most `max_chars` long (longer ones split into
+    clause runs), without duplicates and without fragments under 12 characters. Every candidate
+    occurs verbatim in `text`."""
+    if max_chars < MIN_QUOTE_CHARS:
+        raise ValueError(f"max_chars must be at least {MIN_QUOTE_CHARS}, got {max_chars}")
+    candidates: dict[str, None] = {}
+    for sentence in _sentences(text):
+        for piece in _pieces(sentence.strip(), max_chars):
+            piece = piece.strip()
+            if len(piece) >= MIN_QUOTE_CHARS and piece in text:
+                candidates[piece] = None
+    return list(candidates)
+
+
+# Gene-symbol-like words: an upper-case letter, then upper-case letters, digits or hyphens, with at
+# least one more letter or digit (SEPT9, CDKN2A, MGMT, RASSF1A, p16INK4a's INK4a is not one).
+_SYMBOL = re.compile(r"(?<![\w-])[A-Z][A-Z0-9-]*[A-Z0-9](?![\w-])")
+
+
+def symbol_candidates(text: str) -> list[str]:
+    """The symbol-like words of `text` (upper case, 2-12 characters, e.g. SEPT9, CDKN2A), in order
+    of first occurrence, without duplicates. They include abbreviations (PCR, DNA): a grammar
+    bound, not a gene list."""
+    return list(dict.fromkeys(m.group() for m in _SYMBOL.finditer(text) if len(m.group()) <= 12))
