@@ -308,3 +308,21 @@ def test_sample_store_reads_lines_back_exactly_in_any_order(tmp_path: Path) -> N
     assert list(store.lines(order)) == [lines[index] + b"\n" for index in order]
     store.remove()
     assert not (tmp_path / "spill.jsonl").exists()
+
+
+def test_paper_texts_indexed_together_equal_papers_indexed_alone() -> None:
+    texts = [
+        PAPER,
+        "",
+        "x",
+        "Gene MGMT-\nmethylated in 12345 cases; ΣΑΣ final ς \U0001d400\U0001f600 cg0001\n\nNext 7.",
+        "42\u00ad43 ﬁnal \U00010000abc" * 3,
+        PAPER.upper(),
+    ]
+    for together, text in zip(PaperText.many(texts), texts, strict=True):
+        alone = PaperText(text)
+        assert together.text == alone.text and together.skeleton == alone.skeleton
+        assert together._offsets.tolist() == alone._offsets.tolist()
+        assert together._pieces.tolist() == alone._pieces.tolist()
+        assert together.locate("MGMT was found") == alone.locate("MGMT was found")
+    assert PaperText.many([]) == []

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -111,10 +112,38 @@ class PaperText:
     __slots__ = ("_offsets", "_pieces", "skeleton", "text")
 
     def __init__(self, text: str) -> None:
-        self.text = unwrap_text(unicodedata.normalize("NFKC", text).replace("\u00ad", ""))
+        self.text = _display_text(text)
         codes = _codes(self.text)
         self.skeleton, self._offsets = _skeleton(self.text, codes)
         self._pieces = piece_prefix(codes)
+
+    @classmethod
+    def many(cls, texts: Sequence[str]) -> list[PaperText]:
+        """`PaperText(text)` of each text, with the skeletons and piece sums computed over all of them at
+        once. The texts are joined by a newline, which is neither a letter nor a digit and ends every
+        piece run, so each text's slice of the joint arrays is exactly what it would get alone."""
+        if not texts:
+            return []
+        displays = [_display_text(text) for text in texts]
+        joined = "\n".join(displays)
+        codes = _codes(joined)
+        skeleton, offsets = _skeleton(joined, codes)
+        pieces = piece_prefix(codes)
+        bounds = np.cumsum([len(display) + 1 for display in displays]) - 1  # each text's end in `joined`
+        starts = bounds - [len(display) for display in displays]
+        lows = np.searchsorted(offsets, starts).tolist()
+        highs = np.searchsorted(offsets, bounds).tolist()
+        out = []
+        for display, start, end, low, high in zip(
+            displays, starts.tolist(), bounds.tolist(), lows, highs, strict=True
+        ):
+            paper = cls.__new__(cls)
+            paper.text = display
+            paper.skeleton = skeleton[low:high]
+            paper._offsets = offsets[low:high] - start
+            paper._pieces = pieces[start : end + 1] - pieces[start]
+            out.append(paper)
+        return out
 
     def _window_pieces(self, left: int, right: int) -> int | None:
         text = self.text
@@ -218,6 +247,10 @@ class PaperText:
         return cut if cut > evidence_end else evidence_end
 
 
+def _display_text(text: str) -> str:
+    return unwrap_text(unicodedata.normalize("NFKC", text).replace("\u00ad", ""))
+
+
 def unwrap_text(text: str) -> str:
     """Undo hard line wrapping: join hyphenated line breaks ('methyl-\\nation' -> 'methylation',
     '5-aza-\\n2' -> '5-aza-2'), turn other line breaks into spaces, keep paragraphs (one blank line
@@ -275,9 +308,19 @@ class PaperLibrary:
     def load(self, source_paths: list[str], content_sha: str) -> LoadedPaper:
         """The first of `source_paths` whose content still has `content_sha`; else a readable one
         flagged 'changed'; else the reason none could be used."""
+        return self.load_many([(source_paths, content_sha)])[0]
+
+    def load_many(self, requests: Sequence[tuple[list[str], str]]) -> list[LoadedPaper]:
+        """`load` of each (source_paths, content_sha); the texts are indexed together (fewer numpy calls)."""
+        found = [self._find(source_paths, content_sha) for source_paths, content_sha in requests]
+        texts = iter(PaperText.many([text for _, text in found if text is not None]))
+        return [paper if text is None else replace(paper, text=next(texts)) for paper, text in found]
+
+    def _find(self, source_paths: list[str], content_sha: str) -> tuple[LoadedPaper, str | None]:
+        """The paper's status (without its PaperText) and its normalised text, if one was readable."""
         if self.root is None:
-            return LoadedPaper("no_directory", detail="no papers directory given")
-        fallback: LoadedPaper | None = None
+            return LoadedPaper("no_directory", detail="no papers directory given"), None
+        fallback: tuple[LoadedPaper, str] | None = None
         problem = LoadedPaper("missing", detail=f"none of {source_paths} exists under {self.root}")
         for relative in source_paths:
             # Lexical check (no syscalls): a source path may not climb out of the papers directory.
@@ -296,12 +339,10 @@ class PaperLibrary:
                 problem = LoadedPaper("unreadable", path=str(path), detail=f"{relative}: {exc}")
                 continue
             if content_sha256(text) == content_sha:
-                return LoadedPaper("ok", PaperText(text), path)
+                return LoadedPaper("ok", None, path), text
             if fallback is None:
-                fallback = LoadedPaper(
-                    "changed",
-                    PaperText(text),
-                    path,
-                    detail=f"{relative}: content differs from the record",
+                fallback = (
+                    LoadedPaper("changed", None, path, detail=f"{relative}: content differs from the record"),
+                    text,
                 )
-        return fallback or problem
+        return fallback or (problem, None)

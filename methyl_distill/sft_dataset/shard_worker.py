@@ -13,13 +13,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
+from methyl_distill.records import PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_writer import sample_line
 from methyl_distill.sft_dataset.deduplication import Signatures, sign_texts
-from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
+from methyl_distill.sft_dataset.paper_text import LoadedPaper, PaperLibrary, PaperText
 from methyl_distill.sft_dataset.record_reader import RecordShard
 from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, sample_messages, unit_draw
 from methyl_distill.sft_dataset.sample_length import TokenCounter, enforce_max_length, make_token_counter
@@ -27,6 +29,7 @@ from methyl_distill.sft_dataset.sample_length import TokenCounter, enforce_max_l
 logger = logging.getLogger(__name__)
 
 _LENGTH_BATCH_PAPERS = 256
+_LOAD_BATCH_PAPERS = 64
 
 
 @dataclass
@@ -85,6 +88,15 @@ def token_counter(config: DatasetConfig) -> TokenCounter:
     return _COUNTERS[key]
 
 
+def _with_papers(
+    records: Iterator[PaperRecord], library: PaperLibrary
+) -> Iterator[tuple[PaperRecord, LoadedPaper]]:
+    """Each record with its paper; papers are loaded a batch at a time (indexed together)."""
+    while batch := list(islice(records, _LOAD_BATCH_PAPERS)):
+        papers = library.load_many([(record.source_paths, record.content_sha256) for record in batch])
+        yield from zip(batch, papers, strict=True)
+
+
 def build_shard(
     shard: RecordShard, papers_directory: str | Path | None, config: DatasetConfig
 ) -> ShardOutput:
@@ -95,9 +107,8 @@ def build_shard(
     counter = token_counter(config)
     batch: list[Sample] = []
     batch_papers: dict[str, PaperText] = {}
-    for record in shard.iter_records():
+    for record, paper in _with_papers(shard.iter_records(), library):
         out.papers_used += 1
-        paper = library.load(record.source_paths, record.content_sha256)
         out.paper_status[paper.status] += 1
         if paper.status not in ("ok", "changed"):
             out.missing.append(f"{record.file_id}: {paper.status} ({paper.detail})")
