@@ -13,6 +13,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -216,15 +217,16 @@ def build_sft_dataset(
         markers: Counter[str] = Counter()
         for split, indices in by_split.items():
             random.Random(f"{config.seed}:{split}").shuffle(indices)
-            stats = SplitStats(papers=len({store.papers[index] for index in indices}))
-            styles: Counter[str] = Counter()
-            for index in indices:
-                styles[store.styles[index]] += 1
-                flags.update(store.flags[index])
-                markers.update(store.markers[index])
-                stats.tokens += store.tokens[index]
-                stats.max_tokens = max(stats.max_tokens, store.tokens[index])
-            stats.styles = dict(sorted(styles.items()))
+            # Counted with C-level Counter updates and plain sums (not attribute updates per sample).
+            tokens = [store.tokens[index] for index in indices]
+            stats = SplitStats(
+                papers=len({store.papers[index] for index in indices}),
+                tokens=sum(tokens),
+                max_tokens=max(tokens, default=0),
+                styles=dict(sorted(Counter(store.styles[index] for index in indices).items())),
+            )
+            flags.update(chain.from_iterable(store.flags[index] for index in indices))
+            markers.update(chain.from_iterable(store.markers[index] for index in indices))
             stats.samples = write_jsonl(staging / SPLIT_FILES[split], store.lines(indices))
             split_stats[split] = stats
         store.remove()
