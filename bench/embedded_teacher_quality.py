@@ -61,6 +61,7 @@ def _quotes(record: dict[str, Any]) -> list[str]:
 def paper_metrics(record: dict[str, Any], paper_text: str) -> dict[str, Any]:
     answers = record["answers"]
     answered = [a for a in answers if _is_answered(a["answer"])]
+    folded = " ".join(paper_text.split())
     junk = [a["answer"] for a in answers if any(f in a["answer"] for f in SCHEMA_JUNK)]
     junk += [m["marker"] for m in record["markers"] if any(f in m["marker"] for f in SCHEMA_JUNK)]
     checker = EvidenceChecker(paper_text)
@@ -74,6 +75,7 @@ def paper_metrics(record: dict[str, Any], paper_text: str) -> dict[str, Any]:
         "questions": len(answers),
         "answered": len(answered),
         "answered_with_evidence": sum(1 for a in answered if a["evidence"]),
+        "answers_verbatim": sum(1 for a in answered if " ".join(a["answer"].split()) in folded),
         "quotes_kept": len(kept),
         "quotes_dropped": dropped,
         "schema_junk": len(junk),
@@ -89,7 +91,13 @@ def main() -> None:
     parser.add_argument("--papers", type=Path, default=REPO / "data" / "papers")
     parser.add_argument("--json", type=Path, default=None, help="Also write the metrics here.")
     parser.add_argument("--keep", type=Path, default=None, help="Write the extraction here (kept).")
+    parser.add_argument(
+        "--score", type=Path, default=None, help="Only score an extraction kept earlier (no teacher run)."
+    )
     args = parser.parse_args()
+    if args.score is not None:
+        report(args, args.score, wall=None, server_start=None, tokens=None)
+        return
 
     bank = load_question_bank(None)
     config = EmbeddedTeacherConfig()
@@ -112,14 +120,17 @@ def main() -> None:
                 max_chunk_tokens=embedded_chunk_tokens(config),
             )
         wall = time.monotonic() - started
-        records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines() if line]
-        failures_path = output / "failures.jsonl"
-        failures = (
-            [line for line in failures_path.read_text().splitlines() if line]
-            if failures_path.exists()
-            else []
-        )
+        report(args, output, wall, server_ready - started, summary.usage.total_tokens)
 
+
+def report(
+    args: argparse.Namespace, output: Path, wall: float | None, server_start: float | None, tokens: int | None
+) -> None:
+    records = [json.loads(line) for line in (output / "records.jsonl").read_text().splitlines() if line]
+    failures_path = output / "failures.jsonl"
+    failures = (
+        [line for line in failures_path.read_text().splitlines() if line] if failures_path.exists() else []
+    )
     rows = []
     for record in records:
         text = (args.papers / record["source_paths"][0]).read_text(encoding="utf-8")
@@ -144,6 +155,7 @@ def main() -> None:
         "answered": sum(r["answered"] for r in rows),
         "questions": sum(r["questions"] for r in rows),
         "answered_with_evidence": sum(r["answered_with_evidence"] for r in rows),
+        "answers_verbatim": sum(r["answers_verbatim"] for r in rows),
         "quotes_kept": kept,
         "quotes_dropped": dropped,
         "verbatim_share": round(kept / (kept + dropped), 3) if kept + dropped else None,
@@ -151,9 +163,9 @@ def main() -> None:
         "markers": sum(r["markers"] for r in rows),
         "markers_gene_in_paper": sum(r["markers_gene_in_paper"] for r in rows),
         "additional_qa": sum(r["additional_qa"] for r in rows),
-        "wall_s": round(wall, 1),
-        "server_start_s": round(server_ready - started, 1),
-        "teacher_tokens": summary.usage.total_tokens if hasattr(summary, "usage") else None,
+        "wall_s": None if wall is None else round(wall, 1),
+        "server_start_s": None if server_start is None else round(server_start, 1),
+        "teacher_tokens": tokens,
     }
     print(json.dumps(totals, indent=2))
     if args.json:

@@ -108,6 +108,12 @@ class EmbeddedTeacherConfig(BaseModel):
         "quote per answer, marker and Q&A pair, before the answer it supports, and only the text's "
         "symbol-like words (SEPT9, CDKN2A...) as a marker's gene.",
     )
+    grammar_extractive_answers: bool = Field(
+        default=True,
+        description="With grounding, answers too may only be sentences (or clauses) of the paper text: "
+        "SmolLM2's own answers are mostly fragments such as 'No' or '0.52'. Questions it does not answer "
+        "become 'Not reported in the paper.' when the chunks are merged.",
+    )
     log_path: Path | None = Field(
         default=None,
         description="Where the server's output goes; default: a temporary file, kept on failure.",
@@ -231,7 +237,8 @@ def embedded_teacher_overrides(
     }
     overrides["TEACHER_GRAMMAR_PROPERTY_MAX_ITEMS"] = json.dumps({"answers": config.grammar_max_answers})
     if config.grammar_grounding:
-        overrides["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"] = json.dumps(["evidence"])
+        verbatim = ["evidence", "answer"] if config.grammar_extractive_answers else ["evidence"]
+        overrides["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"] = json.dumps(verbatim)
         overrides["TEACHER_GRAMMAR_SYMBOL_PROPERTIES"] = json.dumps(["gene"])
         overrides["TEACHER_GRAMMAR_LAST_PROPERTIES"] = json.dumps(["answer"])
     minimum = {"evidence": 1} if config.grammar_grounding else {}

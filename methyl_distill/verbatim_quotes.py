@@ -22,6 +22,17 @@ _ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|cf|ca|approx|Fig|Figs|Re
 MIN_QUOTE_CHARS = 12
 
 
+def _clauses(sentence: str) -> list[str]:
+    """`sentence` split after , ; or : outside parentheses ("(hazard ratio 0.55; 95% CI ...)" stays whole)."""
+    clauses: list[str] = []
+    for part in _CLAUSE_END.split(sentence):
+        if clauses and clauses[-1].count("(") > clauses[-1].count(")"):
+            clauses[-1] = f"{clauses[-1]} {part}"
+        else:
+            clauses.append(part)
+    return clauses
+
+
 def _pieces(sentence: str, max_chars: int) -> list[str]:
     """`sentence` if it fits, else consecutive clauses merged up to `max_chars` (a clause longer
     than that is cut at a word boundary)."""
@@ -29,7 +40,7 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
         return [sentence]
     pieces: list[str] = []
     current = ""
-    for clause in _CLAUSE_END.split(sentence):
+    for clause in _clauses(sentence):
         while len(clause) > max_chars:
             cut = clause.rfind(" ", 0, max_chars)
             cut = cut if cut > 0 else max_chars

@@ -226,10 +226,13 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     assert len(extraction.markers) <= limits.grammar_max_array_items
     quotes = [quote for answer in extraction.answers for quote in answer.evidence]
     assert all(len(answer.evidence) <= limits.grammar_max_scalar_array_items for answer in extraction.answers)
-    strings = [answer.answer for answer in extraction.answers]
-    assert all(len(text) <= limits.grammar_max_string_length and "\n" not in text for text in strings)
-    # Evidence is restricted to the paper's own sentences: every quote is verbatim.
-    assert all(quote in MGMT_PAPER for quote in quotes)
+    assert limits.grammar_min_answers <= len(extraction.answers)
+    # Evidence and (extractive) answers are restricted to the paper's own sentences: verbatim.
+    assert all(answer.evidence for answer in extraction.answers)
+    strings = [answer.answer for answer in extraction.answers] + quotes
+    assert all(text in MGMT_PAPER and "\n" not in text for text in strings)
+    symbols = {"MGMT", "MSP", "PCR"}
+    assert all(marker.gene is None or marker.gene in symbols for marker in extraction.markers)
     # The whole process group is gone after the block.
     assert pid is not None
     with pytest.raises(ProcessLookupError):

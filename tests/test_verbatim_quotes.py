@@ -116,7 +116,7 @@ def test_embedded_overrides_ground_the_evidence(monkeypatch: pytest.MonkeyPatch)
     for name, value in overrides.items():
         monkeypatch.setenv(name, value)
     limits = GrammarLimits()
-    assert limits.verbatim_properties == ["evidence"] and limits.last_properties == ["answer"]
+    assert limits.verbatim_properties == ["evidence", "answer"] and limits.last_properties == ["answer"]
     assert limits.property_max_items == {"answers": EmbeddedTeacherConfig().grammar_max_answers}
     assert limits.property_min_items == {
         "evidence": 1,
@@ -129,6 +129,10 @@ def test_embedded_overrides_ground_the_evidence(monkeypatch: pytest.MonkeyPatch)
     assert "TEACHER_GRAMMAR_VERBATIM_PROPERTIES" not in plain
     assert "TEACHER_GRAMMAR_LAST_PROPERTIES" not in plain
     assert "TEACHER_GRAMMAR_SYMBOL_PROPERTIES" not in plain
+    abstractive = embedded_teacher_overrides(
+        "http://127.0.0.1:9/v1", EmbeddedTeacherConfig(grammar_extractive_answers=False)
+    )
+    assert json.loads(abstractive["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"]) == ["evidence"]
     with pytest.raises(ValueError, match="exceeds grammar_max_answers"):
         EmbeddedTeacherConfig(grammar_min_answers=4, grammar_max_answers=3)
 
@@ -146,3 +150,14 @@ def test_gene_symbols_are_restricted_per_request(monkeypatch: pytest.MonkeyPatch
     gene_rule = next(line for line in grammar.splitlines() if line.startswith("markerrecord-gene-0 "))
     assert gene_rule.endswith('::= "\\"MGMT\\"" | "\\"PCR\\"" | "\\"MSP\\""')
     assert "markerrecord-gene-0-or-null ::= markerrecord-gene-0 | null" in grammar
+
+
+def test_long_sentences_are_not_cut_inside_parentheses() -> None:
+    sentence = (
+        "Patients with a methylated promoter lived longer than patients with an unmethylated promoter "
+        "(hazard ratio 0.55; 95% CI 0.31 to 0.84), and the benefit was confined to those who received "
+        "temozolomide with radiotherapy."
+    )
+    candidates = quote_candidates(sentence, max_chars=160)
+    assert all(candidate.count("(") == candidate.count(")") for candidate in candidates)
+    assert any("(hazard ratio 0.55; 95% CI 0.31 to 0.84)," in candidate for candidate in candidates)
