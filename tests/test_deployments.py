@@ -126,7 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "OPENAI_API_KEY": "sk-test-deployments",
             "OPENAI_BASE_URL": teacher.base_url,
             "METHYL_DISTILL_CACHE_DIR": str(work / "prefect-cache"),
-            "METHYL_DISTILL_CACHE": str(work / "model-cache"),
+            "METHYL_DISTILL_MODEL_CACHE": str(work / "model-cache"),
             "XDG_CACHE_HOME": str(work / "xdg-cache"),
         }
         services = Services(logs, env)

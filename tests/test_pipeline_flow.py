@@ -97,7 +97,7 @@ def extraction_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-pipeline-key")
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "prefect-cache"))
-        monkeypatch.setenv("METHYL_DISTILL_CACHE", str(tmp_path / "model-cache"))
+        monkeypatch.setenv("METHYL_DISTILL_MODEL_CACHE", str(tmp_path / "model-cache"))
         yield server
 
 

@@ -95,8 +95,11 @@ def get_preset(name: str) -> ModelPreset:
 
 
 def default_cache_dir() -> Path:
-    """Where converted and generated models are kept: $METHYL_DISTILL_CACHE or ~/.cache/methyl-distill."""
-    configured = os.environ.get("METHYL_DISTILL_CACHE")
+    """Where converted and generated models are kept.
+
+    $METHYL_DISTILL_MODEL_CACHE, else ~/.cache/methyl-distill (under $XDG_CACHE_HOME when set).
+    """
+    configured = os.environ.get("METHYL_DISTILL_MODEL_CACHE")
     if configured:
         return Path(configured).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "methyl-distill"
