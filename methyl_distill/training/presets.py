@@ -155,23 +155,9 @@ def smollm2_135m_config() -> Any:
 
 
 def tiny_mistral_config() -> Any:
-    from transformers import MistralConfig
+    from methyl_distill.training.tiny_mistral import tiny_mistral_config as build_config
 
-    from methyl_distill.training.tiny_mistral import tiny_mistral_settings
-
-    settings = tiny_mistral_settings()
-    return MistralConfig(
-        vocab_size=settings["vocab_size"],
-        hidden_size=settings["hidden_size"],
-        intermediate_size=settings["intermediate_size"],
-        num_hidden_layers=settings["num_hidden_layers"],
-        num_attention_heads=settings["num_attention_heads"],
-        num_key_value_heads=settings["num_key_value_heads"],
-        head_dim=settings["hidden_size"] // settings["num_attention_heads"],
-        max_position_embeddings=settings["max_position_embeddings"],
-        sliding_window=settings["sliding_window"],
-        tie_word_embeddings=False,
-    )
+    return build_config()
 
 
 def preset_config(name: str) -> Any:

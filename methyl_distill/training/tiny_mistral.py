@@ -129,36 +129,15 @@ def is_complete_tiny_mistral(folder: Path, settings: dict[str, int] | None = Non
     return settings is None or stored == settings
 
 
-def make_tiny_mistral(
-    output_dir: Path,
-    *,
-    seed: int = 0,
-    vocab_size: int = 1024,
-    hidden_size: int = 64,
-    intermediate_size: int = 128,
-    num_hidden_layers: int = 2,
-    num_attention_heads: int = 4,
-    num_key_value_heads: int = 2,
-    sliding_window: int = 256,
-    max_position_embeddings: int = 2048,
-) -> Path:
+def make_tiny_mistral(output_dir: Path, **settings_overrides: int) -> Path:
     """Write (or reuse) a random-initialised tiny Mistral with a locally trained tokenizer.
 
-    Returns `output_dir`. A complete folder made with the same settings is reused; one made with other
+    `settings_overrides` are keyword arguments of `tiny_mistral_settings`. Returns `output_dir`. A
+    complete folder made with the same settings is reused; one made with other
     settings is replaced. A non-empty folder that is not a tiny Mistral is never touched: that raises.
     """
     output_dir = Path(output_dir)
-    settings = tiny_mistral_settings(
-        seed=seed,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        sliding_window=sliding_window,
-        max_position_embeddings=max_position_embeddings,
-    )
+    settings = tiny_mistral_settings(**settings_overrides)
     if is_complete_tiny_mistral(output_dir, settings):
         logger.debug("Reusing the tiny Mistral in %s", output_dir)
         return output_dir
@@ -201,7 +180,7 @@ def _describe(settings: dict[str, int]) -> str:
 
 def _write_tiny_mistral(folder: Path, settings: dict[str, int]) -> None:
     import torch
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralForCausalLM
 
     tokenizer = build_tokenizer(settings["vocab_size"])
     tokenizer.save_pretrained(folder)
@@ -209,6 +188,28 @@ def _write_tiny_mistral(folder: Path, settings: dict[str, int]) -> None:
         raise RuntimeError(
             f"the tokenizer has {len(tokenizer)} tokens, more than vocab_size {settings['vocab_size']}"
         )
+    config = tiny_mistral_config(
+        settings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    # Seeded from a private generator so the weights depend on `seed` only, not on global RNG state.
+    fork_devices: list[Any] = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(settings["seed"])
+        model = MistralForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def tiny_mistral_config(settings: dict[str, int] | None = None, **extra: Any) -> Any:
+    """The `MistralConfig` of a tiny Mistral made with `settings` (the defaults when None)."""
+    from transformers import MistralConfig
+
+    settings = settings or tiny_mistral_settings()
+    # A dict: transformers 5 no longer declares rope_theta / torch_dtype as keywords, but accepts them.
     arguments: dict[str, Any] = dict(
         vocab_size=settings["vocab_size"],
         hidden_size=settings["hidden_size"],
@@ -223,19 +224,9 @@ def _write_tiny_mistral(folder: Path, settings: dict[str, int]) -> None:
         rms_norm_eps=1e-5,
         hidden_act="silu",
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        **extra,
     )
-    config = MistralConfig(**arguments)
-    # Seeded from a private generator so the weights depend on `seed` only, not on global RNG state.
-    fork_devices: list[Any] = []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(settings["seed"])
-        model = MistralForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
+    return MistralConfig(**arguments)
 
 
 def build_tokenizer(vocab_size: int) -> Any:
