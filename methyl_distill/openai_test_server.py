@@ -47,6 +47,9 @@ from methyl_distill.openai_test_server_state import (
 )
 from methyl_distill.token_bucket import format_reset_duration
 
+# Every fault but a 429, which is decided before admission: these hit requests the limits let in.
+ADMITTED_REQUEST_FAULTS: frozenset[str] = frozenset(get_args(FaultKind)) - {"rate_limit"}
+
 
 def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
     texts = []
@@ -306,18 +309,7 @@ class TestServerApp:
 
         state.stats.enter()
         try:
-            fault = state.pick_fault(
-                joined,
-                {
-                    "server_error",
-                    "service_unavailable",
-                    "drop_connection",
-                    "slow",
-                    "invalid_json",
-                    "truncated",
-                    "empty_content",
-                },
-            )
+            fault = state.pick_fault(joined, ADMITTED_REQUEST_FAULTS)
             if fault:
                 state.stats.fault(fault)
             await self._sleep(config.slow_s if fault == "slow" else state.latency())

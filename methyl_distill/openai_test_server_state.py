@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -232,7 +233,7 @@ class TestServerState:
         with self._lock:
             self._faults.clear()
 
-    def pick_fault(self, text: str, kinds: set[str]) -> FaultKind | None:
+    def pick_fault(self, text: str, kinds: AbstractSet[str]) -> FaultKind | None:
         """The first rule among `kinds` that fires for a request with this text (consuming a count)."""
         with self._lock:
             for rule in list(self._faults):
