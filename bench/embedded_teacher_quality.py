@@ -36,12 +36,12 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TEACHER_MODEL"):
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.extract import extract_flow  # noqa: E402
-from flows.pipeline import embedded_chunk_tokens, temporary_environment  # noqa: E402
-from methyl_distill.embedded_teacher import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
-from methyl_distill.extraction import EvidenceChecker  # noqa: E402
-from methyl_distill.prompts import NOT_REPORTED  # noqa: E402
-from methyl_distill.question_bank import load_question_bank  # noqa: E402
+from methyl_distill.flows.extract import extract_flow  # noqa: E402
+from methyl_distill.flows.pipeline import embedded_chunk_tokens, temporary_environment  # noqa: E402
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
+from methyl_distill.extraction.extract import EvidenceChecker  # noqa: E402
+from methyl_distill.extraction.prompts import NOT_REPORTED  # noqa: E402
+from methyl_distill.extraction.question_bank import load_question_bank  # noqa: E402
 
 SCHEMA_JUNK = ("$defs", "{", "#/", "$ref")
 _NOT_REPORTED = re.compile(r"^\s*(not reported|not stated|not mentioned|not available)", re.IGNORECASE)

@@ -43,7 +43,7 @@ os.environ.pop("OPENAI_API_KEY", None)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from methyl_distill.openai_test_server_state import StatsSnapshot  # noqa: E402
+from tests.fake_openai.state import StatsSnapshot  # noqa: E402
 
 GENES = [
     "MGMT",
@@ -212,7 +212,7 @@ def start_server(port: int, tpm: int, latency: tuple[float, float], seed: int) -
     command = [
         sys.executable,
         "-m",
-        "methyl_distill.openai_test_server",
+        "tests.fake_openai.server",
         "--port",
         str(port),
         "--tpm",
@@ -288,11 +288,11 @@ def one_request_at_a_time(
     papers: list[Path], base_url: str, stop: threading.Event, result: LoopResult
 ) -> None:
     """The original script's shape: for each paper, one request, wait for it, write, next."""
-    from methyl_distill.openai_teacher import OpenAITeacher
-    from methyl_distill.prompts import build_messages
-    from methyl_distill.question_bank import load_question_bank
-    from methyl_distill.records import TeacherExtraction
-    from methyl_distill.teacher_settings import TeacherSettings
+    from methyl_distill.teacher.openai_client import OpenAITeacher
+    from methyl_distill.extraction.prompts import build_messages
+    from methyl_distill.extraction.question_bank import load_question_bank
+    from methyl_distill.extraction.records import TeacherExtraction
+    from methyl_distill.teacher.config import TeacherSettings
 
     settings = TeacherSettings(openai_base_url=base_url, _env_file=None)  # type: ignore[call-arg]
     teacher = OpenAITeacher(settings)
@@ -318,7 +318,7 @@ def one_request_at_a_time(
 
 
 def run_flow(input_directory: Path, output_directory: Path, base_url: str, cache_dir: Path, concurrency: int):
-    from flows.extract import extract_flow
+    from methyl_distill.flows.extract import extract_flow
 
     return extract_flow(
         input_directory=str(input_directory),

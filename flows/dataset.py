@@ -11,8 +11,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from methyl_distill.sft_dataset import DatasetConfig, DatasetSummary
 from methyl_distill.sft_dataset.dataset_card import statistics_markdown
-from tasks.dataset import build_dataset
-from tasks.extraction import resolve_cache_storage
+from methyl_distill.tasks.dataset import build_dataset
+from methyl_distill.tasks.extraction import resolve_cache_storage
 
 
 @flow(name="build-dataset", log_prints=False)

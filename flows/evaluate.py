@@ -6,7 +6,7 @@ from prefect import flow
 
 from methyl_distill.training.evaluation import EvaluationSummary
 from methyl_distill.training.runtime_device import DeviceRequest
-from tasks.training import evaluate_task
+from methyl_distill.tasks.training import evaluate_task
 
 
 @flow(name="evaluate", log_prints=False)

@@ -29,15 +29,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.chunking import ChunkingConfig
-from methyl_distill.extraction import ExtractionConfig
-from methyl_distill.extraction_outputs import write_extraction_outputs, write_processed_files
-from methyl_distill.papers import Paper, RejectedFile, discover_papers
-from methyl_distill.question_bank import QuestionBank, load_question_bank
-from methyl_distill.records import FailureRecord, PaperRecord, TokenUsage
-from methyl_distill.teacher import Teacher
-from methyl_distill.teacher_settings import TeacherSettings
-from tasks.extraction import PaperExtractionFailed, extract_paper_task, resolve_cache_storage
+from methyl_distill.extraction.chunking import ChunkingConfig
+from methyl_distill.extraction.extract import ExtractionConfig
+from methyl_distill.extraction.outputs import write_extraction_outputs, write_processed_files
+from methyl_distill.extraction.papers import Paper, RejectedFile, discover_papers
+from methyl_distill.extraction.question_bank import QuestionBank, load_question_bank
+from methyl_distill.extraction.records import FailureRecord, PaperRecord, TokenUsage
+from methyl_distill.teacher.protocol import Teacher
+from methyl_distill.teacher.config import TeacherSettings
+from methyl_distill.tasks.extraction import PaperExtractionFailed, extract_paper_task, resolve_cache_storage
 
 DEFAULT_MAX_CONCURRENCY = 16
 # Task runs created per burst: well below the ~5000 at which the server's event queue overflowed.
@@ -68,7 +68,7 @@ class ExtractionSummary(BaseModel):
 
 def build_teacher(settings: TeacherSettings) -> Teacher:
     """The run's one teacher client with its one token bucket (a Prefect GCL when configured)."""
-    from methyl_distill.openai_teacher import build_teacher as build_openai_teacher
+    from methyl_distill.teacher.openai_client import build_teacher as build_openai_teacher
 
     return build_openai_teacher(settings)
 

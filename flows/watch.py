@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict
 
-from methyl_distill.paper_watch import watch_once
+from methyl_distill.ops.paper_watch import watch_once
 
 
 class WatchSummary(BaseModel):

@@ -5,7 +5,7 @@ the papers directory's files (relative path, size and modification time: a chang
 the key), the configuration, the output directory and the source of the dataset code itself. A
 cached result is only trusted while its files exist: the flow rebuilds when they are gone.
 Results are persisted as JSON beside the extraction cache (METHYL_DISTILL_CACHE_DIR or a storage
-block, see tasks.extraction).
+block, see methyl_distill.tasks.extraction).
 """
 
 from __future__ import annotations

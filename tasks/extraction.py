@@ -3,7 +3,7 @@
 Caching replaces the original script's progress file. The cache key is the paper's content hash,
 the question-bank version, the prompt version, the teacher model, the record schema version and
 whatever of the chunking configuration shapes the paper's requests
-(`methyl_distill.extraction.extraction_cache_key`). Results are persisted as JSON to a local
+(`methyl_distill.extraction.extract.extraction_cache_key`). Results are persisted as JSON to a local
 folder (METHYL_DISTILL_CACHE_DIR, default ~/.cache/methyl-distill) or to a Prefect storage block
 (METHYL_DISTILL_CACHE_STORAGE_BLOCK), one file per paper, as soon as the task finishes.
 
@@ -28,11 +28,11 @@ from prefect.states import State
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from methyl_distill.extraction import ExtractionConfig, extract_paper, extraction_cache_key
-from methyl_distill.papers import Paper
-from methyl_distill.question_bank import QuestionBank
-from methyl_distill.records import FailureRecord, PaperRecord
-from methyl_distill.teacher import Teacher
+from methyl_distill.extraction.extract import ExtractionConfig, extract_paper, extraction_cache_key
+from methyl_distill.extraction.papers import Paper
+from methyl_distill.extraction.question_bank import QuestionBank
+from methyl_distill.extraction.records import FailureRecord, PaperRecord
+from methyl_distill.teacher.protocol import Teacher
 
 INFRASTRUCTURE_RETRIES = 2
 

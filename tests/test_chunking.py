@@ -8,14 +8,14 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from methyl_distill.chunking import (
+from methyl_distill.extraction.chunking import (
     MIN_CHUNK_TOKENS,
     ChunkBudgetError,
     ChunkingConfig,
     chunk_token_budget,
     split_into_chunks,
 )
-from methyl_distill.token_count import estimate_tokens
+from methyl_distill.text.token_count import estimate_tokens
 
 
 def _paper(paragraphs: int = 30, sentences: int = 6) -> str:

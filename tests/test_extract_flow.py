@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.extract import ExtractionSummary, extract_flow
-from methyl_distill.openai_test_server import OpenAITestServerConfig, ServerHandle, running_test_server
-from methyl_distill.records import FailureRecord, PaperRecord
+from methyl_distill.flows.extract import ExtractionSummary, extract_flow
+from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
+from methyl_distill.extraction.records import FailureRecord, PaperRecord
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -365,7 +365,7 @@ def test_rerun_after_kill_9_loses_nothing_and_repeats_no_finished_paper(tmp_path
             "OPENAI_API_KEY": API_KEY,
         }
         script = (
-            "from flows.extract import extract_flow\n"
+            "from methyl_distill.flows.extract import extract_flow\n"
             f"extract_flow({str(papers)!r}, {str(output)!r}, teacher_base_url={server.base_url!r},"
             f" cache_dir={str(cache)!r}, max_concurrency=1)\n"
         )

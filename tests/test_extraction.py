@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from methyl_distill.chunking import ChunkingConfig
-from methyl_distill.extraction import ExtractionConfig, extract_paper, extraction_cache_key
-from methyl_distill.papers import Paper, content_sha256, normalise_text
-from methyl_distill.prompts import NOT_REPORTED
-from methyl_distill.question_bank import Question, QuestionBank
-from methyl_distill.records import (
+from methyl_distill.extraction.chunking import ChunkingConfig
+from methyl_distill.extraction.extract import ExtractionConfig, extract_paper, extraction_cache_key
+from methyl_distill.extraction.papers import Paper, content_sha256, normalise_text
+from methyl_distill.extraction.prompts import NOT_REPORTED
+from methyl_distill.extraction.question_bank import Question, QuestionBank
+from methyl_distill.extraction.records import (
     AnswerRecord,
     FailureRecord,
     MarkerPerformance,
@@ -24,7 +24,7 @@ from methyl_distill.records import (
     TeacherExtraction,
     TokenUsage,
 )
-from methyl_distill.teacher import ChatMessage, ModelT, RequestTooLargeError, TeacherError, TeacherReply
+from methyl_distill.teacher.protocol import ChatMessage, ModelT, RequestTooLargeError, TeacherError, TeacherReply
 
 Reply = TeacherExtraction | TeacherReply[Any] | Exception | Callable[[str], TeacherExtraction]
 
@@ -295,8 +295,8 @@ def _truncated_reply() -> TeacherReply[Any]:
 
 
 def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
-    from methyl_distill.extraction import TRUNCATED_ERROR_PREFIX
-    from methyl_distill.openai_teacher import TRUNCATED_ERROR
+    from methyl_distill.extraction.extract import TRUNCATED_ERROR_PREFIX
+    from methyl_distill.teacher.openai_client import TRUNCATED_ERROR
 
     assert TRUNCATED_ERROR_PREFIX == TRUNCATED_ERROR  # the signal the core relies on
     config = ExtractionConfig()  # a truncated reply halves a chunk once, whatever max_split_depth allows
@@ -317,7 +317,7 @@ def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest
 
     from prefect.states import Completed, Failed
 
-    from tasks.extraction import PaperExtractionFailed, _retry_unless_paper_failed, resolve_cache_storage
+    from methyl_distill.tasks.extraction import PaperExtractionFailed, _retry_unless_paper_failed, resolve_cache_storage
 
     monkeypatch.delenv("METHYL_DISTILL_CACHE_STORAGE_BLOCK", raising=False)
     monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "from-env"))
@@ -343,7 +343,7 @@ def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest
 def test_extraction_task_has_no_tags() -> None:
     """Prefect acquires a tag-concurrency lease from the API for every task run with a tag, cached or
     not: two round trips per paper that made all-cached reruns several times slower."""
-    from tasks.extraction import extract_paper_task
+    from methyl_distill.tasks.extraction import extract_paper_task
 
     assert not extract_paper_task.tags
 
@@ -355,7 +355,7 @@ def test_progress_updates_never_hold_up_the_flow_and_the_last_one_is_sent(
     import time
     import uuid
 
-    import flows.extract as extract_module
+    import methyl_distill.flows.extract as extract_module
 
     artifact_id = uuid.uuid4()
     sent: list[float] = []
@@ -387,7 +387,7 @@ def test_a_failing_progress_update_is_logged_not_raised(
 ) -> None:
     import uuid
 
-    import flows.extract as extract_module
+    import methyl_distill.flows.extract as extract_module
 
     def failing_update(target: uuid.UUID, progress: float) -> None:
         raise RuntimeError("API unavailable")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from methyl_distill.extraction_outputs import (
+from methyl_distill.extraction.outputs import (
     atomic_write_text,
     format_processed_file,
     write_extraction_outputs,
 )
-from methyl_distill.records import AnsweredQuestion, FailureRecord, PaperRecord, QAPair, TokenUsage
+from methyl_distill.extraction.records import AnsweredQuestion, FailureRecord, PaperRecord, QAPair, TokenUsage
 
 
 def _record(file_id: str = "mgmt-txt", file_ids: tuple[str, ...] = ("mgmt-txt",)) -> PaperRecord:

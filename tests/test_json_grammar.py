@@ -14,8 +14,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.json_grammar import GrammarError, GrammarLimits, schema_to_gbnf
-from methyl_distill.records import TeacherExtraction
+from methyl_distill.teacher.grammar import GrammarError, GrammarLimits, schema_to_gbnf
+from methyl_distill.extraction.records import TeacherExtraction
 
 # -- a GBNF → regex translator for non-recursive grammars ----------------------------------------
 
@@ -313,7 +313,7 @@ def test_every_rule_is_defined_once_and_used(teacher_grammar: str) -> None:
 def _llama_cpp_accepts(grammar: str) -> bool:
     """Whether llama.cpp's GBNF parser accepts `grammar` (it needs a vocabulary: SmolLM2's)."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from methyl_distill.embedded_teacher import smollm2_gguf_path
+    from methyl_distill.teacher.llama_cpp_server import smollm2_gguf_path
 
     model = llama_cpp.Llama(model_path=str(smollm2_gguf_path()), vocab_only=True, verbose=False)
     try:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from methyl_distill.openai_teacher import OpenAITeacher, TeacherRequestError
-from methyl_distill.openai_test_server import OpenAITestServerConfig, ServerHandle, running_test_server
-from methyl_distill.records import TeacherExtraction, TokenUsage
-from methyl_distill.teacher import RequestTooLargeError, TeacherError
-from methyl_distill.teacher_settings import TeacherSettings
-from methyl_distill.token_bucket import LocalTokenBucket
+from methyl_distill.teacher.openai_client import OpenAITeacher, TeacherRequestError
+from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
+from methyl_distill.extraction.records import TeacherExtraction, TokenUsage
+from methyl_distill.teacher.protocol import RequestTooLargeError, TeacherError
+from methyl_distill.teacher.config import TeacherSettings
+from methyl_distill.teacher.token_bucket import LocalTokenBucket
 
 SECRET = "sk-proj-THIS-KEY-MUST-NEVER-BE-LOGGED-0123456789"
 

@@ -11,15 +11,15 @@ import httpx
 import openai
 import pytest
 
-from methyl_distill.openai_test_server import (
+from tests.fake_openai.server import (
     OpenAITestServerConfig,
     ServerHandle,
     _parse_fault,
     running_test_server,
     strict_schema_problem,
 )
-from methyl_distill.records import TeacherExtraction
-from methyl_distill.structured_output import strict_json_schema
+from methyl_distill.extraction.records import TeacherExtraction
+from methyl_distill.teacher.structured_output import strict_json_schema
 
 PAPER = """\
 Promoter methylation of MGMT in glioblastoma

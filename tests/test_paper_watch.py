@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from methyl_distill.paper_watch import (
+from methyl_distill.ops.paper_watch import (
     INPUT_DIRECTORY_LABEL,
     PAPER_ADDED_EVENT,
     PAPER_RESOURCE_PREFIX,
@@ -19,7 +19,7 @@ from methyl_distill.paper_watch import (
     load_watch_state,
     watch_once,
 )
-from methyl_distill.papers import content_sha256, normalise_text
+from methyl_distill.extraction.papers import content_sha256, normalise_text
 
 
 class RecordingEmitter:

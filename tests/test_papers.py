@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from methyl_distill.papers import (
+from methyl_distill.extraction.papers import (
     UnreadablePaperError,
     assign_file_ids,
     content_sha256,

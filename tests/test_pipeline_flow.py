@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from flows.pipeline import (
+from methyl_distill.flows.pipeline import (
     PIPELINE_SUMMARY_FILE,
     PipelineParameters,
     embedded_chunk_tokens,
@@ -24,8 +24,8 @@ from flows.pipeline import (
     temporary_environment,
     use_embedded_teacher,
 )
-from methyl_distill.embedded_teacher import EmbeddedTeacherConfig
-from methyl_distill.teacher_settings import TeacherSettings
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig
+from methyl_distill.teacher.config import TeacherSettings
 from methyl_distill.training.finetune import FinetuneConfig
 
 SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
@@ -91,7 +91,7 @@ def test_embedded_chunks_leave_room_for_questions_schema_and_reply() -> None:
 
 @pytest.fixture
 def extraction_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
-    from methyl_distill.openai_test_server import OpenAITestServerConfig, running_test_server
+    from tests.fake_openai.server import OpenAITestServerConfig, running_test_server
 
     with running_test_server(OpenAITestServerConfig(latency_s=(0.0, 0.01))) as server:
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-pipeline-key")
@@ -118,7 +118,7 @@ def tiny_student() -> FinetuneConfig:
 def test_unknown_student_preset_fails_before_extraction(
     prefect_harness: None, extraction_server, tmp_path: Path
 ):
-    from flows.pipeline import pipeline_flow
+    from methyl_distill.flows.pipeline import pipeline_flow
 
     with pytest.raises(ValueError, match="unknown model preset"):
         pipeline_flow(str(SAMPLE_PAPERS), str(tmp_path / "out"), student_preset="no-such-model")
@@ -130,7 +130,7 @@ def test_unknown_student_preset_fails_before_extraction(
 def test_pipeline_runs_every_stage_and_reruns_from_cache(
     prefect_harness: None, extraction_server, tmp_path: Path
 ) -> None:
-    from flows.pipeline import pipeline_flow
+    from methyl_distill.flows.pipeline import pipeline_flow
 
     papers = tmp_path / "papers"
     shutil.copytree(SAMPLE_PAPERS, papers)
@@ -175,8 +175,8 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
 def test_run_command_maps_flags_and_says_where_outputs_are(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    import flows.pipeline
-    from flows.pipeline import PipelineSummary
+    import methyl_distill.flows.pipeline
+    from methyl_distill.flows.pipeline import PipelineSummary
     from methyl_distill.cli import main
 
     calls: list[dict] = []
@@ -193,7 +193,7 @@ def test_run_command_maps_flags_and_says_where_outputs_are(
             stages={"extraction": {"papers": 8, "extracted": 7, "cached": 1, "failed": 0}},
         )
 
-    monkeypatch.setattr(flows.pipeline, "pipeline_flow", fake_pipeline)
+    monkeypatch.setattr(methyl_distill.flows.pipeline, "pipeline_flow", fake_pipeline)
     dataset_config = Path(__file__).resolve().parent.parent / "data" / "dataset.toml"
     code = main(
         [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from methyl_distill.extractive_answers import parse_prompt
-from methyl_distill.prompts import NOT_REPORTED, SYSTEM_PROMPT, build_messages, build_user_prompt
-from methyl_distill.question_bank import load_question_bank
+from tests.fake_openai.extractive_answers import parse_prompt
+from methyl_distill.extraction.prompts import NOT_REPORTED, SYSTEM_PROMPT, build_messages, build_user_prompt
+from methyl_distill.extraction.question_bank import load_question_bank
 
 
 def test_user_prompt_layout_carries_paper_and_every_question() -> None:

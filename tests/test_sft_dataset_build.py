@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from methyl_distill.records import AnsweredQuestion, PaperRecord, QAPair
+from methyl_distill.extraction.records import AnsweredQuestion, PaperRecord, QAPair
 from methyl_distill.sft_dataset import (
     DatasetConfig,
     DatasetConfigError,

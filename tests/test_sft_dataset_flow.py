@@ -18,7 +18,7 @@ def test_flow_builds_caches_and_rebuilds_when_files_are_gone(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.dataset import build_dataset_flow
+    from methyl_distill.flows.dataset import build_dataset_flow
     from methyl_distill.sft_dataset import build as build_module
 
     monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "cache"))
@@ -33,7 +33,7 @@ def test_flow_builds_caches_and_rebuilds_when_files_are_gone(
         builds.append(args)
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr("tasks.dataset.build_sft_dataset", counting_build)
+    monkeypatch.setattr("methyl_distill.tasks.dataset.build_sft_dataset", counting_build)
 
     first = build_dataset_flow([str(records_path)], str(output), str(papers_dir), config)
     assert first.files_exist() and first.total_samples > 0 and len(builds) == 1

@@ -13,7 +13,7 @@ from methyl_distill.sft_dataset.paper_text import ELISION, PaperText, fold_quote
 from methyl_distill.sft_dataset.sample_builder import is_not_reported, unit_draw
 from methyl_distill.sft_dataset.splitting import split_by_paper, split_sizes
 from methyl_distill.sft_dataset.token_estimate import estimate_tokens_many, piece_prefix
-from methyl_distill.token_count import estimate_tokens
+from methyl_distill.text.token_count import estimate_tokens
 
 PAPER = (
     "Background. DNA methylation of tumour suppressor genes is an early event in carcinogenesis.\n"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from methyl_distill.prefect_setup import (
+from methyl_distill.ops.prefect_setup import (
     DEPLOYMENTS_DIRECTORY,
     DOCKER_GPU_TEMPLATE,
     KUBERNETES_GPU_TEMPLATE,
@@ -102,7 +102,7 @@ def test_schedules_parse_and_start_inactive(deployment: dict[str, Any]) -> None:
 def test_pipeline_trigger_fires_on_paper_added_and_templates_the_folder() -> None:
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers
 
-    from methyl_distill.paper_watch import INPUT_DIRECTORY_LABEL, PAPER_ADDED_EVENT, PAPER_RESOURCE_PREFIX
+    from methyl_distill.ops.paper_watch import INPUT_DIRECTORY_LABEL, PAPER_ADDED_EVENT, PAPER_RESOURCE_PREFIX
 
     pipeline = next(d for d in _deployments() if d["name"] == "pipeline")
     (trigger,) = _initialize_deployment_triggers("pipeline", [dict(t) for t in pipeline["triggers"]])
@@ -176,7 +176,7 @@ def test_ci_workflow_example_runs_the_deployment_and_watches() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "data").glob("*.toml")), ids=lambda p: p.name)
 def test_data_toml_files_load_with_their_loaders(path: Path) -> None:
-    from methyl_distill.question_bank import load_question_bank
+    from methyl_distill.extraction.question_bank import load_question_bank
     from methyl_distill.sft_dataset import DatasetConfig
 
     loaders = {"question_bank.toml": load_question_bank, "dataset.toml": DatasetConfig.from_toml}

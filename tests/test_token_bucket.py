@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from methyl_distill.teacher import RequestTooLargeError
-from methyl_distill.token_bucket import (
+from methyl_distill.teacher.protocol import RequestTooLargeError
+from methyl_distill.teacher.token_bucket import (
     LocalTokenBucket,
     RateLimitHeaders,
     RefillingBucket,
@@ -182,7 +182,7 @@ def test_prefect_bucket_reserves_and_refunds_global_concurrency_slots(prefect_ha
 
     from prefect.client.orchestration import get_client
 
-    from methyl_distill.token_bucket import PrefectTokenBucket, ensure_limit
+    from methyl_distill.teacher.token_bucket import PrefectTokenBucket, ensure_limit
 
     name = f"test-teacher-tpm-{uuid4().hex[:8]}"
     bucket = PrefectTokenBucket(name, 600)  # creates the limit: 600 slots, decaying 10 per second

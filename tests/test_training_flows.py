@@ -87,8 +87,8 @@ def test_finetune_and_evaluate_flows(
 ) -> None:
     import asyncio
 
-    from flows.evaluate import evaluate_flow
-    from flows.finetune import finetune_flow
+    from methyl_distill.flows.evaluate import evaluate_flow
+    from methyl_distill.flows.finetune import finetune_flow
 
     summary = finetune_flow(
         dataset_directory=str(dataset),

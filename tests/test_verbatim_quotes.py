@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from methyl_distill.openai_teacher import OpenAITeacher
-from methyl_distill.prompts import build_messages, paper_text_in
-from methyl_distill.question_bank import load_question_bank
-from methyl_distill.records import TeacherExtraction
-from methyl_distill.structured_output import outline_instruction, schema_outline, strict_json_schema
-from methyl_distill.teacher_settings import TeacherSettings
-from methyl_distill.verbatim_quotes import quote_candidates, symbol_candidates
+from methyl_distill.teacher.openai_client import OpenAITeacher
+from methyl_distill.extraction.prompts import build_messages, paper_text_in
+from methyl_distill.extraction.question_bank import load_question_bank
+from methyl_distill.extraction.records import TeacherExtraction
+from methyl_distill.teacher.structured_output import outline_instruction, schema_outline, strict_json_schema
+from methyl_distill.teacher.config import TeacherSettings
+from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
 
 PAPER = """\
 MGMT promoter methylation in glioblastoma
@@ -109,8 +109,8 @@ def test_verbatim_evidence_grammar_is_built_per_request(monkeypatch: pytest.Monk
 
 
 def test_embedded_overrides_ground_the_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
-    from methyl_distill.embedded_teacher import EmbeddedTeacherConfig, embedded_teacher_overrides
-    from methyl_distill.json_grammar import GrammarLimits
+    from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, embedded_teacher_overrides
+    from methyl_distill.teacher.grammar import GrammarLimits
 
     overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1", question_ids=["markers"])
     for name, value in overrides.items():

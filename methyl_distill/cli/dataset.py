@@ -72,7 +72,7 @@ def run_build_dataset(args: argparse.Namespace) -> int:
 
         summary = build_sft_dataset(args.records, args.output_directory, args.papers_directory, config)
     else:
-        from flows.dataset import build_dataset_flow
+        from methyl_distill.flows.dataset import build_dataset_flow
 
         summary = build_dataset_flow(
             records=list(args.records),

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_extract(args: argparse.Namespace) -> int:
     if args.progress_file is not None:
         logger.warning(PROGRESS_FILE_WARNING)
-    from flows.extract import extract_flow
+    from methyl_distill.flows.extract import extract_flow
 
     options = {
         "refresh": args.refresh,

@@ -90,7 +90,7 @@ def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
-    from flows.pipeline import pipeline_flow, short_lora_run
+    from methyl_distill.flows.pipeline import pipeline_flow, short_lora_run
     from methyl_distill.sft_dataset import DatasetConfig
 
     finetune = short_lora_run()
@@ -158,7 +158,7 @@ def _register_watch(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 def run_watch_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
-    from methyl_distill.paper_watch import WatchReport, watch_forever, watch_once
+    from methyl_distill.ops.paper_watch import WatchReport, watch_forever, watch_once
 
     def report(result: WatchReport) -> None:
         for paper in result.announced:
@@ -221,8 +221,8 @@ def _register_setup(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 
 def run_setup_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
-    from methyl_distill.prefect_setup import PrefectSetupConfig, setup_prefect
-    from methyl_distill.teacher_settings import TeacherSettings
+    from methyl_distill.ops.prefect_setup import PrefectSetupConfig, setup_prefect
+    from methyl_distill.teacher.config import TeacherSettings
 
     settings = TeacherSettings()
     config = PrefectSetupConfig(

@@ -160,7 +160,7 @@ def finetune_config_from_args(args: argparse.Namespace) -> Any:
 
 def run_finetune(args: argparse.Namespace) -> int:
     config = finetune_config_from_args(args)
-    from flows.finetune import finetune_flow
+    from methyl_distill.flows.finetune import finetune_flow
 
     summary = finetune_flow(
         dataset_directory=str(Path(args.dataset_directory).resolve()),
@@ -233,7 +233,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from flows.evaluate import evaluate_flow
+    from methyl_distill.flows.evaluate import evaluate_flow
 
     summary = evaluate_flow(
         test_path=str(Path(args.test_path).resolve()),

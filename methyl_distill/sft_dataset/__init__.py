@@ -1,7 +1,7 @@
 """The dataset stage: extraction records -> a fine-tuning dataset that ms-swift trains on as it is.
 
-See docs/dataset.md. `build_sft_dataset` is the plain core; `tasks.dataset.build_dataset` and
-`flows.dataset.build_dataset_flow` wrap it for Prefect.
+See docs/dataset.md. `build_sft_dataset` is the plain core; `methyl_distill.tasks.dataset.build_dataset` and
+`methyl_distill.flows.dataset.build_dataset_flow` wrap it for Prefect.
 """
 
 from methyl_distill.sft_dataset.build import DatasetSummary, EmptyDatasetError, SplitStats, build_sft_dataset

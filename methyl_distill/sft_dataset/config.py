@@ -141,7 +141,7 @@ class DatasetConfig(BaseModel):
         default=None,
         description=(
             "A LOCAL folder with the student's tokenizer (transformers AutoTokenizer) to count tokens "
-            "exactly; without it, tokens are estimated (methyl_distill.token_count)."
+            "exactly; without it, tokens are estimated (methyl_distill.text.token_count)."
         ),
     )
     near_duplicate_threshold: float = Field(

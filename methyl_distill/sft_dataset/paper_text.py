@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from methyl_distill.papers import content_sha256, normalise_text
+from methyl_distill.extraction.papers import content_sha256, normalise_text
 from methyl_distill.sft_dataset.token_estimate import piece_prefix, run_class
 
 _ELLIPSIS = re.compile(r"\[?\s*(?:\.\s*){3,}\]?")

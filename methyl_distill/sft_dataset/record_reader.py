@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from methyl_distill.records import PaperRecord
+from methyl_distill.extraction.records import PaperRecord
 
 logger = logging.getLogger(__name__)
 

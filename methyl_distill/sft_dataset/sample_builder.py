@@ -20,7 +20,7 @@ from typing import Literal
 
 import orjson
 
-from methyl_distill.records import MarkerRecord, PaperRecord
+from methyl_distill.extraction.records import MarkerRecord, PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.paper_text import Excerpt, LoadedPaper, PaperText
 

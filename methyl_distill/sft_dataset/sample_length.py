@@ -1,6 +1,6 @@
 """Sample length in tokens, with the student's tokenizer or estimated, and the drop/truncate rule.
 
-`EstimatedTokenCounter` gives exactly `methyl_distill.token_count.estimate_chat_tokens`, computed
+`EstimatedTokenCounter` gives exactly `methyl_distill.text.token_count.estimate_chat_tokens`, computed
 with numpy over many texts at once (the regex version runs at ~15 MB/s, too slow for hundreds of
 thousands of samples). `TokenizerTokenCounter` counts with a transformers tokenizer loaded from a
 local folder, plus the chat template's framing measured once on a probe conversation.
@@ -20,7 +20,7 @@ from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.paper_text import PaperText
 from methyl_distill.sft_dataset.sample_builder import Sample, sample_messages, with_excerpt
 from methyl_distill.sft_dataset.token_estimate import estimate_pieces_many, estimate_tokens_many, run_class
-from methyl_distill.token_count import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
+from methyl_distill.text.token_count import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class EstimatedTokenCounter:
     their placeholders apart from letters and digits, which `__init__` checks (else: direct count).
     """
 
-    description = "estimated (methyl_distill.token_count, no tokenizer given)"
+    description = "estimated (methyl_distill.text.token_count, no tokenizer given)"
 
     def __init__(self, config: DatasetConfig) -> None:
         self._static: dict[str, tuple[int, int] | None] = {

@@ -17,7 +17,7 @@ from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
-from methyl_distill.records import PaperRecord
+from methyl_distill.extraction.records import PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_writer import sample_line
 from methyl_distill.sft_dataset.deduplication import Signatures, sign_texts

@@ -13,8 +13,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from methyl_distill.papers import content_sha256, normalise_text
-from methyl_distill.records import (
+from methyl_distill.extraction.papers import content_sha256, normalise_text
+from methyl_distill.extraction.records import (
     AnsweredQuestion,
     MarkerPerformance,
     MarkerRecord,

@@ -1,4 +1,4 @@
-"""`methyl_distill.token_count.estimate_tokens`, vectorised with numpy, and its prefix sums over a text.
+"""`methyl_distill.text.token_count.estimate_tokens`, vectorised with numpy, and its prefix sums over a text.
 
 The regex version counts ~15 MB/s, too slow for hundreds of thousands of samples. The estimate is
 max(chars / 3.6, pieces) where pieces are: each letter run (1 + (len - 1) // 6), each digit run
@@ -15,7 +15,7 @@ from functools import cache
 
 import numpy as np
 
-from methyl_distill.token_count import CHARS_PER_TOKEN
+from methyl_distill.text.token_count import CHARS_PER_TOKEN
 
 _SPACE, _LETTER, _DIGIT, _OTHER = 0, 1, 2, 3
 

@@ -1,6 +1,6 @@
 """State of the OpenAI test server: configuration, fault rules, rate limits and counters.
 
-Kept apart from the HTTP layer (`methyl_distill.openai_test_server`) so the limit arithmetic and
+Kept apart from the HTTP layer (`tests.fake_openai.server`) so the limit arithmetic and
 fault selection are plain, thread-safe objects. The stats ledger records every change to the TPM
 bucket's consumption as (seconds since start, tokens): the admission charge (+estimate) and the
 settlement (actual - estimate). Summing it over a window gives the tokens charged per minute as
@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.token_bucket import RefillingBucket, format_reset_duration
+from methyl_distill.teacher.token_bucket import RefillingBucket, format_reset_duration
 
 FaultKind = Literal[
     "rate_limit",
@@ -41,7 +41,7 @@ _PIECE = re.compile(r"\w+|[^\w\s]+")
 def server_count_tokens(text: str) -> int:
     """The server's own tokenizer stand-in: words and punctuation runs, long words split every 8 characters.
 
-    Deliberately not `methyl_distill.token_count.estimate_tokens` (which errs high), so the client's
+    Deliberately not `methyl_distill.text.token_count.estimate_tokens` (which errs high), so the client's
     reservations are always reconciled against a different, smaller actual count.
     """
     return sum(1 + (len(piece) - 1) // 8 for piece in _PIECE.findall(text))

@@ -23,17 +23,17 @@ from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.chunking import (
+from methyl_distill.extraction.chunking import (
     MIN_CHUNK_TOKENS,
     ChunkBudgetError,
     ChunkingConfig,
     chunk_token_budget,
     split_into_chunks,
 )
-from methyl_distill.papers import Paper
-from methyl_distill.prompts import NOT_REPORTED, PROMPT_VERSION, build_messages
-from methyl_distill.question_bank import QuestionBank
-from methyl_distill.records import (
+from methyl_distill.extraction.papers import Paper
+from methyl_distill.extraction.prompts import NOT_REPORTED, PROMPT_VERSION, build_messages
+from methyl_distill.extraction.question_bank import QuestionBank
+from methyl_distill.extraction.records import (
     SCHEMA_VERSION,
     AnsweredQuestion,
     FailureRecord,
@@ -45,9 +45,9 @@ from methyl_distill.records import (
     TeacherExtraction,
     TokenUsage,
 )
-from methyl_distill.structured_output import schema_instruction, strict_json_schema
-from methyl_distill.teacher import RequestTooLargeError, Teacher, TeacherError
-from methyl_distill.token_count import estimate_chat_tokens, estimate_tokens
+from methyl_distill.teacher.structured_output import schema_instruction, strict_json_schema
+from methyl_distill.teacher.protocol import RequestTooLargeError, Teacher, TeacherError
+from methyl_distill.text.token_count import estimate_chat_tokens, estimate_tokens
 
 logger = logging.getLogger(__name__)
 

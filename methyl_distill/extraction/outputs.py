@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from methyl_distill.records import FailureRecord, PaperRecord
+from methyl_distill.extraction.records import FailureRecord, PaperRecord
 
 PROCESSED_FILES_DIR = "processed_files"
 ALL_RESULTS_FILE = "all_results.json"

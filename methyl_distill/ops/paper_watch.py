@@ -26,8 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from methyl_distill.extraction_outputs import atomic_write_text
-from methyl_distill.papers import UnreadablePaperError, content_sha256, decode_paper_bytes, find_paper_files
+from methyl_distill.extraction.outputs import atomic_write_text
+from methyl_distill.extraction.papers import UnreadablePaperError, content_sha256, decode_paper_bytes, find_paper_files
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Literal, cast
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from methyl_distill.records import TokenUsage
+from methyl_distill.extraction.records import TokenUsage
 
 logger = logging.getLogger(__name__)
 

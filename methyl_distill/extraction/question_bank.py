@@ -1,6 +1,6 @@
 """The question bank: the versioned questions the teacher answers for every paper.
 
-The bank is a TOML file (the bundled one is `data/question_bank.toml`) with a `version` string and
+The bank is a TOML file (the bundled one is `methyl_distill/extraction/question_bank.toml`) with a `version` string and
 a list of `[[questions]]`. Its version is part of the extraction cache key. `load_question_bank`
 validates the file and names it in every error, so a user editing the bank sees what to fix.
 """
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # The bundled bank lives in the repository's data/ folder: next to the package in a source checkout or
 # an editable install, and in the working directory of the worker images (a copy of the repository).
-DEFAULT_QUESTION_BANK = Path(__file__).resolve().parent.parent / "data" / "question_bank.toml"
+DEFAULT_QUESTION_BANK = Path(__file__).resolve().parent / "question_bank.toml"
 QUESTION_BANK_ENV = "METHYL_DISTILL_QUESTION_BANK"
 
 _QUESTION_ID_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -105,14 +105,11 @@ def default_question_bank_path() -> Path:
     configured = os.environ.get(QUESTION_BANK_ENV)
     if configured:
         return Path(configured).expanduser()
-    candidates = [DEFAULT_QUESTION_BANK, Path.cwd() / "data" / "question_bank.toml"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    if DEFAULT_QUESTION_BANK.is_file():
+        return DEFAULT_QUESTION_BANK
     raise QuestionBankError(
-        "no question bank given and the bundled one was not found (looked at "
-        + ", ".join(str(candidate) for candidate in candidates)
-        + f"): pass --question_bank FILE or set {QUESTION_BANK_ENV}"
+        f"no question bank given and the bundled one ({DEFAULT_QUESTION_BANK}) is missing from the "
+        f"installed package: reinstall methyl-distill, pass --question_bank FILE or set {QUESTION_BANK_ENV}"
     )
 
 

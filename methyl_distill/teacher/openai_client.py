@@ -32,9 +32,9 @@ import openai
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from methyl_distill.prompts import paper_text_in
-from methyl_distill.records import TokenUsage
-from methyl_distill.structured_output import (
+from methyl_distill.extraction.prompts import paper_text_in
+from methyl_distill.extraction.records import TokenUsage
+from methyl_distill.teacher.structured_output import (
     MODES,
     json_text,
     outline_instruction,
@@ -42,7 +42,7 @@ from methyl_distill.structured_output import (
     strict_json_schema,
     with_schema_instruction,
 )
-from methyl_distill.teacher import (
+from methyl_distill.teacher.protocol import (
     ChatMessage,
     ModelT,
     OutputMode,
@@ -50,13 +50,13 @@ from methyl_distill.teacher import (
     TeacherError,
     TeacherReply,
 )
-from methyl_distill.teacher_settings import TeacherSettings
-from methyl_distill.token_bucket import LocalTokenBucket, TokenBudget
-from methyl_distill.token_count import estimate_chat_tokens
-from methyl_distill.verbatim_quotes import quote_candidates, symbol_candidates
+from methyl_distill.teacher.config import TeacherSettings
+from methyl_distill.teacher.token_bucket import LocalTokenBucket, TokenBudget
+from methyl_distill.text.token_count import estimate_chat_tokens
+from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
 
 if TYPE_CHECKING:
-    from methyl_distill.json_grammar import GrammarLimits
+    from methyl_distill.teacher.grammar import GrammarLimits
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class OpenAITeacher:
 
     def _limits(self) -> GrammarLimits:
         """The grammar bounds (TEACHER_GRAMMAR_* settings), read once."""
-        from methyl_distill.json_grammar import GrammarLimits  # only when a grammar is sent
+        from methyl_distill.teacher.grammar import GrammarLimits  # only when a grammar is sent
 
         with self._lock:
             if self._grammar_limits is None:
@@ -284,7 +284,7 @@ class OpenAITeacher:
         """The GBNF grammar of `response_model`: one per model, or, when TEACHER_GRAMMAR_VERBATIM_PROPERTIES
         or _SYMBOL_PROPERTIES name properties, one per request whose quotes (symbols) must come from the
         request's <paper> text."""
-        from methyl_distill.json_grammar import schema_to_gbnf  # only when the flag is on
+        from methyl_distill.teacher.grammar import schema_to_gbnf  # only when the flag is on
 
         limits = self._limits()
         with self._lock:
@@ -486,7 +486,7 @@ def _summarise(exc: ValidationError, limit: int = 8) -> str:
 
 def build_teacher(settings: TeacherSettings | None = None) -> OpenAITeacher:
     """A teacher with the budget the settings ask for (local or Prefect)."""
-    from methyl_distill.token_bucket import build_token_bucket
+    from methyl_distill.teacher.token_bucket import build_token_bucket
 
     settings = settings or TeacherSettings()
     return OpenAITeacher(settings, budget=build_token_bucket(settings))

@@ -179,7 +179,7 @@ def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: 
     return [
         sys.executable,
         "-m",
-        "methyl_distill.embedded_teacher",
+        "methyl_distill.teacher.llama_cpp_server",
         "--parent",
         str(os.getpid()),
         "--",
@@ -392,5 +392,5 @@ def _serve_until_parent_exits(parent_pid: int, server_arguments: list[str]) -> N
 
 if __name__ == "__main__":
     if len(sys.argv) < 4 or sys.argv[1] != "--parent" or sys.argv[3] != "--":
-        sys.exit("usage: python -m methyl_distill.embedded_teacher --parent PID -- LLAMA_CPP_SERVER_ARGS...")
+        sys.exit("usage: python -m methyl_distill.teacher.llama_cpp_server --parent PID -- LLAMA_CPP_SERVER_ARGS...")
     _serve_until_parent_exits(int(sys.argv[2]), sys.argv[4:])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from methyl_distill.token_count import estimate_tokens
+from methyl_distill.text.token_count import estimate_tokens
 
 # Below this many tokens of paper text per request, chunking a paper is pointless.
 MIN_CHUNK_TOKENS = 128

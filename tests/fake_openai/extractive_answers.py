@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from methyl_distill.records import (
+from methyl_distill.extraction.records import (
     AnswerRecord,
     ClinicalUse,
     Direction,

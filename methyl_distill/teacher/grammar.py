@@ -85,7 +85,7 @@ class GrammarLimits(BaseSettings):
     """Bounds the grammar puts on what the schema leaves open; from TEACHER_GRAMMAR_* variables or .env.
 
     None means unbounded. The defaults suit mid-sized local models; the embedded SmolLM2 teacher
-    runs with tighter ones (methyl_distill.embedded_teacher).
+    runs with tighter ones (methyl_distill.teacher.llama_cpp_server).
     """
 
     model_config = SettingsConfigDict(

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from methyl_distill.teacher import RequestTooLargeError
+from methyl_distill.teacher.protocol import RequestTooLargeError
 
 if TYPE_CHECKING:
-    from methyl_distill.teacher_settings import TeacherSettings
+    from methyl_distill.teacher.config import TeacherSettings
 
 logger = logging.getLogger(__name__)
 

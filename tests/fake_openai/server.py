@@ -7,13 +7,13 @@ is refused outright ("Request too large"), the charge is settled to the actual u
 response completes, the buckets refill continuously, and every response carries
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (429s also `retry-after`).
 
-Its answers are grounded `TeacherExtraction` JSON (`methyl_distill.extractive_answers`). Faults are
+Its answers are grounded `TeacherExtraction` JSON (`tests.fake_openai.extractive_answers`). Faults are
 injected on demand, by count, by seeded probability or by a marker string in the request text:
 see `FaultRule`. Stats (requests, 429s, tokens charged over time, faults) are readable in-process
 from `ServerHandle.stats()` or over HTTP at `GET /control/stats`.
 
 In tests: `with running_test_server(OpenAITestServerConfig(...)) as server: server.base_url`.
-From a shell: `python -m methyl_distill.openai_test_server --port 8123 --tpm 200000 --latency 10 20`.
+From a shell: `python -m tests.fake_openai.server --port 8123 --tpm 200000 --latency 10 20`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from methyl_distill.extractive_answers import extract_grounded, parse_prompt
-from methyl_distill.openai_test_server_state import (
+from tests.fake_openai.extractive_answers import extract_grounded, parse_prompt
+from tests.fake_openai.state import (
     FaultKind,
     FaultRule,
     OpenAITestServerConfig,
@@ -45,7 +45,7 @@ from methyl_distill.openai_test_server_state import (
     cut_to_tokens,
     server_count_tokens,
 )
-from methyl_distill.token_bucket import format_reset_duration
+from methyl_distill.teacher.token_bucket import format_reset_duration
 
 # Every fault but a 429, which is decided before admission: these hit requests the limits let in.
 ADMITTED_REQUEST_FAULTS: frozenset[str] = frozenset(get_args(FaultKind)) - {"rate_limit"}

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from methyl_distill.teacher import ChatMessage, OutputMode
+from methyl_distill.teacher.protocol import ChatMessage, OutputMode
 
 # Most to least strict: the order `auto` mode falls back in.
 MODES: tuple[OutputMode, ...] = ("json_schema", "json_object", "prompt")

@@ -3,7 +3,7 @@
 - a process work pool for local runs (`prefect worker start --pool methyl-distill-process`),
 - CUDA work pools for fine-tuning: a Docker pool whose containers get the host's NVIDIA GPUs
   (`container_create_kwargs.device_requests`, as `docker run --gpus all`) and a Kubernetes pool
-  whose jobs request `nvidia.com/gpu`; base job templates in deployments/*.json. Creating a pool
+  whose jobs request `nvidia.com/gpu`; base job templates in methyl_distill/ops/job_templates/. Creating a pool
   needs no Docker engine or cluster; only its workers do,
 - the global concurrency limit that serves as the teacher's tokens-per-minute bucket (and the
   requests-per-minute one when TEACHER_RPM is set): limit = budget, slot decay = budget / 60 s,
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
 
-DEPLOYMENTS_DIRECTORY = Path(__file__).resolve().parent.parent / "deployments"
+JOB_TEMPLATES_DIRECTORY = Path(__file__).resolve().parent / "job_templates"
 DOCKER_GPU_TEMPLATE = "docker-gpu-base-job-template.json"
 KUBERNETES_GPU_TEMPLATE = "k8s-gpu-base-job-template.json"
 
@@ -43,13 +43,13 @@ class PrefectSetupConfig(BaseModel):
         default="methyl-distill-cuda", description="Docker work pool with GPU device requests; None: none."
     )
     docker_gpu_template: Path | None = Field(
-        default=None, description=f"Its base job template; default: deployments/{DOCKER_GPU_TEMPLATE}."
+        default=None, description=f"Its base job template; default: methyl_distill/ops/job_templates/{DOCKER_GPU_TEMPLATE}."
     )
     kubernetes_gpu_pool: str | None = Field(
         default="methyl-distill-cuda-k8s", description="Kubernetes work pool requesting GPUs; None: none."
     )
     kubernetes_gpu_template: Path | None = Field(
-        default=None, description=f"Its base job template; default: deployments/{KUBERNETES_GPU_TEMPLATE}."
+        default=None, description=f"Its base job template; default: methyl_distill/ops/job_templates/{KUBERNETES_GPU_TEMPLATE}."
     )
     gpu_tag: str = Field(default="gpu", description="Task tag of GPU work (the fine-tune task).")
     gpu_tag_limit: int = Field(
@@ -116,10 +116,10 @@ def gpu_pools(config: PrefectSetupConfig) -> list[tuple[str, str, dict[str, Any]
     """(name, type, base job template) of each GPU work pool the configuration asks for."""
     pools = []
     if config.docker_gpu_pool:
-        docker = config.docker_gpu_template or DEPLOYMENTS_DIRECTORY / DOCKER_GPU_TEMPLATE
+        docker = config.docker_gpu_template or JOB_TEMPLATES_DIRECTORY / DOCKER_GPU_TEMPLATE
         pools.append((config.docker_gpu_pool, "docker", load_base_job_template(docker)))
     if config.kubernetes_gpu_pool:
-        kubernetes = config.kubernetes_gpu_template or DEPLOYMENTS_DIRECTORY / KUBERNETES_GPU_TEMPLATE
+        kubernetes = config.kubernetes_gpu_template or JOB_TEMPLATES_DIRECTORY / KUBERNETES_GPU_TEMPLATE
         pools.append((config.kubernetes_gpu_pool, "kubernetes", load_base_job_template(kubernetes)))
     return pools
 
@@ -170,7 +170,7 @@ def _ensure_tag_limit(client: Any, tag: str, limit: int) -> SetupAction:
 def _ensure_global_limit(client: Any, name: str, per_minute: int) -> SetupAction:
     from prefect.exceptions import ObjectNotFound
 
-    from methyl_distill.token_bucket import ensure_limit
+    from methyl_distill.teacher.token_bucket import ensure_limit
 
     try:
         before = client.read_global_concurrency_limit_by_name(name)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from methyl_distill.question_bank import QuestionBank
-from methyl_distill.teacher import ChatMessage
+from methyl_distill.extraction.question_bank import QuestionBank
+from methyl_distill.teacher.protocol import ChatMessage
 
 PROMPT_VERSION = "1"
 

@@ -1,6 +1,6 @@
 """The teacher, as the extraction stage sees it: one small protocol.
 
-`methyl_distill.openai_teacher.OpenAITeacher` implements it over the OpenAI SDK (any
+`methyl_distill.teacher.openai_client.OpenAITeacher` implements it over the OpenAI SDK (any
 OpenAI-compatible endpoint); tests pass fakes where they need one.
 """
 
@@ -11,7 +11,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from methyl_distill.records import TokenUsage
+from methyl_distill.extraction.records import TokenUsage
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 OutputMode = Literal["json_schema", "json_object", "prompt"]
