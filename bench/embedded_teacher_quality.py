@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from methyl_distill.flows.extract import extract_flow  # noqa: E402
-from methyl_distill.flows.pipeline import embedded_chunk_tokens, temporary_environment  # noqa: E402
-from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
-from methyl_distill.extraction.extract import EvidenceChecker  # noqa: E402
+
+from methyl_distill.extraction.grounding import EvidenceChecker  # noqa: E402
 from methyl_distill.extraction.prompts import NOT_REPORTED  # noqa: E402
 from methyl_distill.extraction.question_bank import load_question_bank  # noqa: E402
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
 
 SCHEMA_JUNK = ("$defs", "{", "#/", "$ref")
 _NOT_REPORTED = re.compile(r"^\s*(not reported|not stated|not mentioned|not available)", re.IGNORECASE)
@@ -103,21 +103,19 @@ def main() -> None:
     config = EmbeddedTeacherConfig()
     with tempfile.TemporaryDirectory(prefix="embedded-quality-") as scratch:
         output = args.keep or Path(scratch) / "extraction"
-        os.environ["METHYL_DISTILL_CACHE_DIR"] = str(Path(scratch) / "cache")
         started = time.monotonic()
-        with (
-            EmbeddedTeacherServer(config) as server,
-            temporary_environment(server.settings_overrides(bank.ids)),
-        ):
+        with EmbeddedTeacherServer(config) as server:
             server_ready = time.monotonic()
             summary = extract_flow(
                 input_directory=str(args.papers),
                 output_directory=str(output),
                 refresh=True,
-                teacher_base_url=server.base_url,
-                teacher_model=server.model,
+                teacher_config=server.teacher_config(bank.ids),
                 max_concurrency=1,
-                max_chunk_tokens=embedded_chunk_tokens(config),
+                max_chunk_tokens=max(
+                    512, config.n_ctx // 4
+                ),  # what the pipeline uses (embedded_chunk_tokens)
+                cache_dir=str(Path(scratch) / "cache"),
             )
         wall = time.monotonic() - started
         report(args, output, wall, server_ready - started, summary.usage.total_tokens)

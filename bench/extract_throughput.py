@@ -288,14 +288,14 @@ def one_request_at_a_time(
     papers: list[Path], base_url: str, stop: threading.Event, result: LoopResult
 ) -> None:
     """The original script's shape: for each paper, one request, wait for it, write, next."""
-    from methyl_distill.teacher.openai_client import OpenAITeacher
     from methyl_distill.extraction.prompts import build_messages
     from methyl_distill.extraction.question_bank import load_question_bank
     from methyl_distill.extraction.records import TeacherExtraction
-    from methyl_distill.teacher.config import TeacherSettings
+    from methyl_distill.teacher.config import TeacherConfig
+    from methyl_distill.teacher.openai_client import OpenAITeacher
 
-    settings = TeacherSettings(openai_base_url=base_url, _env_file=None)  # type: ignore[call-arg]
-    teacher = OpenAITeacher(settings)
+    config = TeacherConfig(base_url=base_url)
+    teacher = OpenAITeacher(config)
     bank = load_question_bank()
     result.started = time.monotonic()
     for path in papers:
@@ -305,7 +305,7 @@ def one_request_at_a_time(
         reply = teacher.complete_structured(
             build_messages(path.read_text(encoding="utf-8"), bank),
             TeacherExtraction,
-            max_tokens=settings.teacher_max_output_tokens,
+            max_tokens=config.max_output_tokens,
         )
         if stop.is_set() and time.monotonic() - began > 0:  # finished after the window closed: not counted
             break
@@ -320,11 +320,12 @@ def one_request_at_a_time(
 def run_flow(input_directory: Path, output_directory: Path, base_url: str, cache_dir: Path, concurrency: int):
     from methyl_distill.flows.extract import extract_flow
 
+    from methyl_distill.teacher.config import TeacherConfig
+
     return extract_flow(
         input_directory=str(input_directory),
         output_directory=str(output_directory),
-        teacher_base_url=base_url,
-        teacher_model="gpt-4o",
+        teacher_config=TeacherConfig(base_url=base_url, model="gpt-4o"),
         cache_dir=str(cache_dir),
         max_concurrency=concurrency,
     )

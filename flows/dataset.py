@@ -6,13 +6,13 @@ returns a `DatasetSummary` whose string paths the fine-tuning stage reads (train
 
 from __future__ import annotations
 
+from methyl_distill.tasks.dataset import build_dataset
+from methyl_distill.tasks.extraction import resolve_cache_storage
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from methyl_distill.sft_dataset import DatasetConfig, DatasetSummary
 from methyl_distill.sft_dataset.dataset_card import statistics_markdown
-from methyl_distill.tasks.dataset import build_dataset
-from methyl_distill.tasks.extraction import resolve_cache_storage
 
 
 @flow(name="build-dataset", log_prints=False)

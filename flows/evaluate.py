@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from methyl_distill.tasks.training import evaluate_task
 from prefect import flow
 
 from methyl_distill.training.evaluation import EvaluationSummary
 from methyl_distill.training.runtime_device import DeviceRequest
-from methyl_distill.tasks.training import evaluate_task
 
 
 @flow(name="evaluate", log_prints=False)

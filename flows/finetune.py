@@ -7,10 +7,10 @@ task is tagged `gpu`: `prefect concurrency-limit create gpu 1` keeps one fine-tu
 
 from __future__ import annotations
 
+from methyl_distill.tasks.training import finetune_task
 from prefect import flow
 
 from methyl_distill.training.finetune import FinetuneConfig, FinetuneSummary
-from methyl_distill.tasks.training import finetune_task
 
 
 @flow(name="finetune", log_prints=False)

@@ -24,6 +24,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.futures import PrefectFuture
 from prefect.states import State
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,20 @@ def extraction_task_cache_key(context: TaskRunContext, parameters: dict[str, Any
     return extraction_cache_key(
         parameters["paper"], parameters["question_bank"], teacher.model, parameters["config"]
     )
+
+
+def paper_outcome(future: PrefectFuture[PaperRecord]) -> tuple[PaperRecord, bool] | FailureRecord:
+    """What a finished extraction task run gave: (record, whether it came from the cache), or the
+    paper's failure record (for a failure that is not the paper's, one of stage `request`)."""
+    if future.state.is_completed():
+        return future.result(), future.state.name == "Cached"
+    error = future.result(raise_on_failure=False)
+    if isinstance(error, PaperExtractionFailed):
+        return error.failure
+    reason = (
+        f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
+    )
+    return FailureRecord(file_id="", source_path="", stage="request", reason=reason)
 
 
 def _retry_unless_paper_failed(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

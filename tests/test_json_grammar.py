@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.teacher.grammar import GrammarError, GrammarLimits, schema_to_gbnf
 from methyl_distill.extraction.records import TeacherExtraction
+from methyl_distill.teacher.config import teacher_config_from_environment
+from methyl_distill.teacher.grammar import GrammarError, GrammarLimits, schema_to_gbnf
 
 # -- a GBNF → regex translator for non-recursive grammars ----------------------------------------
 
@@ -144,17 +146,22 @@ def test_scalar_and_object_arrays_have_separate_bounds() -> None:
     assert not accepts(grammar, json.dumps(document))
 
 
-def test_limits_come_from_teacher_grammar_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limits_come_from_teacher_grammar_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    monkeypatch.setenv("TEACHER_GBNF_GRAMMAR", "true")
     monkeypatch.setenv("TEACHER_GRAMMAR_MAX_STRING_LENGTH", "5")
     monkeypatch.setenv("TEACHER_GRAMMAR_MAX_SCALAR_ARRAY_ITEMS", "2")
-    assert GrammarLimits().max_string_length == 5
-    grammar = schema_to_gbnf({"type": "array", "items": {"type": "string"}})
+    limits = teacher_config_from_environment().grammar
+    assert limits is not None and limits.max_string_length == 5
+    grammar = schema_to_gbnf({"type": "array", "items": {"type": "string"}}, limits)
     assert accepts(grammar, '["abcde", "x"]')
     assert not accepts(grammar, '["abcdef"]')
     assert not accepts(grammar, '["a", "b", "c"]')
     monkeypatch.setenv("TEACHER_GRAMMAR_MAX_STRING_LENGTH", "-1")
     with pytest.raises(ValueError, match="max_string_length"):
-        GrammarLimits()
+        teacher_config_from_environment()
+    monkeypatch.setenv("TEACHER_GBNF_GRAMMAR", "false")
+    assert teacher_config_from_environment().grammar is None  # bounds alone send no grammar
 
 
 def test_raw_control_characters_in_strings_are_rejected(teacher_grammar: str) -> None:
@@ -352,9 +359,12 @@ def test_property_enums_restrict_named_string_properties() -> None:
         )
 
 
-def test_property_enums_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_property_enums_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TEACHER_GBNF_GRAMMAR", "1")
     monkeypatch.setenv("TEACHER_GRAMMAR_PROPERTY_ENUMS", '{"question_id": ["markers"]}')
-    assert GrammarLimits().property_enums == {"question_id": ["markers"]}
+    limits = teacher_config_from_environment().grammar
+    assert limits is not None and limits.property_enums == {"question_id": ["markers"]}
 
 
 PAPER_QUOTES = [
@@ -416,11 +426,14 @@ def test_property_max_items_bounds_named_arrays() -> None:
     assert not accepts(at_least_one, json.dumps(document))
 
 
-def test_grounding_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_grounding_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TEACHER_GBNF_GRAMMAR", "true")
     monkeypatch.setenv("TEACHER_GRAMMAR_VERBATIM_PROPERTIES", '["evidence"]')
     monkeypatch.setenv("TEACHER_GRAMMAR_LAST_PROPERTIES", '["answer"]')
     monkeypatch.setenv("TEACHER_GRAMMAR_PROPERTY_MAX_ITEMS", '{"answers": 5}')
-    limits = GrammarLimits()
+    limits = teacher_config_from_environment().grammar
+    assert limits is not None
     assert limits.verbatim_properties == ["evidence"] and limits.last_properties == ["answer"]
     assert limits.property_max_items == {"answers": 5}
     with pytest.raises(GrammarError, match="not a string property"):

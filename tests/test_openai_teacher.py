@@ -11,12 +11,17 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from methyl_distill.teacher.openai_client import OpenAITeacher, TeacherRequestError
-from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
 from methyl_distill.extraction.records import TeacherExtraction, TokenUsage
+from methyl_distill.teacher.config import (
+    TeacherConfig,
+    resolve_api_key,
+    teacher_config_from_environment,
+)
+from methyl_distill.teacher.grammar import GrammarLimits
+from methyl_distill.teacher.openai_client import OpenAITeacher, TeacherRequestError
 from methyl_distill.teacher.protocol import RequestTooLargeError, TeacherError
-from methyl_distill.teacher.config import TeacherSettings
 from methyl_distill.teacher.token_bucket import LocalTokenBucket
+from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
 
 SECRET = "sk-proj-THIS-KEY-MUST-NEVER-BE-LOGGED-0123456789"
 
@@ -54,15 +59,14 @@ class Sleeps:
 
 def make_teacher(handle: ServerHandle, sleeps: Sleeps | None = None, **settings: object) -> OpenAITeacher:
     values: dict[str, object] = {
-        "openai_base_url": handle.base_url,
-        "openai_api_key": SECRET,
-        "teacher_timeout_s": 5.0,
-        "teacher_max_retries": 4,
-        "teacher_max_reasks": 2,
-        "_env_file": None,
+        "base_url": handle.base_url,
+        "timeout_s": 5.0,
+        "max_retries": 4,
+        "max_reasks": 2,
     }
     values.update(settings)
-    return OpenAITeacher(TeacherSettings(**values), sleep=sleeps or Sleeps())  # type: ignore[arg-type]
+    config = TeacherConfig.model_validate(values)
+    return OpenAITeacher(config, api_key=SecretStr(SECRET), sleep=sleeps or Sleeps())
 
 
 @pytest.fixture()
@@ -114,7 +118,7 @@ def test_concurrent_first_requests_agree_on_the_fallback() -> None:
 
 
 def test_prompt_mode_parses_fenced_json_and_can_send_a_grammar(server: ServerHandle) -> None:
-    teacher = make_teacher(server, teacher_output_mode="prompt", teacher_gbnf_grammar=True)
+    teacher = make_teacher(server, output_mode="prompt", grammar=GrammarLimits())
     reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
     assert reply.parsed is not None and reply.mode == "prompt"
     assert server.stats().grammar_requests == 1
@@ -137,7 +141,7 @@ def test_each_fault_recovers(fault: str, retried: bool) -> None:
     config = OpenAITestServerConfig(slow_s=3.0, retry_after_s=1.0)
     with running_test_server(config) as handle:
         sleeps = Sleeps()
-        teacher = make_teacher(handle, sleeps, teacher_timeout_s=1.0)
+        teacher = make_teacher(handle, sleeps, timeout_s=1.0)
         handle.inject(fault, count=1)  # type: ignore[arg-type]
         reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
         assert reply.parsed is not None, reply.error
@@ -182,7 +186,7 @@ def test_a_permanently_bad_paper_ends_as_a_clear_failure_with_raw_output() -> No
 
 
 def test_persistent_truncation_says_the_input_needs_splitting(server: ServerHandle) -> None:
-    teacher = make_teacher(server, teacher_max_reasks=1)
+    teacher = make_teacher(server, max_reasks=1)
     reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=60)
     assert reply.parsed is None and reply.attempts == 2
     assert reply.error is not None
@@ -193,7 +197,7 @@ def test_persistent_server_errors_raise_after_the_retry_budget() -> None:
     config = OpenAITestServerConfig(faults=[{"kind": "service_unavailable"}])  # type: ignore[list-item]
     with running_test_server(config) as handle:
         sleeps = Sleeps()
-        teacher = make_teacher(handle, sleeps, teacher_max_retries=3, teacher_retry_max_wait_s=4.0)
+        teacher = make_teacher(handle, sleeps, max_retries=3, retry_max_wait_s=4.0)
         with pytest.raises(TeacherRequestError, match=r"failed after 4 attempt\(s\): HTTP 503") as caught:
             teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
         assert handle.stats().requests == 4
@@ -202,18 +206,18 @@ def test_persistent_server_errors_raise_after_the_retry_budget() -> None:
 
 
 def test_other_client_errors_are_not_retried(server: ServerHandle) -> None:
-    teacher = make_teacher(server, teacher_model="no-such-model")
+    teacher = make_teacher(server, model="no-such-model")
     with pytest.raises(TeacherError, match="HTTP 404"):
         teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
     assert server.stats().requests == 1
 
 
 def test_requests_too_large_for_the_budget_or_context_never_reach_the_server(server: ServerHandle) -> None:
-    teacher = make_teacher(server, teacher_tpm=3_000)
+    teacher = make_teacher(server, tpm=3_000)
     with pytest.raises(RequestTooLargeError) as over_budget:
         teacher.complete_structured(messages(), TeacherExtraction, max_tokens=3_000)
     assert over_budget.value.limit_tokens == 3_000
-    small_context = make_teacher(server, teacher_context_tokens=2_000)
+    small_context = make_teacher(server, context_tokens=2_000)
     with pytest.raises(RequestTooLargeError) as over_context:
         small_context.complete_structured(messages(), TeacherExtraction, max_tokens=1_900)
     assert over_context.value.limit_tokens == 2_000
@@ -234,7 +238,7 @@ def test_tpm_is_never_exceeded_under_concurrency() -> None:
     tpm = 30_000  # 500 tokens per second: the last requests wait a few seconds for the refill
     config = OpenAITestServerConfig(tokens_per_minute=tpm, latency_s=(0.05, 0.15))
     with running_test_server(config) as handle:
-        teacher = make_teacher(handle, teacher_tpm=tpm)
+        teacher = make_teacher(handle, tpm=tpm)
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=16) as pool:
             replies = list(
@@ -261,50 +265,61 @@ def test_the_key_never_appears_in_logs_reprs_or_errors(
     server.inject("invalid_json", count=1)
     teacher = make_teacher(server)
     teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
-    failing = make_teacher(server, teacher_model="no-such-model")
+    failing = make_teacher(server, model="no-such-model")
     with pytest.raises(TeacherError) as caught:
         failing.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
-    settings = teacher.settings
+    config = teacher.config
     shown = [
         caplog.text,
         repr(teacher),
-        str(settings),
-        repr(settings),
-        settings.model_dump_json(),
-        str(settings.model_dump()),
-        settings.describe(),
+        str(config),
+        repr(config),
+        config.model_dump_json(),
+        str(config.model_dump()),
+        config.describe(key_set=True),
         str(caught.value),
     ]
     assert all(SECRET not in text for text in shown)
-    assert "model_dump" not in caplog.text and "key set" in settings.describe()
+    assert "model_dump" not in caplog.text and "key set" in config.describe(key_set=True)
 
 
-def test_settings_come_from_the_environment_and_a_dotenv_file(
+def test_the_configuration_comes_from_flags_then_the_environment_then_a_dotenv_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    dotenv = tmp_path / ".env"
-    dotenv.write_text("OPENAI_API_KEY=sk-from-dotenv\nTEACHER_MODEL=gpt-4o-mini\nUNRELATED=1\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TEACHER_MODEL", "TEACHER_GBNF_GRAMMAR"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / ".env").write_text(
+        "OPENAI_API_KEY=sk-from-dotenv\nTEACHER_MODEL=gpt-4o-mini\nUNRELATED=1\n"
+        "TEACHER_GBNF_GRAMMAR=true\nTEACHER_GRAMMAR_MAX_STRING_LENGTH=64\n"
+    )
     monkeypatch.setenv("TEACHER_TPM", "30000")
     monkeypatch.setenv("TEACHER_OUTPUT_MODE", "json_object")
-    settings = TeacherSettings(_env_file=dotenv)  # type: ignore[call-arg]
-    assert settings.teacher_model == "gpt-4o-mini" and settings.teacher_tpm == 30_000
-    assert settings.teacher_output_mode == "json_object"
-    assert settings.resolve_api_key() == SecretStr("sk-from-dotenv")
-    assert settings.estimate_cost_usd(TokenUsage(prompt_tokens=1_000_000, completion_tokens=100_000)) == 3.5
+    config = teacher_config_from_environment()
+    assert config.model == "gpt-4o-mini" and config.tpm == 30_000 and config.output_mode == "json_object"
+    assert config.grammar == GrammarLimits(max_string_length=64)
+    assert config.rpm is None and config.max_output_tokens == TeacherConfig().max_output_tokens
+    assert resolve_api_key(config) == SecretStr("sk-from-dotenv")
+    assert resolve_api_key(config.model_copy(update={"api_key_source": "none"})) is None
+    assert config.estimate_cost_usd(TokenUsage(prompt_tokens=1_000_000, completion_tokens=100_000)) == 3.5
+    # A flag (or flow parameter) wins over the environment; None means "not given".
+    flagged = teacher_config_from_environment(model="gpt-4.1", base_url=None)
+    assert flagged.model == "gpt-4.1" and flagged.tpm == 30_000
+    assert "key" not in TeacherConfig.model_fields and "sk-from-dotenv" not in config.model_dump_json()
     monkeypatch.setenv("TEACHER_OUTPUT_MODE", "yaml")
-    with pytest.raises(ValueError, match="teacher_output_mode"):
-        TeacherSettings(_env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="output_mode"):
+        teacher_config_from_environment()
 
 
 def test_no_key_for_the_public_api_is_a_clear_error() -> None:
     with pytest.raises(TeacherError, match="OPENAI_API_KEY"):
-        OpenAITeacher(TeacherSettings(_env_file=None))  # type: ignore[call-arg]
+        OpenAITeacher(TeacherConfig())
 
 
 def test_one_bucket_is_shared_by_whoever_passes_it(server: ServerHandle) -> None:
     bucket = LocalTokenBucket(200_000, clock=lambda: 0.0)  # frozen: no refill blurs the count
-    settings = TeacherSettings(openai_base_url=server.base_url, _env_file=None)  # type: ignore[call-arg]
-    first, second = OpenAITeacher(settings, budget=bucket), OpenAITeacher(settings, budget=bucket)
+    config = TeacherConfig(base_url=server.base_url)
+    first, second = OpenAITeacher(config, budget=bucket), OpenAITeacher(config, budget=bucket)
     first.complete_structured(messages(), TeacherExtraction, max_tokens=1000)
     second.complete_structured(messages(), TeacherExtraction, max_tokens=1000)
     spent = server.stats().prompt_tokens + server.stats().completion_tokens

@@ -14,18 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
-from methyl_distill.flows.pipeline import (
-    PIPELINE_SUMMARY_FILE,
-    PipelineParameters,
-    embedded_chunk_tokens,
-    outputs_markdown,
-    temporary_environment,
-    use_embedded_teacher,
-)
+from methyl_distill.pipeline.parameters import PIPELINE_SUMMARY_FILE, PipelineParameters
+from methyl_distill.pipeline.run_outputs import outputs_markdown
+from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig
-from methyl_distill.teacher.config import TeacherSettings
 from methyl_distill.training.finetune import FinetuneConfig
 
 SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
@@ -47,46 +41,53 @@ def test_parameters_reject_missing_input_and_outputs_inside_inputs(tmp_path: Pat
         input_directory=str(tmp_path / "papers"), output_directory=str(tmp_path / "o")
     )
     assert parameters.stage_directory("dataset") == str((tmp_path / "o" / "dataset").resolve())
-    assert parameters.finetune.max_steps is not None  # the default is a short run
+    assert parameters.finetune_run.max_steps is not None  # the default is a short run
     assert parameters.student_preset == "smollm2-135m"
 
 
 @pytest.mark.parametrize(
-    ("choice", "base_url", "settings", "embedded"),
+    ("choice", "parameters", "environment", "embedded"),
     [
-        ("auto", None, {}, True),
-        ("auto", None, {"openai_api_key": SecretStr("sk-x")}, False),
-        ("auto", None, {"openai_api_key": SecretStr("")}, True),
-        ("auto", None, {"openai_base_url": "http://127.0.0.1:1/v1"}, False),
-        ("auto", "http://127.0.0.1:1/v1", {}, False),
-        ("auto", None, {"teacher_api_key_secret_block": "openai-key"}, False),
-        ("embedded", None, {"openai_api_key": SecretStr("sk-x")}, True),
-        ("configured", None, {}, False),
+        ("auto", {}, {}, True),
+        ("auto", {}, {"OPENAI_API_KEY": "sk-x"}, False),
+        ("auto", {}, {"OPENAI_API_KEY": ""}, True),
+        ("auto", {}, {"OPENAI_BASE_URL": "http://127.0.0.1:1/v1"}, False),
+        ("auto", {"teacher_base_url": "http://127.0.0.1:1/v1"}, {}, False),
+        ("auto", {"teacher_config": TeacherConfig(base_url="http://127.0.0.1:1/v1")}, {}, False),
+        ("auto", {}, {"TEACHER_API_KEY_SECRET_BLOCK": "openai-key"}, False),
+        ("embedded", {}, {"OPENAI_API_KEY": "sk-x"}, True),
+        ("configured", {}, {}, False),
     ],
 )
-def test_teacher_choice(choice: str, base_url: str | None, settings: dict, embedded: bool) -> None:
-    defaults = {"openai_api_key": None, "openai_base_url": None, "teacher_api_key_secret_block": None}
-    resolved = TeacherSettings.model_construct(**{**defaults, **settings})
-    assert use_embedded_teacher(choice, base_url, resolved) is embedded  # type: ignore[arg-type]
+def test_teacher_choice(
+    choice: str,
+    parameters: dict[str, object],
+    environment: dict[str, str],
+    embedded: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TEACHER_API_KEY_SECRET_BLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "papers").mkdir()
+    chosen = PipelineParameters.model_validate(
+        {"input_directory": "papers", "output_directory": "out", "teacher": choice, **parameters}
+    )
+    assert chosen.uses_embedded_teacher() is embedded
 
 
-def test_temporary_environment_restores_previous_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("METHYL_TEST_KEEP", "before")
-    monkeypatch.delenv("METHYL_TEST_NEW", raising=False)
-    with (
-        pytest.raises(RuntimeError),
-        temporary_environment({"METHYL_TEST_KEEP": "x", "METHYL_TEST_NEW": "y"}),
-    ):
-        assert os.environ["METHYL_TEST_KEEP"] == "x" and os.environ["METHYL_TEST_NEW"] == "y"
-        raise RuntimeError("a stage failed")
-    assert os.environ["METHYL_TEST_KEEP"] == "before"
-    assert "METHYL_TEST_NEW" not in os.environ
-
-
-def test_embedded_chunks_leave_room_for_questions_schema_and_reply() -> None:
+def test_embedded_chunks_leave_room_for_questions_schema_and_reply(tmp_path: Path) -> None:
     config = EmbeddedTeacherConfig()
-    chunk = embedded_chunk_tokens(config)
+    parameters = PipelineParameters(
+        input_directory=str(tmp_path), output_directory=str(tmp_path.parent / "o")
+    )
+    chunk = parameters.embedded_chunk_tokens()
     assert chunk + config.max_output_tokens < config.n_ctx - 2000
+    given = parameters.model_copy(update={"max_chunk_tokens": 700})
+    assert given.embedded_chunk_tokens() == 700
 
 
 @pytest.fixture
@@ -135,6 +136,7 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
     papers = tmp_path / "papers"
     shutil.copytree(SAMPLE_PAPERS, papers)
     output = tmp_path / "out"
+    environment_before = dict(os.environ)
     summary = pipeline_flow(
         input_directory=str(papers),
         output_directory=str(output),
@@ -143,6 +145,7 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
         evaluation_limit=2,
         evaluation_max_new_tokens=8,
     )
+    assert dict(os.environ) == environment_before  # the teacher travels as an argument, not in os.environ
     first_requests = extraction_server.stats().requests
     assert first_requests >= 8
     assert summary.teacher.startswith("gpt-4o at http://127.0.0.1")
@@ -176,8 +179,9 @@ def test_run_command_maps_flags_and_says_where_outputs_are(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     import methyl_distill.flows.pipeline
-    from methyl_distill.flows.pipeline import PipelineSummary
+
     from methyl_distill.cli import main
+    from methyl_distill.pipeline.run_outputs import PipelineSummary
 
     calls: list[dict] = []
 
@@ -194,7 +198,9 @@ def test_run_command_maps_flags_and_says_where_outputs_are(
         )
 
     monkeypatch.setattr(methyl_distill.flows.pipeline, "pipeline_flow", fake_pipeline)
-    dataset_config = Path(__file__).resolve().parent.parent / "data" / "dataset.toml"
+    dataset_config = (
+        Path(__file__).resolve().parent.parent / "methyl_distill" / "sft_dataset" / "dataset.toml"
+    )
     code = main(
         [
             "run",
@@ -215,7 +221,8 @@ def test_run_command_maps_flags_and_says_where_outputs_are(
     (call,) = calls
     assert call["student_preset"] == "tiny-mistral" and call["evaluate"] is False
     assert call["finetune"].max_steps == 5 and call["finetune"].save_steps == 5
-    assert call["dataset"].max_length > 0 and call["teacher"] == "auto"
+    assert call["dataset"].max_length > 0
+    assert "teacher" not in call and "max_concurrency" not in call  # defaults stay the flow's own
     printed = capsys.readouterr().out
     assert "adapter:     " + str(tmp_path / "out/finetune/run/adapter") in printed
     assert "evaluation:  " + str(tmp_path / "out/evaluation/run/evaluation.md") in printed

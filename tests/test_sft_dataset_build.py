@@ -418,11 +418,13 @@ def test_a_failure_while_writing_leaves_the_previous_dataset_intact(
 
 
 def test_every_shipped_dataset_config_loads(tmp_path: Path) -> None:
-    shipped = sorted((REPO / "data").glob("dataset*.toml"))
-    assert shipped, "data/dataset.toml is missing"
+    shipped = sorted((REPO / "methyl_distill" / "sft_dataset").glob("dataset*.toml"))
+    assert shipped, "methyl_distill/sft_dataset/dataset.toml is missing"
     for path in shipped:
         DatasetConfig.from_toml(path)
-    assert DatasetConfig.from_toml(REPO / "data" / "dataset.toml") == DatasetConfig()
+    assert (
+        DatasetConfig.from_toml(REPO / "methyl_distill" / "sft_dataset" / "dataset.toml") == DatasetConfig()
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """Every configuration file the repository ships loads and validates.
 
 deployments/prefect.yaml is checked with Prefect's own models (the ones `prefect deploy` uses),
-its entrypoints and parameters against the flows' code, its job variables against the work pools'
-base job templates; the TOML files in data/ with the loaders that read them at run time.
+its entrypoints and parameters against the flows' code and parameter models, its job variables
+against the work pools' base job templates; the TOML files shipped in the package with the loaders
+that read them at run time. The flows, their parameter models and the CLI are held to each other.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import yaml
 
 from methyl_distill.ops.prefect_setup import (
-    DEPLOYMENTS_DIRECTORY,
     DOCKER_GPU_TEMPLATE,
+    JOB_TEMPLATES_DIRECTORY,
     KUBERNETES_GPU_TEMPLATE,
     PrefectSetupConfig,
     PrefectSetupError,
@@ -124,7 +125,7 @@ def test_work_pools_are_the_ones_setup_creates() -> None:
     [("methyl-distill-cuda", DOCKER_GPU_TEMPLATE), ("methyl-distill-cuda-k8s", KUBERNETES_GPU_TEMPLATE)],
 )
 def test_gpu_job_variables_exist_in_their_pool_templates(pool: str, template_file: str) -> None:
-    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / template_file)
+    template = load_base_job_template(JOB_TEMPLATES_DIRECTORY / template_file)
     variables = template["variables"]["properties"]
     users = [d for d in _deployments() if d["work_pool"]["name"] == pool]
     assert users, f"no deployment uses {pool}"
@@ -135,14 +136,14 @@ def test_gpu_job_variables_exist_in_their_pool_templates(pool: str, template_fil
 
 
 def test_docker_template_requests_every_gpu() -> None:
-    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / DOCKER_GPU_TEMPLATE)
+    template = load_base_job_template(JOB_TEMPLATES_DIRECTORY / DOCKER_GPU_TEMPLATE)
     assert template["job_configuration"]["container_create_kwargs"] == "{{ container_create_kwargs }}"
     default = template["variables"]["properties"]["container_create_kwargs"]["default"]
     assert default["device_requests"] == [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
 
 
 def test_kubernetes_template_requests_nvidia_gpus() -> None:
-    template = load_base_job_template(DEPLOYMENTS_DIRECTORY / KUBERNETES_GPU_TEMPLATE)
+    template = load_base_job_template(JOB_TEMPLATES_DIRECTORY / KUBERNETES_GPU_TEMPLATE)
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
@@ -174,14 +175,121 @@ def test_ci_workflow_example_runs_the_deployment_and_watches() -> None:
     assert "deployments/prefect.yaml" in commands
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "data").glob("*.toml")), ids=lambda p: p.name)
-def test_data_toml_files_load_with_their_loaders(path: Path) -> None:
-    from methyl_distill.extraction.question_bank import load_question_bank
+SHIPPED_TOML = sorted((ROOT / "methyl_distill").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_TOML, ids=lambda p: p.name)
+def test_shipped_toml_files_load_with_their_loaders(path: Path) -> None:
+    from methyl_distill.extraction.question_bank import DEFAULT_QUESTION_BANK, load_question_bank
     from methyl_distill.sft_dataset import DatasetConfig
 
     loaders = {"question_bank.toml": load_question_bank, "dataset.toml": DatasetConfig.from_toml}
     assert path.name in loaders, f"{path.name}: add its loader to this test so the shipped file is validated"
     assert loaders[path.name](path) is not None
+    assert {p.name for p in SHIPPED_TOML} == set(loaders) and DEFAULT_QUESTION_BANK in SHIPPED_TOML
+
+
+# --- one parameter model per flow -------------------------------------------------------------------
+
+
+def _flows_and_models() -> list[tuple[Any, type[Any]]]:
+    from methyl_distill.flows.extract import extract_flow
+    from methyl_distill.flows.pipeline import pipeline_flow
+
+    from methyl_distill.extraction.parameters import ExtractParameters
+    from methyl_distill.pipeline.parameters import PipelineParameters
+
+    return [(extract_flow, ExtractParameters), (pipeline_flow, PipelineParameters)]
+
+
+@pytest.mark.parametrize(("flow", "model"), _flows_and_models(), ids=lambda item: getattr(item, "name", ""))
+def test_flow_signatures_are_their_parameter_models(flow: Any, model: type[Any]) -> None:
+    """Same names, order, types and defaults: the model is the one list; the signature is what Prefect
+    shows in the UI and validates a deployment run with."""
+    import inspect
+    import typing
+
+    signature = inspect.signature(flow.fn)
+    hints = typing.get_type_hints(flow.fn)
+    assert list(signature.parameters) == list(model.model_fields)
+    for name, field in model.model_fields.items():
+        parameter = signature.parameters[name]
+        assert hints[name] == field.annotation, name
+        if field.is_required():
+            assert parameter.default is inspect.Parameter.empty, name
+        else:
+            assert parameter.default == field.default, f"{name}: {parameter.default!r} != {field.default!r}"
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [d for d in _deployments() if d["entrypoint"].split(":")[0] in {"flows/extract.py", "flows/pipeline.py"}],
+    ids=lambda d: d["name"],
+)
+def test_deployment_parameters_validate_against_the_parameter_model(
+    deployment: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import BaseModel
+
+    monkeypatch.chdir(tmp_path)  # relative input folders exist here
+    from methyl_distill.extraction.parameters import ExtractParameters
+    from methyl_distill.pipeline.parameters import PipelineParameters
+
+    models: dict[str, type[BaseModel]] = {
+        "flows/extract.py:extract_flow": ExtractParameters,
+        "flows/pipeline.py:pipeline_flow": PipelineParameters,
+    }
+    model = models[deployment["entrypoint"]]
+    parameters = dict(deployment.get("parameters", {}))
+    Path(tmp_path, parameters["input_directory"].lstrip("/")).mkdir(parents=True)
+    parameters["input_directory"] = str(Path(tmp_path, parameters["input_directory"].lstrip("/")))
+    parameters["output_directory"] = str(
+        Path(tmp_path, "outputs", parameters["output_directory"].lstrip("/"))
+    )
+    model.model_validate(parameters)
+
+
+def test_extract_command_options_are_the_parameter_model() -> None:
+    import argparse
+
+    from methyl_distill.cli.extract import register
+    from methyl_distill.extraction.parameters import ExtractParameters
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    (extract,) = [
+        action.choices["extract"]
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    options = {action.dest for action in extract._actions} - {"help", "progress_file"}
+    assert options == set(ExtractParameters.model_fields) - {"teacher_config"}
+    max_concurrency = next(action for action in extract._actions if action.dest == "max_concurrency")
+    assert max_concurrency.default is None and "(default 16)" in (max_concurrency.help or "")
+
+
+def test_run_command_options_map_onto_pipeline_fields() -> None:
+    import argparse
+
+    from methyl_distill.cli.pipeline import (
+        RUN_FIELDS_WITHOUT_OPTION,
+        RUN_OPTION_FIELDS,
+        RUN_OPTIONS_SETTING_A_FIELD,
+        register,
+    )
+    from methyl_distill.pipeline.parameters import PipelineParameters
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    (run,) = [
+        action.choices["run"] for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    options = {action.dest for action in run._actions} - {"help"}
+    fields = {RUN_OPTION_FIELDS.get(option, option) for option in options - set(RUN_OPTIONS_SETTING_A_FIELD)}
+    assert fields <= set(PipelineParameters.model_fields), fields - set(PipelineParameters.model_fields)
+    assert set(RUN_OPTIONS_SETTING_A_FIELD.values()) <= set(PipelineParameters.model_fields)
+    # Every field is settable from the command line, or named as one that is not.
+    assert set(PipelineParameters.model_fields) - fields == set(RUN_FIELDS_WITHOUT_OPTION)
 
 
 def test_dockerfiles_pass_hadolint() -> None:

@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from methyl_distill.teacher.openai_client import OpenAITeacher
 from methyl_distill.extraction.prompts import build_messages, paper_text_in
 from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.extraction.records import TeacherExtraction
-from methyl_distill.teacher.structured_output import outline_instruction, schema_outline, strict_json_schema
-from methyl_distill.teacher.config import TeacherSettings
+from methyl_distill.teacher.config import TeacherConfig
+from methyl_distill.teacher.grammar import GrammarLimits
+from methyl_distill.teacher.openai_client import OpenAITeacher
 from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
+from methyl_distill.teacher.structured_output import outline_instruction, schema_outline, strict_json_schema
 
 PAPER = """\
 MGMT promoter methylation in glioblastoma
@@ -64,58 +65,53 @@ def test_outline_has_no_schema_references_and_keeps_enums() -> None:
     assert schema_outline(schema) in outline_instruction(schema)
 
 
-def _teacher(**settings: object) -> OpenAITeacher:
-    values: dict[str, object] = {
-        "openai_base_url": "http://127.0.0.1:9/v1",
-        "teacher_output_mode": "prompt",
-        "teacher_gbnf_grammar": True,
-        "_env_file": None,
-    }
-    values.update(settings)
-    return OpenAITeacher(TeacherSettings(**values))  # type: ignore[arg-type]
+def _teacher(**limits: object) -> OpenAITeacher:
+    grammar = GrammarLimits.model_validate(limits)
+    return OpenAITeacher(
+        TeacherConfig(base_url="http://127.0.0.1:9/v1", output_mode="prompt", grammar=grammar)
+    )
 
 
 def test_prompt_mode_sends_the_outline_json_object_mode_the_schema() -> None:
     messages = build_messages(PAPER, load_question_bank(None))
-    prompt = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "prompt")
+    prompt = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "prompt", PAPER)
     system = prompt["messages"][0]["content"]
     assert "$defs" not in system and schema_outline(strict_json_schema(TeacherExtraction)) in system
-    json_object = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "json_object")
+    json_object = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "json_object", PAPER)
     assert (
         json.dumps(strict_json_schema(TeacherExtraction), separators=(",", ":"))
         in (json_object["messages"][0]["content"])
     )
-    strict = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "json_schema")
+    strict = _teacher()._request_arguments(messages, TeacherExtraction, 1000, "json_schema", PAPER)
     assert strict["messages"] == messages and "extra_body" not in strict
 
 
-def test_verbatim_evidence_grammar_is_built_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEACHER_GRAMMAR_VERBATIM_PROPERTIES", '["evidence"]')
-    monkeypatch.setenv("TEACHER_GRAMMAR_LAST_PROPERTIES", '["answer"]')
-    teacher = _teacher()
+def test_verbatim_evidence_grammar_is_built_per_request_from_its_source_text() -> None:
+    teacher = _teacher(verbatim_properties=["evidence"], last_properties=["answer"])
     bank = load_question_bank(None)
-    first = teacher._request_arguments(build_messages(PAPER, bank), TeacherExtraction, 1000, "prompt")
+    first = teacher._request_arguments(build_messages(PAPER, bank), TeacherExtraction, 1000, "prompt", PAPER)
+    another = "Another paper about SEPT9 in plasma cfDNA."
     other = teacher._request_arguments(
-        build_messages("Another paper about SEPT9 in plasma cfDNA.", bank), TeacherExtraction, 1000, "prompt"
+        build_messages(another, bank), TeacherExtraction, 1000, "prompt", another
     )
     first_grammar, other_grammar = first["extra_body"]["grammar"], other["extra_body"]["grammar"]
     assert json.dumps("Methylated tumours responded better (p < 0.001).").replace('"', '\\"') in first_grammar
     assert "Another paper about SEPT9" in other_grammar and "Methylated tumours" not in other_grammar
     # The outline shows the order the grammar enforces: evidence, then the answer.
     assert '"evidence": [string, ...], "answer": string}' in first["messages"][0]["content"]
-    # Without a <paper> block the grammar is the schema's own (evidence unrestricted).
-    plain = teacher._request_arguments([{"role": "user", "content": "hi"}], TeacherExtraction, 1000, "prompt")
+    # The source text is what the caller says it is, never parsed back out of the prompt: without
+    # one the grammar is the schema's own (evidence unrestricted), whatever the messages hold.
+    plain = teacher._request_arguments(build_messages(PAPER, bank), TeacherExtraction, 1000, "prompt", None)
     assert "Methylated tumours" not in plain["extra_body"]["grammar"]
 
 
-def test_embedded_overrides_ground_the_evidence(monkeypatch: pytest.MonkeyPatch) -> None:
-    from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, embedded_teacher_overrides
-    from methyl_distill.teacher.grammar import GrammarLimits
+def test_the_embedded_teacher_configuration_grounds_the_evidence() -> None:
+    from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, embedded_teacher_config
 
-    overrides = embedded_teacher_overrides("http://127.0.0.1:9/v1", question_ids=["markers"])
-    for name, value in overrides.items():
-        monkeypatch.setenv(name, value)
-    limits = GrammarLimits()
+    config = embedded_teacher_config("http://127.0.0.1:9/v1", question_ids=["markers"])
+    assert config.api_key_source == "none" and config.output_mode == "prompt"
+    limits = config.grammar
+    assert limits is not None and limits.property_enums == {"question_id": ["markers"]}
     assert limits.verbatim_properties == ["evidence", "answer"] and limits.last_properties == ["answer"]
     assert limits.property_max_items == {"answers": EmbeddedTeacherConfig().grammar_max_answers}
     assert limits.property_min_items == {
@@ -123,16 +119,15 @@ def test_embedded_overrides_ground_the_evidence(monkeypatch: pytest.MonkeyPatch)
         "answers": EmbeddedTeacherConfig().grammar_min_answers,
     }
     assert limits.symbol_properties == ["gene"]
-    plain = embedded_teacher_overrides(
+    plain = embedded_teacher_config(
         "http://127.0.0.1:9/v1", EmbeddedTeacherConfig(grammar_grounding=False)
-    )
-    assert "TEACHER_GRAMMAR_VERBATIM_PROPERTIES" not in plain
-    assert "TEACHER_GRAMMAR_LAST_PROPERTIES" not in plain
-    assert "TEACHER_GRAMMAR_SYMBOL_PROPERTIES" not in plain
-    abstractive = embedded_teacher_overrides(
+    ).grammar
+    assert plain is not None
+    assert plain.verbatim_properties == plain.last_properties == plain.symbol_properties == []
+    abstractive = embedded_teacher_config(
         "http://127.0.0.1:9/v1", EmbeddedTeacherConfig(grammar_extractive_answers=False)
-    )
-    assert json.loads(abstractive["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"]) == ["evidence"]
+    ).grammar
+    assert abstractive is not None and abstractive.verbatim_properties == ["evidence"]
     with pytest.raises(ValueError, match="exceeds grammar_max_answers"):
         EmbeddedTeacherConfig(grammar_min_answers=4, grammar_max_answers=3)
 
@@ -142,10 +137,9 @@ def test_symbol_candidates_are_gene_like_words() -> None:
     assert symbol_candidates(text) == ["SEPT9", "CDKN2A", "MGMT-STP27", "PCR"]
 
 
-def test_gene_symbols_are_restricted_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEACHER_GRAMMAR_SYMBOL_PROPERTIES", '["gene"]')
-    grammar = _teacher()._request_arguments(
-        build_messages(PAPER, load_question_bank(None)), TeacherExtraction, 1000, "prompt"
+def test_gene_symbols_are_restricted_per_request() -> None:
+    grammar = _teacher(symbol_properties=["gene"])._request_arguments(
+        build_messages(PAPER, load_question_bank(None)), TeacherExtraction, 1000, "prompt", PAPER
     )["extra_body"]["grammar"]
     gene_rule = next(line for line in grammar.splitlines() if line.startswith("markerrecord-gene-0 "))
     assert gene_rule.endswith('::= "\\"MGMT\\"" | "\\"PCR\\"" | "\\"MSP\\""')

@@ -40,79 +40,95 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _register_setup(subparsers)
 
 
+# `methyl-distill run` options that are fields of `PipelineParameters` under another name (the CLI's
+# names are older than the flow's), and the options that are not fields: files and switches that
+# set one (`--dataset_config` -> dataset, `--max_steps` -> finetune, `--no_evaluation` -> evaluate).
+RUN_OPTION_FIELDS = {"refresh": "refresh_extraction", "student": "student_preset"}
+RUN_OPTIONS_SETTING_A_FIELD = {
+    "dataset_config": "dataset",
+    "max_steps": "finetune",
+    "no_evaluation": "evaluate",
+}
+# Fields with no option: whole configurations, from the environment (teacher) or the defaults.
+RUN_FIELDS_WITHOUT_OPTION = ("teacher_config", "embedded_teacher", "dataset", "finetune", "evaluate")
+
+
 def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from methyl_distill.cli.options import add_model_options, field_help
+    from methyl_distill.pipeline.parameters import PipelineParameters, short_lora_run
+
     parser = subparsers.add_parser(
         "run",
         help="Run the whole pipeline: extract, build the dataset, fine-tune, evaluate.",
         description=(
             "Distil the papers under --input_directory into a LoRA adapter for the student model and "
-            "evaluate "
-            "it. Without OPENAI_API_KEY the embedded teacher (SmolLM2 on llama.cpp) answers; with it, GPT-4o "
-            "(or OPENAI_BASE_URL / TEACHER_MODEL). Reruns reuse cached extractions and datasets."
+            "evaluate it. Without OPENAI_API_KEY the embedded teacher (SmolLM2 on llama.cpp) answers; with "
+            "it, GPT-4o (or OPENAI_BASE_URL / TEACHER_MODEL). Reruns reuse cached extractions and datasets."
         ),
     )
-    parser.add_argument("--input_directory", required=True, help="Directory of papers (.txt, .md).")
-    parser.add_argument("--output_directory", required=True, help="Directory for every stage's outputs.")
+    fields = PipelineParameters.model_fields
+    names = add_model_options(
+        parser,
+        PipelineParameters,
+        exclude=(*RUN_OPTION_FIELDS.values(), *RUN_FIELDS_WITHOUT_OPTION, "teacher"),
+    )
     parser.add_argument(
         "--teacher",
         choices=("auto", "embedded", "configured"),
-        default="auto",
-        help="auto (default): the configured endpoint when OPENAI_API_KEY or OPENAI_BASE_URL is set, "
-        "else embedded.",
-    )
-    parser.add_argument(
-        "--teacher_base_url", default=None, help="OpenAI-compatible endpoint (overrides OPENAI_BASE_URL)."
-    )
-    parser.add_argument("--teacher_model", default=None, help="Teacher model name (overrides TEACHER_MODEL).")
-    parser.add_argument(
-        "--question_bank", default=None, help="Question bank TOML (default: the bundled one)."
-    )
-    parser.add_argument("--refresh", action="store_true", help="Re-extract every paper, ignoring the cache.")
-    parser.add_argument(
-        "--max_chunk_tokens", type=_positive_int, default=None, help="Paper tokens per request."
-    )
-    parser.add_argument("--dataset_config", default=None, help="Dataset stage TOML (e.g. data/dataset.toml).")
-    parser.add_argument("--student", default="smollm2-135m", help="Student preset (default smollm2-135m).")
-    parser.add_argument(
-        "--max_steps", type=_positive_int, default=None, help="LoRA optimizer steps (default 30)."
-    )
-    parser.add_argument(
-        "--finetune_deployment",
         default=None,
-        help="Run the fine-tune as this deployment (e.g. finetune/finetune-cuda) and wait for it.",
+        help=field_help(fields["teacher"]),
+    )
+    parser.add_argument(
+        "--refresh", action="store_true", default=None, help=field_help(fields["refresh_extraction"])
+    )
+    parser.add_argument("--student", default=None, help=field_help(fields["student_preset"]))
+    parser.add_argument(
+        "--dataset_config",
+        default=None,
+        help="Dataset stage TOML (a copy of methyl_distill/sft_dataset/dataset.toml); default: the "
+        "built-in defaults, with grounding='flag' for the embedded teacher.",
+    )
+    parser.add_argument(
+        "--max_steps",
+        type=_positive_int,
+        default=None,
+        help=f"LoRA optimizer steps (default {short_lora_run().max_steps}).",
     )
     parser.add_argument("--no_evaluation", action="store_true", help="Skip the evaluation stage.")
-    parser.add_argument(
-        "--evaluation_limit", type=_positive_int, default=8, help="Test examples to evaluate (default 8)."
-    )
-    parser.set_defaults(handler=run_pipeline_command)
+    parser.set_defaults(handler=run_pipeline_command, parameter_names=[*names, "teacher"])
+
+
+def pipeline_parameters_from(args: argparse.Namespace) -> dict[str, object]:
+    """The flow parameters the options of `methyl-distill run` ask for (only those given)."""
+    from methyl_distill.cli.options import given_options
+    from methyl_distill.pipeline.parameters import short_lora_run
+    from methyl_distill.sft_dataset import DatasetConfig
+
+    parameters = given_options(args, args.parameter_names)
+    for option, field in RUN_OPTION_FIELDS.items():
+        if getattr(args, option) is not None:
+            parameters[field] = getattr(args, option)
+    if args.dataset_config:
+        parameters["dataset"] = DatasetConfig.from_toml(args.dataset_config)
+    if args.max_steps is not None:
+        parameters["finetune"] = short_lora_run().model_copy(
+            update={"max_steps": args.max_steps, "save_steps": args.max_steps}
+        )
+    if args.no_evaluation:
+        parameters["evaluate"] = False
+    return parameters
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
-    from methyl_distill.flows.pipeline import pipeline_flow, short_lora_run
-    from methyl_distill.sft_dataset import DatasetConfig
+    from methyl_distill.pipeline.parameters import PipelineParameters
 
-    finetune = short_lora_run()
-    if args.max_steps is not None:
-        finetune = finetune.model_copy(update={"max_steps": args.max_steps, "save_steps": args.max_steps})
+    # Validated here, before a Prefect run (and its temporary server) starts for a bad option.
+    parameters = PipelineParameters(**pipeline_parameters_from(args))
+    from methyl_distill.flows.pipeline import pipeline_flow
+
     started = time.monotonic()
-    summary = pipeline_flow(
-        input_directory=args.input_directory,
-        output_directory=args.output_directory,
-        teacher=args.teacher,
-        teacher_base_url=args.teacher_base_url,
-        teacher_model=args.teacher_model,
-        question_bank=args.question_bank,
-        refresh_extraction=args.refresh,
-        max_chunk_tokens=args.max_chunk_tokens,
-        dataset=DatasetConfig.from_toml(args.dataset_config) if args.dataset_config else None,
-        student_preset=args.student,
-        finetune=finetune,
-        finetune_deployment=args.finetune_deployment,
-        evaluate=not args.no_evaluation,
-        evaluation_limit=args.evaluation_limit,
-    )
+    summary = pipeline_flow(**{name: getattr(parameters, name) for name in parameters.model_fields_set})
     extraction = summary.stages["extraction"]
     print()
     print(f"Pipeline finished in {time.monotonic() - started:.0f} s with teacher {summary.teacher}.")
@@ -222,9 +238,9 @@ def _register_setup(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
 def run_setup_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
     from methyl_distill.ops.prefect_setup import PrefectSetupConfig, setup_prefect
-    from methyl_distill.teacher.config import TeacherSettings
+    from methyl_distill.teacher.config import teacher_config_from_environment
 
-    settings = TeacherSettings()
+    teacher = teacher_config_from_environment()
     config = PrefectSetupConfig(
         process_pool=args.process_pool,
         docker_gpu_pool=args.docker_gpu_pool or None,
@@ -232,9 +248,9 @@ def run_setup_command(args: argparse.Namespace) -> int:
         kubernetes_gpu_pool=args.kubernetes_gpu_pool or None,
         kubernetes_gpu_template=args.kubernetes_gpu_template,
         gpu_tag_limit=args.gpu_tag_limit,
-        teacher_limit_name=settings.teacher_bucket_limit_name,
-        teacher_tpm=settings.teacher_tpm,
-        teacher_rpm=settings.teacher_rpm,
+        teacher_limit_name=teacher.bucket_limit_name,
+        teacher_tpm=teacher.tpm,
+        teacher_rpm=teacher.rpm,
     )
     for action in setup_prefect(config):
         print(action)

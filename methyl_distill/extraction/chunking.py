@@ -5,7 +5,9 @@ rejects a single request larger than the TPM limit outright): prompt framing + q
 + max_tokens <= min(context, TPM). `chunk_token_budget` computes what is left for the paper text;
 `split_into_chunks` cuts the text on paragraph boundaries, then sentences, then words, and repeats
 a configurable overlap between neighbouring chunks so a finding split across a boundary is seen
-whole by at least one request. Token counts are the upper-bound estimates of `token_count`.
+whole by at least one request. Sentences are those of `methyl_distill.text.sentences` without line
+breaks as boundaries (inside a paragraph a line break is hard wrapping, and cutting there would cut
+sentences). Token counts are the upper-bound estimates of `token_count`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from methyl_distill.text.sentences import split_sentences
 from methyl_distill.text.token_count import estimate_tokens
 
 # Below this many tokens of paper text per request, chunking a paper is pointless.
@@ -23,9 +26,6 @@ MIN_CHUNK_TOKENS = 128
 SAFETY_MARGIN_TOKENS = 64
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-# A sentence ends with . ! or ? (optionally closed by a quote or bracket) before whitespace and a
-# capital, digit or opening bracket; abbreviations such as "e.g. the" stay together.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9(\[\"'])")
 
 
 class ChunkingConfig(BaseModel):
@@ -125,7 +125,7 @@ def _pieces(text: str, max_tokens: int) -> list[_Piece]:
         if tokens + 1 <= max_tokens:
             pieces.append(_Piece(paragraph, separator, tokens))
             continue
-        for index, sentence in enumerate(_SENTENCE_END.split(paragraph)):
+        for index, sentence in enumerate(split_sentences(paragraph, line_breaks=False)):
             sentence_separator = separator if index == 0 else " "
             tokens = estimate_tokens(sentence)
             if tokens + 1 <= max_tokens:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -30,23 +27,22 @@ from methyl_distill.extraction.chunking import (
     chunk_token_budget,
     split_into_chunks,
 )
+from methyl_distill.extraction.grounding import EvidenceChecker
+from methyl_distill.extraction.merge import merge_additional_qa, merge_answers, merge_markers
 from methyl_distill.extraction.papers import Paper
-from methyl_distill.extraction.prompts import NOT_REPORTED, PROMPT_VERSION, build_messages
+from methyl_distill.extraction.prompts import PROMPT_VERSION, build_messages
 from methyl_distill.extraction.question_bank import QuestionBank
 from methyl_distill.extraction.records import (
     SCHEMA_VERSION,
-    AnsweredQuestion,
     FailureRecord,
     FailureStage,
-    MarkerPerformance,
-    MarkerRecord,
     PaperRecord,
-    QAPair,
     TeacherExtraction,
     TokenUsage,
 )
-from methyl_distill.teacher.structured_output import schema_instruction, strict_json_schema
+from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.protocol import RequestTooLargeError, Teacher, TeacherError
+from methyl_distill.teacher.structured_output import schema_instruction, strict_json_schema
 from methyl_distill.text.token_count import estimate_chat_tokens, estimate_tokens
 
 logger = logging.getLogger(__name__)
@@ -72,6 +68,33 @@ class ExtractionConfig(BaseModel):
     output_price_per_million: float | None = Field(
         default=None, ge=0, description="USD per 1M completion tokens."
     )
+
+    @classmethod
+    def for_teacher(
+        cls,
+        teacher: TeacherConfig,
+        *,
+        max_chunk_tokens: int | None = None,
+        chunk_overlap_tokens: int | None = None,
+    ) -> ExtractionConfig:
+        """The requests `teacher` can take: its reply budget, context, TPM (the largest request) and
+        prices; chunks of `max_chunk_tokens` when given, with a proportionate overlap by default."""
+        chunking: dict[str, int] = {}
+        if max_chunk_tokens is not None:
+            chunking["max_chunk_tokens"] = max_chunk_tokens
+            # Small chunks get a proportionate default overlap rather than a validation error.
+            default_overlap = ChunkingConfig.model_fields["overlap_tokens"].default
+            chunking["overlap_tokens"] = min(default_overlap, max_chunk_tokens // 4)
+        if chunk_overlap_tokens is not None:
+            chunking["overlap_tokens"] = chunk_overlap_tokens
+        return cls(
+            max_output_tokens=teacher.max_output_tokens,
+            context_tokens=teacher.context_tokens,
+            request_token_limit=teacher.tpm,
+            chunking=ChunkingConfig(**chunking),
+            input_price_per_million=teacher.price_input_per_mtok,
+            output_price_per_million=teacher.price_output_per_mtok,
+        )
 
     def estimate_cost(self, usage: TokenUsage) -> float | None:
         if self.input_price_per_million is None or self.output_price_per_million is None:
@@ -140,192 +163,7 @@ def extraction_cache_key(
     return f"extract-{digest}"
 
 
-# --- evidence grounding -------------------------------------------------------------------------
-
-_QUOTE_CHARS = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "–": "-", "—": "-", "−": "-"})
-_ELLIPSIS = re.compile(r"\s*(?:\.\.\.|…|\[\.\.\.\])\s*")
-
-
-def _fold(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).translate(_QUOTE_CHARS).casefold()
-    return " ".join(text.split())
-
-
-class EvidenceChecker:
-    """Keeps the quotes that occur in the paper; counts the ones dropped."""
-
-    def __init__(self, paper_text: str) -> None:
-        self._folded = _fold(paper_text)
-        self.dropped = 0
-
-    def occurs(self, quote: str) -> bool:
-        fragments = [_fold(part).strip(" \"'.,;:") for part in _ELLIPSIS.split(quote.strip().strip("\"'"))]
-        fragments = [fragment for fragment in fragments if fragment]
-        return bool(fragments) and all(fragment in self._folded for fragment in fragments)
-
-    def keep(self, quotes: Iterable[str]) -> list[str]:
-        kept: list[str] = []
-        seen: set[str] = set()
-        for quote in quotes:
-            quote = quote.strip()
-            if not quote or _fold(quote) in seen:
-                continue
-            if self.occurs(quote):
-                kept.append(quote)
-                seen.add(_fold(quote))
-            else:
-                self.dropped += 1
-        return kept
-
-
-# --- merging chunk results ------------------------------------------------------------------------
-
-
-def _is_not_reported(answer: str) -> bool:
-    folded = _fold(answer).rstrip(".")
-    return not folded or folded.startswith(("not reported", "not stated", "not mentioned", "not available"))
-
-
-def merge_answers(
-    bank: QuestionBank, extractions: list[TeacherExtraction], checker: EvidenceChecker
-) -> list[AnsweredQuestion]:
-    """One answer per bank question: the substantive answers of all chunks, in chunk order."""
-    collected: dict[str, list[tuple[str, list[str]]]] = {question_id: [] for question_id in bank.ids}
-    unknown: set[str] = set()
-    for extraction in extractions:
-        for answer in extraction.answers:
-            if answer.question_id not in collected:
-                unknown.add(answer.question_id)
-                continue
-            collected[answer.question_id].append((answer.answer.strip(), answer.evidence))
-    if unknown:
-        logger.warning("Teacher answered questions not in the bank (ignored): %s", ", ".join(sorted(unknown)))
-
-    unanswered = [question_id for question_id, answers in collected.items() if not answers]
-    if unanswered:
-        logger.warning("Teacher gave no answer to %d question(s): %s", len(unanswered), ", ".join(unanswered))
-    merged = []
-    for question in bank.questions:
-        texts: list[str] = []
-        evidence: list[str] = []
-        for text, quotes in collected[question.id]:
-            if _is_not_reported(text):
-                continue
-            if _fold(text) not in {_fold(existing) for existing in texts}:
-                texts.append(text)
-            evidence.extend(quotes)
-        merged.append(
-            AnsweredQuestion(
-                question_id=question.id,
-                question=question.text,
-                answer="\n".join(texts) if texts else NOT_REPORTED,
-                evidence=checker.keep(evidence) if texts else [],
-            )
-        )
-    return merged
-
-
-def _union(*lists: Iterable[str]) -> list[str]:
-    result: list[str] = []
-    folded: set[str] = set()
-    for items in lists:
-        for item in items:
-            item = item.strip()
-            if item and _fold(item) not in folded:
-                result.append(item)
-                folded.add(_fold(item))
-    return result
-
-
-def _marker_identity(marker: MarkerRecord) -> str:
-    return (marker.gene or marker.marker).strip().upper()
-
-
-def _sites(marker: MarkerRecord) -> set[str]:
-    return {site.strip().lower() for site in marker.cpg_sites if site.strip()}
-
-
-def _same_marker(a: MarkerRecord, b: MarkerRecord) -> bool:
-    if _marker_identity(a) != _marker_identity(b):
-        return False
-    if a.condition and b.condition and _fold(a.condition) != _fold(b.condition):
-        return False
-    sites_a, sites_b = _sites(a), _sites(b)
-    if sites_a and sites_b:
-        return not sites_a.isdisjoint(sites_b)
-    # A gene-level record and a site-level one stay apart unless they carry the same name.
-    return sites_a == sites_b or _fold(a.marker) == _fold(b.marker)
-
-
-def _merge_performance(a: MarkerPerformance, b: MarkerPerformance) -> MarkerPerformance:
-    return MarkerPerformance(
-        sensitivity=a.sensitivity if a.sensitivity is not None else b.sensitivity,
-        specificity=a.specificity if a.specificity is not None else b.specificity,
-        auc=a.auc if a.auc is not None else b.auc,
-        cohort_size=a.cohort_size if a.cohort_size is not None else b.cohort_size,
-        notes="; ".join(_union([a.notes], [b.notes])),
-    )
-
-
-def _merge_marker(a: MarkerRecord, b: MarkerRecord) -> MarkerRecord:
-    if a.direction == b.direction or b.direction == "not_stated":
-        direction = a.direction
-    elif a.direction == "not_stated":
-        direction = b.direction
-    else:
-        direction = "mixed"
-    return MarkerRecord(
-        marker=a.marker,
-        gene=a.gene or b.gene,
-        cpg_sites=_union(a.cpg_sites, b.cpg_sites),
-        region=a.region or b.region,
-        direction=direction,
-        condition=a.condition or b.condition,
-        sample_types=_union(a.sample_types, b.sample_types),
-        assays=_union(a.assays, b.assays),
-        clinical_uses=list(dict.fromkeys([*a.clinical_uses, *b.clinical_uses])),
-        performance=_merge_performance(a.performance, b.performance),
-        related=_union(a.related, b.related),
-        evidence=_union(a.evidence, b.evidence),
-    )
-
-
-def merge_markers(extractions: list[TeacherExtraction], checker: EvidenceChecker) -> list[MarkerRecord]:
-    """Markers of all chunks, deduplicated by gene (or name), condition and CpG sites."""
-    merged: list[MarkerRecord] = []
-    for extraction in extractions:
-        for marker in extraction.markers:
-            for index, existing in enumerate(merged):
-                if _same_marker(existing, marker):
-                    merged[index] = _merge_marker(existing, marker)
-                    break
-            else:
-                merged.append(marker)
-    return [marker.model_copy(update={"evidence": checker.keep(marker.evidence)}) for marker in merged]
-
-
-def merge_additional_qa(extractions: list[TeacherExtraction], checker: EvidenceChecker) -> list[QAPair]:
-    """Extra Q&A of all chunks, one per distinct question, kept only when grounded in a quote."""
-    pairs: list[QAPair] = []
-    seen: set[str] = set()
-    for extraction in extractions:
-        for pair in extraction.additional_qa:
-            key = _fold(pair.question)
-            if not key or key in seen or _is_not_reported(pair.answer):
-                continue
-            evidence = checker.keep(pair.evidence)
-            if not evidence:
-                continue  # an extra pair without a quote found in the paper is not grounded
-            seen.add(key)
-            pairs.append(pair.model_copy(update={"evidence": evidence}))
-    return pairs
-
-
 # --- the core ---------------------------------------------------------------------------------------
-
-
-# How `OpenAITeacher` starts the error of a reply cut off by max_tokens (finish_reason=length).
-TRUNCATED_ERROR_PREFIX = "output truncated"
 
 
 @dataclass
@@ -385,7 +223,7 @@ class _ChunkRun:
         self.requests_sent += 1
         try:
             reply = self.teacher.complete_structured(
-                messages, TeacherExtraction, max_tokens=self.config.max_output_tokens
+                messages, TeacherExtraction, max_tokens=self.config.max_output_tokens, source_text=text
             )
         except RequestTooLargeError:
             raise
@@ -398,7 +236,7 @@ class _ChunkRun:
                 f"{label}: invalid output after {reply.attempts} attempt(s) ({reply.mode}): {reply.error}",
                 reply.raw_text,
             )
-            if (reply.error or "").startswith(TRUNCATED_ERROR_PREFIX):
+            if reply.truncated:
                 raise _Truncated(failure)
             raise failure
         return reply.parsed

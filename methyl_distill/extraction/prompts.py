@@ -12,13 +12,27 @@ Bump `PROMPT_VERSION` on any change to the wording: it is part of the extraction
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 
 from methyl_distill.extraction.question_bank import QuestionBank
 from methyl_distill.teacher.protocol import ChatMessage
+from methyl_distill.text.not_reported import NOT_REPORTED
+
+__all__ = [
+    "MAX_ADDITIONAL_QA",
+    "NOT_REPORTED",
+    "PROMPT_VERSION",
+    "SYSTEM_PROMPT",
+    "build_messages",
+    "build_user_prompt",
+    "format_question_line",
+    "format_questions",
+    "paper_text_in",
+    "questions_in",
+]
 
 PROMPT_VERSION = "1"
 
-NOT_REPORTED = "Not reported in the paper."
 MAX_ADDITIONAL_QA = 5
 
 SYSTEM_PROMPT = f"""\
@@ -43,10 +57,19 @@ methylation researcher would ask about this paper and that the text answers, eac
 - Reply with a single JSON object and nothing else."""
 
 
+# A question line of the user message, `- [question_id] question text`: written by
+# `format_question_line`, read back by `questions_in` (the test server answers from it).
+_QUESTION_LINE = re.compile(r"^- \[([^\]\n]+)\] (.+?)[ \t]*$", re.MULTILINE)
+
+
+def format_question_line(question_id: str, text: str) -> str:
+    return f"- [{question_id}] {text}"
+
+
 def format_questions(bank: QuestionBank) -> str:
     lines = []
     for question in bank.questions:
-        lines.append(f"- [{question.id}] {question.text}")
+        lines.append(format_question_line(question.id, question.text))
         if question.guidance:
             lines.append(f"  Guidance: {question.guidance}")
     return "\n".join(lines)
@@ -86,13 +109,31 @@ def build_messages(
 _PAPER_BLOCK = re.compile(r"^<paper>\n(.*?)\n</paper>$", re.DOTALL | re.MULTILINE)
 
 
-def paper_text_in(messages: list[ChatMessage]) -> str | None:
-    """The paper text of a request built by `build_messages` (the first user message's <paper>
-    block), or None when no message carries one."""
+def _user_texts(messages: Sequence[ChatMessage]) -> Iterator[str]:
     for message in messages:
         content = message.get("content")
         if message.get("role") == "user" and isinstance(content, str):
-            match = _PAPER_BLOCK.search(content)
-            if match:
-                return match.group(1)
+            yield content
+
+
+def paper_text_in(messages: Sequence[ChatMessage]) -> str | None:
+    """The paper text of a request built by `build_messages` (the first user message's <paper>
+    block), or None when no message carries one."""
+    for content in _user_texts(messages):
+        match = _PAPER_BLOCK.search(content)
+        if match:
+            return match.group(1)
     return None
+
+
+def questions_in(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """The (question_id, text) of every question line of the user messages, outside the <paper>
+    block (a paper may contain such lines), in order, each id once (its first line)."""
+    questions: dict[str, str] = {}
+    for content in _user_texts(messages):
+        match = _PAPER_BLOCK.search(content)
+        if match:
+            content = content[: match.start()] + content[match.end() :]
+        for question_id, text in _QUESTION_LINE.findall(content):
+            questions.setdefault(question_id, text)
+    return list(questions.items())

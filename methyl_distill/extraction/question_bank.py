@@ -1,8 +1,9 @@
 """The question bank: the versioned questions the teacher answers for every paper.
 
-The bank is a TOML file (the bundled one is `methyl_distill/extraction/question_bank.toml`) with a `version` string and
-a list of `[[questions]]`. Its version is part of the extraction cache key. `load_question_bank`
-validates the file and names it in every error, so a user editing the bank sees what to fix.
+The bank is a TOML file (the bundled one is `question_bank.toml` next to this module) with a
+`version` string and a list of `[[questions]]`. Its version is part of the extraction cache key.
+`load_question_bank` validates the file and names it in every error, so a user editing the bank
+sees what to fix.
 """
 
 from __future__ import annotations

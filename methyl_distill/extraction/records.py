@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from methyl_distill.teacher.protocol import TokenUsage
+
 SCHEMA_VERSION = "1"
 
 Direction = Literal["hypermethylated", "hypomethylated", "mixed", "not_stated"]
@@ -92,23 +94,6 @@ class TeacherExtraction(_Strict):
     additional_qa: list[QAPair] = Field(
         description="Further question-answer pairs a methylation researcher would ask, grounded in the text."
     )
-
-
-class TokenUsage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    requests: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(
-            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
-            completion_tokens=self.completion_tokens + other.completion_tokens,
-            requests=self.requests + other.requests,
-        )
 
 
 class AnsweredQuestion(BaseModel):

@@ -27,7 +27,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from methyl_distill.extraction.outputs import atomic_write_text
-from methyl_distill.extraction.papers import UnreadablePaperError, content_sha256, decode_paper_bytes, find_paper_files
+from methyl_distill.extraction.papers import (
+    UnreadablePaperError,
+    content_sha256,
+    decode_paper_bytes,
+    find_paper_files,
+)
 
 logger = logging.getLogger(__name__)
 

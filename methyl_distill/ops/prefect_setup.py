@@ -3,8 +3,8 @@
 - a process work pool for local runs (`prefect worker start --pool methyl-distill-process`),
 - CUDA work pools for fine-tuning: a Docker pool whose containers get the host's NVIDIA GPUs
   (`container_create_kwargs.device_requests`, as `docker run --gpus all`) and a Kubernetes pool
-  whose jobs request `nvidia.com/gpu`; base job templates in methyl_distill/ops/job_templates/. Creating a pool
-  needs no Docker engine or cluster; only its workers do,
+  whose jobs request `nvidia.com/gpu`; base job templates in job_templates/ next to this module.
+  Creating a pool needs no Docker engine or cluster; only its workers do,
 - the global concurrency limit that serves as the teacher's tokens-per-minute bucket (and the
   requests-per-minute one when TEACHER_RPM is set): limit = budget, slot decay = budget / 60 s,
 - the `gpu` tag concurrency limit (1): one fine-tune per GPU at a time.
@@ -43,13 +43,15 @@ class PrefectSetupConfig(BaseModel):
         default="methyl-distill-cuda", description="Docker work pool with GPU device requests; None: none."
     )
     docker_gpu_template: Path | None = Field(
-        default=None, description=f"Its base job template; default: methyl_distill/ops/job_templates/{DOCKER_GPU_TEMPLATE}."
+        default=None,
+        description=f"Its base job template; default: the bundled {DOCKER_GPU_TEMPLATE}.",
     )
     kubernetes_gpu_pool: str | None = Field(
         default="methyl-distill-cuda-k8s", description="Kubernetes work pool requesting GPUs; None: none."
     )
     kubernetes_gpu_template: Path | None = Field(
-        default=None, description=f"Its base job template; default: methyl_distill/ops/job_templates/{KUBERNETES_GPU_TEMPLATE}."
+        default=None,
+        description=f"Its base job template; default: the bundled {KUBERNETES_GPU_TEMPLATE}.",
     )
     gpu_tag: str = Field(default="gpu", description="Task tag of GPU work (the fine-tune task).")
     gpu_tag_limit: int = Field(

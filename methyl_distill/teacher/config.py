@@ -1,95 +1,107 @@
-"""Teacher settings: which endpoint, which model, which budget, from the environment or a `.env` file.
+"""The teacher's configuration: one validated object, resolved once at the edge and passed down.
 
-`OPENAI_API_KEY` and `OPENAI_BASE_URL` are the openai SDK's own variables, so a shell that already
-talks to OpenAI (or to a local llama.cpp server) needs nothing new. Everything else is prefixed
-`TEACHER_`. The key is a `SecretStr`: it never shows in `repr`, `str`, `model_dump_json` or logs.
+`TeacherConfig` says which endpoint and model answer, the budget (TPM, RPM, reply size, context),
+how the client retries and asks for structured output, the GBNF grammar bounds for llama.cpp
+servers, prices and the token bucket. It holds no API key, so it can be a Prefect flow parameter,
+appear in a run's summary and be logged.
+
+The edges build it: the CLI and the flows call `teacher_config_from_environment(...)` with what the
+user passed (flags or flow parameters), which fills the rest from the environment or a `.env` file:
+`OPENAI_BASE_URL` (the openai SDK's own name) and `TEACHER_<FIELD>` for every other field
+(`TEACHER_MODEL`, `TEACHER_TPM`, ...), `TEACHER_GBNF_GRAMMAR=true` with `TEACHER_GRAMMAR_<BOUND>`
+for the grammar. The embedded llama.cpp teacher hands back the configuration it serves
+(`EmbeddedTeacherServer.teacher_config`). Below the edges nothing reads or writes the environment.
+
+The key is resolved where the client is built (`resolve_api_key`): `OPENAI_API_KEY` from the
+environment or `.env`, else the Prefect Secret block the configuration names. It never travels in
+a parameter, a result or a log line.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from methyl_distill.extraction.records import TokenUsage
+from methyl_distill.teacher.grammar import GrammarLimits
+from methyl_distill.teacher.protocol import TokenUsage
 
 logger = logging.getLogger(__name__)
 
 OutputModeSetting = Literal["auto", "json_schema", "json_object", "prompt"]
 BucketBackend = Literal["local", "prefect"]
+ApiKeySource = Literal["environment", "none"]
 
 OPENAI_PUBLIC_HOST = "api.openai.com"
 
 
-class TeacherSettings(BaseSettings):
-    """Everything the teacher client and its token bucket need, validated once."""
+class TeacherConfig(BaseModel):
+    """Everything the teacher client and its token bucket need, validated once (no key)."""
 
-    # A `.env` file commonly holds unrelated variables (HF_TOKEN, PREFECT_API_URL...): ignore them
-    # rather than fail, which `extra="forbid"` would do for every such line of the file.
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    openai_api_key: SecretStr | None = Field(
-        default=None, description="API key (OPENAI_API_KEY). Optional for local servers such as llama.cpp."
-    )
-    openai_base_url: str | None = Field(
+    base_url: str | None = Field(
         default=None,
         description="OpenAI-compatible endpoint (OPENAI_BASE_URL), e.g. http://127.0.0.1:8080/v1; "
         "unset means api.openai.com.",
     )
-    teacher_api_key_secret_block: str | None = Field(
-        default=None,
-        description="Name of a Prefect Secret block holding the key; loaded only when set and no "
-        "OPENAI_API_KEY is given.",
+    model: str = Field(default="gpt-4o", description="Model name sent with every request.")
+    api_key_source: ApiKeySource = Field(
+        default="environment",
+        description="environment: OPENAI_API_KEY from the environment or .env, else the Secret block; "
+        "none: send no key (a local server that checks none, such as the embedded llama.cpp teacher).",
     )
-    teacher_model: str = Field(default="gpt-4o", description="Model name sent with every request.")
-    teacher_tpm: int = Field(default=200_000, gt=0, description="Tokens-per-minute limit of the model.")
-    teacher_rpm: int | None = Field(
+    api_key_secret_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect Secret block holding the key; loaded only when no OPENAI_API_KEY "
+        "is set.",
+    )
+    tpm: int = Field(default=200_000, gt=0, description="Tokens-per-minute limit of the model.")
+    rpm: int | None = Field(
         default=None, gt=0, description="Requests-per-minute limit of the model; unset means not enforced."
     )
-    teacher_max_output_tokens: int = Field(
+    max_output_tokens: int = Field(
         default=4096, gt=0, description="max_tokens of one request: the reply budget of one chunk."
     )
-    teacher_context_tokens: int = Field(
+    context_tokens: int = Field(
         default=128_000, gt=0, description="Context window of the model (gpt-4o: 128000 tokens)."
     )
-    teacher_timeout_s: float = Field(default=180.0, gt=0, description="Timeout of one HTTP request.")
-    teacher_max_retries: int = Field(
+    timeout_s: float = Field(default=180.0, gt=0, description="Timeout of one HTTP request.")
+    max_retries: int = Field(
         default=8, ge=0, description="Retries of one request on 429, 5xx, timeouts and dropped connections."
     )
-    teacher_retry_max_wait_s: float = Field(
+    retry_max_wait_s: float = Field(
         default=60.0, gt=0, description="Longest backoff between two retries (retry-after may ask for more)."
     )
-    teacher_output_mode: OutputModeSetting = Field(
+    output_mode: OutputModeSetting = Field(
         default="auto",
         description="Structured-output mode: auto tries json_schema, then json_object with the schema, "
         "then prompt-only, and remembers what the endpoint accepts.",
     )
-    teacher_max_reasks: int = Field(
+    max_reasks: int = Field(
         default=2,
         ge=0,
         description="Re-asks after invalid, empty or truncated output, telling the model why.",
     )
-    teacher_gbnf_grammar: bool = Field(
-        default=False,
-        description="Send a GBNF `grammar` derived from the schema (llama.cpp servers) in the json_object "
-        "and prompt modes.",
+    grammar: GrammarLimits | None = Field(
+        default=None,
+        description="Send a GBNF `grammar` derived from the schema, with these bounds (llama.cpp servers), "
+        "in the json_object and prompt modes; None sends none.",
     )
-    teacher_price_input_per_mtok: float = Field(
+    price_input_per_mtok: float = Field(
         default=2.50, ge=0, description="USD per 1M input tokens (gpt-4o list price) for the cost estimate."
     )
-    teacher_price_output_per_mtok: float = Field(
+    price_output_per_mtok: float = Field(
         default=10.00, ge=0, description="USD per 1M output tokens (gpt-4o list price) for the cost estimate."
     )
-    teacher_bucket_backend: BucketBackend = Field(
+    bucket_backend: BucketBackend = Field(
         default="local",
         description="local: one in-process bucket shared by the threads of this process; prefect: a "
         "Prefect global concurrency limit shared by every process and worker using the same name.",
     )
-    teacher_bucket_limit_name: str = Field(
+    bucket_limit_name: str = Field(
         default="methyl-distill-teacher",
         description="Prefect global-concurrency-limit name of the token budget (the request budget uses "
         "the same name with '-requests' appended).",
@@ -97,43 +109,132 @@ class TeacherSettings(BaseSettings):
 
     @property
     def is_openai_public_endpoint(self) -> bool:
-        return self.openai_base_url is None or OPENAI_PUBLIC_HOST in self.openai_base_url
+        return self.base_url is None or OPENAI_PUBLIC_HOST in self.base_url
 
-    def resolve_api_key(self) -> SecretStr | None:
-        """The key to send: OPENAI_API_KEY, else the Prefect Secret block when one is named."""
-        if self.openai_api_key is not None and self.openai_api_key.get_secret_value():
-            return self.openai_api_key
-        if self.teacher_api_key_secret_block:
-            from prefect.blocks.system import Secret  # imported only when a block is configured
-
-            try:
-                block = cast(Secret, Secret.load(self.teacher_api_key_secret_block))
-                value = block.get()
-            except ValueError as exc:
-                raise ValueError(
-                    f"Prefect Secret block {self.teacher_api_key_secret_block!r} could not be loaded "
-                    f"(TEACHER_API_KEY_SECRET_BLOCK): {exc}"
-                ) from None
-            if not isinstance(value, str) or not value:
-                raise ValueError(
-                    f"Prefect Secret block {self.teacher_api_key_secret_block!r} holds no string key."
-                )
-            return SecretStr(value)
-        return None
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or f"https://{OPENAI_PUBLIC_HOST}/v1"
 
     def estimate_cost_usd(self, usage: TokenUsage) -> float:
         """Cost of `usage` at the configured per-million-token prices."""
         return (
-            usage.prompt_tokens * self.teacher_price_input_per_mtok
-            + usage.completion_tokens * self.teacher_price_output_per_mtok
+            usage.prompt_tokens * self.price_input_per_mtok
+            + usage.completion_tokens * self.price_output_per_mtok
         ) / 1_000_000
 
-    def describe(self) -> str:
-        """One log line about the endpoint and budget: never the key, only whether one is set."""
-        endpoint = self.openai_base_url or f"https://{OPENAI_PUBLIC_HOST}/v1"
-        key_state = "set" if self.openai_api_key or self.teacher_api_key_secret_block else "not set"
-        rpm = self.teacher_rpm if self.teacher_rpm is not None else "unlimited"
+    def describe(self, *, key_set: bool | None = None) -> str:
+        """One log line about the endpoint and budget: never the key, at most whether one is set."""
+        rpm = self.rpm if self.rpm is not None else "unlimited"
+        key = "" if key_set is None else f" (key {'set' if key_set else 'not set'})"
         return (
-            f"teacher {self.teacher_model} at {endpoint} (key {key_state}); budget {self.teacher_tpm} TPM, "
-            f"{rpm} RPM, bucket {self.teacher_bucket_backend}; output mode {self.teacher_output_mode}"
+            f"teacher {self.model} at {self.endpoint}{key}; budget {self.tpm} TPM, {rpm} RPM, "
+            f"bucket {self.bucket_backend}; output mode {self.output_mode}"
         )
+
+
+# -- the environment, read at the edges only ---------------------------------------------------------
+
+# A `.env` file commonly holds unrelated variables (HF_TOKEN, PREFECT_API_URL...): ignore them rather
+# than fail, which `extra="forbid"` would do for every such line of the file.
+_ENV_FILE = SettingsConfigDict(
+    env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+)
+
+
+class _TeacherVariables(BaseSettings):
+    model_config = SettingsConfigDict(**_ENV_FILE, env_prefix="TEACHER_")
+
+
+class _GrammarVariables(BaseSettings):
+    model_config = SettingsConfigDict(**_ENV_FILE, env_prefix="TEACHER_GRAMMAR_")
+
+
+class _OpenAIVariables(BaseSettings):
+    """The openai SDK's own variables, so a shell that already talks to OpenAI needs nothing new."""
+
+    model_config = SettingsConfigDict(**_ENV_FILE)
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+
+
+def _optional_fields_of(model: type[BaseModel], exclude: set[str]) -> dict[str, Any]:
+    """Every field of `model` as optional, unset by default: the environment names only what it sets,
+    and the defaults stay where they are written, on the model."""
+    return {
+        name: (info.annotation | None, None)  # type: ignore[operator]
+        for name, info in model.model_fields.items()
+        if name not in exclude
+    }
+
+
+_NOT_FROM_TEACHER_VARIABLES = {"base_url", "grammar"}
+TeacherVariables = create_model(  # TEACHER_MODEL, TEACHER_TPM, ... and TEACHER_GBNF_GRAMMAR
+    "TeacherVariables",
+    __base__=_TeacherVariables,
+    gbnf_grammar=(bool, False),
+    **_optional_fields_of(TeacherConfig, _NOT_FROM_TEACHER_VARIABLES),
+)
+GrammarVariables = create_model(  # TEACHER_GRAMMAR_MAX_ARRAY_ITEMS, ...
+    "GrammarVariables", __base__=_GrammarVariables, **_optional_fields_of(GrammarLimits, set())
+)
+
+
+def _set_values(settings: BaseSettings) -> dict[str, Any]:
+    return {name: value for name, value in settings.model_dump().items() if value is not None}
+
+
+def teacher_config_from_environment(**overrides: Any) -> TeacherConfig:
+    """The teacher configuration: `overrides` (CLI flags, flow parameters; None means not given),
+    then the environment and `.env`, then `TeacherConfig`'s defaults."""
+    fields = _set_values(TeacherVariables())
+    gbnf_grammar = bool(fields.pop("gbnf_grammar", False))
+    base_url = _OpenAIVariables().openai_base_url
+    if base_url:
+        fields["base_url"] = base_url
+    if gbnf_grammar:
+        fields["grammar"] = GrammarLimits(**_set_values(GrammarVariables()))
+    fields.update({name: value for name, value in overrides.items() if value is not None})
+    return TeacherConfig(**fields)
+
+
+def resolve_teacher_config(
+    given: TeacherConfig | None, base_url: str | None = None, model: str | None = None
+) -> TeacherConfig:
+    """`given`, or the environment's configuration when None, with `base_url` / `model` (when given)
+    taking precedence: how a flow parameter or CLI flag meets the environment."""
+    if given is None:
+        return teacher_config_from_environment(base_url=base_url, model=model)
+    overrides = {name: value for name, value in {"base_url": base_url, "model": model}.items() if value}
+    return given.model_copy(update=overrides) if overrides else given
+
+
+def api_key_in_environment() -> bool:
+    """Whether OPENAI_API_KEY is set (environment or .env): the pipeline's 'auto' teacher choice."""
+    key = _OpenAIVariables().openai_api_key
+    return key is not None and bool(key.get_secret_value())
+
+
+def resolve_api_key(config: TeacherConfig) -> SecretStr | None:
+    """The key to send: OPENAI_API_KEY (environment or .env), else the Prefect Secret block the
+    configuration names; None with `api_key_source="none"` or when neither is set."""
+    if config.api_key_source == "none":
+        return None
+    key = _OpenAIVariables().openai_api_key
+    if key is not None and key.get_secret_value():
+        return key
+    if config.api_key_secret_block:
+        from prefect.blocks.system import Secret  # imported only when a block is configured
+
+        try:
+            block = cast(Secret, Secret.load(config.api_key_secret_block))
+            value = block.get()
+        except ValueError as exc:
+            raise ValueError(
+                f"Prefect Secret block {config.api_key_secret_block!r} could not be loaded "
+                f"(TEACHER_API_KEY_SECRET_BLOCK): {exc}"
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"Prefect Secret block {config.api_key_secret_block!r} holds no string key.")
+        return SecretStr(value)
+    return None

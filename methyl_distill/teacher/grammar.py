@@ -19,7 +19,7 @@ repeat an item until `max_tokens` truncates the output. This converter therefore
 Keywords that only narrow values inside a type (`pattern`, `format`, `minimum`, `maximum`,
 `multipleOf`) are not enforced by the grammar: the output is still validated with pydantic.
 Properties are emitted in schema order; properties outside `properties` are never generated.
-The bounds are `GrammarLimits`: arguments, or TEACHER_GRAMMAR_* settings (environment or .env).
+The bounds are `GrammarLimits`, part of the teacher's configuration (`TeacherConfig.grammar`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["GrammarError", "GrammarLimits", "schema_to_gbnf"]
 
@@ -81,16 +80,15 @@ class GrammarError(ValueError):
     """The schema uses something that cannot be turned into a grammar."""
 
 
-class GrammarLimits(BaseSettings):
-    """Bounds the grammar puts on what the schema leaves open; from TEACHER_GRAMMAR_* variables or .env.
+class GrammarLimits(BaseModel):
+    """Bounds the grammar puts on what the schema leaves open.
 
     None means unbounded. The defaults suit mid-sized local models; the embedded SmolLM2 teacher
-    runs with tighter ones (methyl_distill.teacher.llama_cpp_server).
+    runs with tighter ones (`methyl_distill.teacher.llama_cpp_server`). From the environment they
+    are the TEACHER_GRAMMAR_* variables (`methyl_distill.teacher.config`).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="TEACHER_GRAMMAR_", env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_array_items: int | None = Field(
         default=16, ge=0, description="Items of an array of objects or arrays without maxItems."
@@ -147,9 +145,9 @@ def schema_to_gbnf(
 ) -> str:
     """A GBNF grammar whose sentences are JSON documents valid against `schema` (see module doc).
 
-    `limits` defaults to `GrammarLimits()`, i.e. the TEACHER_GRAMMAR_* settings. `quotes` (e.g.
-    `verbatim_quotes.quote_candidates(paper)`) are the only values of `limits.verbatim_properties`;
-    likewise `symbols` (`verbatim_quotes.symbol_candidates`) of `limits.symbol_properties`; without
+    `limits` defaults to `GrammarLimits()`. `quotes` (e.g.
+    `quotes.quote_candidates(paper)`) are the only values of `limits.verbatim_properties`;
+    likewise `symbols` (`quotes.symbol_candidates`) of `limits.symbol_properties`; without
     them those properties are ordinary strings. The start rule is `root`.
     """
     if not isinstance(schema, dict):

@@ -5,11 +5,12 @@ On a fresh machine with no API key and no GPU, the pipeline still needs a teache
 OpenAI-compatible server (`python -m llama_cpp.server`) serves it on a free loopback port for the
 length of a run. The extraction stage then talks to it exactly as it talks to GPT-4o: over HTTP
 through the OpenAI SDK, the token bucket, retries and pydantic validation, with a GBNF grammar
-(`json_grammar`) constraining the output to the schema, since llama.cpp rejects `json_schema`.
+(`teacher.grammar`) constraining the output to the schema, since llama.cpp rejects `json_schema`.
 
 `EmbeddedTeacherServer` is a context manager: it starts the server in its own process group,
-waits until `/v1/models` answers, and stops the whole group on exit. `embedded_teacher_overrides`
-gives the teacher settings that fit SmolLM2's small context.
+waits until `/v1/models` answers, and stops the whole group on exit (`ops.local_server`).
+`teacher_config` hands back the teacher configuration it serves, with settings that fit SmolLM2's
+small context.
 
 SmolLM2's answers are fluent but often wrong: the embedded teacher exercises the whole pipeline,
 it does not make a useful dataset. Set OPENAI_API_KEY (and optionally OPENAI_BASE_URL /
@@ -18,13 +19,9 @@ TEACHER_MODEL) for a real teacher.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,8 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from methyl_distill.ops.local_server import LocalServerError, LocalServerProcess, free_loopback_port
+from methyl_distill.teacher.config import TeacherConfig
+from methyl_distill.teacher.grammar import GrammarLimits
 
 logger = logging.getLogger(__name__)
 
@@ -166,13 +166,6 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def free_loopback_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: int) -> list[str]:
     """The command line serving `config`: llama.cpp's server (`python -m llama_cpp.server`), run
     under this module's guard, which ends it when the process that started it is gone."""
@@ -200,55 +193,54 @@ def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: 
     ]
 
 
-def embedded_teacher_overrides(
+def embedded_teacher_config(
     base_url: str, config: EmbeddedTeacherConfig | None = None, question_ids: Sequence[str] = ()
-) -> dict[str, str]:
-    """Teacher settings (environment names) for the embedded server: its URL and model, the grammar,
-    and a context, reply budget and chunk size that fit SmolLM2. `question_ids` (the question
-    bank's) become the only values the grammar lets SmolLM2 write as an answer's question_id.
+) -> TeacherConfig:
+    """The teacher configuration the embedded server serves: its URL and model, the grammar, and a
+    context, reply budget and chunk size that fit SmolLM2. `question_ids` (the question bank's)
+    become the only values the grammar lets SmolLM2 write as an answer's question_id.
 
     The token bucket stays on (same path as GPT-4o); its limit is set far above what one llama.cpp
     process, which serves one request at a time, can use. Prices are zero: it runs locally.
     """
     config = config or EmbeddedTeacherConfig()
-    overrides = {
-        "OPENAI_BASE_URL": base_url,
-        "OPENAI_API_KEY": LOCAL_SERVER_API_KEY,
-        "TEACHER_MODEL": config.model_alias,
-        # llama.cpp rejects json_schema (HTTP 500), and with response_format json_object it builds
-        # its own grammar from the schema (the one that lets raw newlines into strings) and ignores
-        # ours: the prompt mode sends the schema in the prompt and only our grammar.
-        "TEACHER_OUTPUT_MODE": "prompt",
-        "TEACHER_GBNF_GRAMMAR": "true",
-        # Tight bounds: SmolLM2 repeats list items until max_tokens cuts the JSON off otherwise.
-        "TEACHER_GRAMMAR_MAX_ARRAY_ITEMS": str(config.grammar_max_array_items),
-        "TEACHER_GRAMMAR_MAX_SCALAR_ARRAY_ITEMS": str(config.grammar_max_scalar_array_items),
-        "TEACHER_GRAMMAR_MAX_STRING_LENGTH": str(config.grammar_max_string_length),
-        "TEACHER_GRAMMAR_WHITESPACE": "compact",
-        "TEACHER_CONTEXT_TOKENS": str(config.n_ctx),
-        "TEACHER_MAX_OUTPUT_TOKENS": str(config.max_output_tokens),
-        "TEACHER_TPM": "1000000",
-        # A local bucket: the embedded budget must never overwrite a shared Prefect limit meant for GPT-4o.
-        "TEACHER_BUCKET_BACKEND": "local",
-        "TEACHER_TIMEOUT_S": "600",
-        "TEACHER_MAX_REASKS": "1",
-        "TEACHER_PRICE_INPUT_PER_MTOK": "0",
-        "TEACHER_PRICE_OUTPUT_PER_MTOK": "0",
-    }
-    overrides["TEACHER_GRAMMAR_PROPERTY_MAX_ITEMS"] = json.dumps({"answers": config.grammar_max_answers})
-    if config.grammar_grounding:
-        verbatim = ["evidence", "answer"] if config.grammar_extractive_answers else ["evidence"]
-        overrides["TEACHER_GRAMMAR_VERBATIM_PROPERTIES"] = json.dumps(verbatim)
-        overrides["TEACHER_GRAMMAR_SYMBOL_PROPERTIES"] = json.dumps(["gene"])
-        overrides["TEACHER_GRAMMAR_LAST_PROPERTIES"] = json.dumps(["answer"])
     minimum = {"evidence": 1} if config.grammar_grounding else {}
     if config.grammar_min_answers:
         minimum["answers"] = config.grammar_min_answers
-    if minimum:
-        overrides["TEACHER_GRAMMAR_PROPERTY_MIN_ITEMS"] = json.dumps(minimum)
-    if question_ids:
-        overrides["TEACHER_GRAMMAR_PROPERTY_ENUMS"] = json.dumps({"question_id": list(question_ids)})
-    return overrides
+    verbatim = ["evidence", "answer"] if config.grammar_extractive_answers else ["evidence"]
+    grammar = GrammarLimits(
+        # Tight bounds: SmolLM2 repeats list items until max_tokens cuts the JSON off otherwise.
+        max_array_items=config.grammar_max_array_items,
+        max_scalar_array_items=config.grammar_max_scalar_array_items,
+        max_string_length=config.grammar_max_string_length,
+        whitespace="compact",
+        property_max_items={"answers": config.grammar_max_answers},
+        property_min_items=minimum,
+        property_enums={"question_id": list(question_ids)} if question_ids else {},
+        verbatim_properties=verbatim if config.grammar_grounding else [],
+        symbol_properties=["gene"] if config.grammar_grounding else [],
+        last_properties=["answer"] if config.grammar_grounding else [],
+    )
+    return TeacherConfig(
+        base_url=base_url,
+        model=config.model_alias,
+        # llama.cpp's server checks no key: the client sends a placeholder, never the user's key.
+        api_key_source="none",
+        # llama.cpp rejects json_schema (HTTP 500), and with response_format json_object it builds
+        # its own grammar from the schema (the one that lets raw newlines into strings) and ignores
+        # ours: the prompt mode sends the schema in the prompt and only our grammar.
+        output_mode="prompt",
+        grammar=grammar,
+        context_tokens=config.n_ctx,
+        max_output_tokens=config.max_output_tokens,
+        tpm=1_000_000,
+        # A local bucket: the embedded budget must never overwrite a shared Prefect limit meant for GPT-4o.
+        bucket_backend="local",
+        timeout_s=600,
+        max_reasks=1,
+        price_input_per_mtok=0,
+        price_output_per_mtok=0,
+    )
 
 
 class EmbeddedTeacherServer:
@@ -262,8 +254,13 @@ class EmbeddedTeacherServer:
         self.config = config or EmbeddedTeacherConfig()
         self.port: int | None = None
         self.log_path: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._server: LocalServerProcess | None = None
         self._owns_log = False
+
+    @property
+    def _process(self) -> subprocess.Popen[bytes] | None:
+        """The server's process (the leader of its process group) while it runs."""
+        return self._server.process if self._server is not None else None
 
     @property
     def base_url(self) -> str:
@@ -275,11 +272,12 @@ class EmbeddedTeacherServer:
     def model(self) -> str:
         return self.config.model_alias
 
-    def settings_overrides(self, question_ids: Sequence[str] = ()) -> dict[str, str]:
-        return embedded_teacher_overrides(self.base_url, self.config, question_ids)
+    def teacher_config(self, question_ids: Sequence[str] = ()) -> TeacherConfig:
+        """The configuration of the teacher this server is (see `embedded_teacher_config`)."""
+        return embedded_teacher_config(self.base_url, self.config, question_ids)
 
     def start(self) -> None:
-        if self._process is not None:
+        if self._server is not None:
             raise EmbeddedTeacherError("the embedded teacher server is already running")
         ensure_llama_cpp_server_installed()
         model_path = self.config.model_path or smollm2_gguf_path()
@@ -297,68 +295,25 @@ class EmbeddedTeacherServer:
         logger.info(
             "starting the embedded teacher: %s on %s (log: %s)", model_path.name, self.base_url, self.log_path
         )
-        with self.log_path.open("ab") as log:
-            # Own process group and session: stop() reaches uvicorn and anything it spawns, and a
-            # Ctrl-C in the terminal reaches us first, so we stop the server cleanly.
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # Own process group and session: stop() reaches uvicorn and anything it spawns, and a Ctrl-C in
+        # the terminal reaches us first, so we stop the server cleanly.
+        self._server = LocalServerProcess.start(
+            command, base_url=self.base_url, log_path=self.log_path, name="the embedded teacher server"
+        )
         try:
-            self._wait_until_ready()
+            self._server.wait_until_serving(self.config.model_alias, self.config.startup_timeout_s)
+        except LocalServerError as error:
+            self.stop(keep_log=True)
+            raise EmbeddedTeacherError(str(error)) from error
         except BaseException:
             self.stop(keep_log=True)
             raise
 
-    def _wait_until_ready(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        url = f"{self.base_url}/models"
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                exit_code = self._process.poll()
-                if exit_code is not None:
-                    raise EmbeddedTeacherError(
-                        f"the embedded teacher server exited with code {exit_code} during start-up; "
-                        f"its log ({self.log_path}) ends with:\n{self._log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    response = client.get(url)
-                    if response.status_code == 200 and any(
-                        entry.get("id") == self.config.model_alias
-                        for entry in response.json().get("data", [])
-                    ):
-                        logger.info("embedded teacher ready at %s", self.base_url)
-                        return
-                if time.monotonic() > deadline:
-                    raise EmbeddedTeacherError(
-                        f"the embedded teacher server did not answer {url} within "
-                        f"{self.config.startup_timeout_s:.0f} s; its log ({self.log_path}) ends with:\n"
-                        f"{self._log_tail()}"
-                    )
-                time.sleep(0.25)
-
-    def _log_tail(self, lines: int = 20) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
-
     def stop(self, *, keep_log: bool = False, grace_s: float = 10.0) -> None:
         """Stop the server's whole process group: SIGTERM, then SIGKILL after `grace_s`."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=grace_s)
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace_s=grace_s)
             logger.info("embedded teacher stopped")
         if self._owns_log and not keep_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
@@ -392,5 +347,8 @@ def _serve_until_parent_exits(parent_pid: int, server_arguments: list[str]) -> N
 
 if __name__ == "__main__":
     if len(sys.argv) < 4 or sys.argv[1] != "--parent" or sys.argv[3] != "--":
-        sys.exit("usage: python -m methyl_distill.teacher.llama_cpp_server --parent PID -- LLAMA_CPP_SERVER_ARGS...")
+        sys.exit(
+            "usage: python -m methyl_distill.teacher.llama_cpp_server --parent PID -- "
+            "LLAMA_CPP_SERVER_ARGS..."
+        )
     _serve_until_parent_exits(int(sys.argv[2]), sys.argv[4:])

@@ -26,14 +26,24 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from methyl_distill.extraction.prompts import paper_text_in
-from methyl_distill.extraction.records import TokenUsage
+from methyl_distill.teacher.config import TeacherConfig, resolve_api_key
+from methyl_distill.teacher.protocol import (
+    TRUNCATED_OUTPUT,
+    ChatMessage,
+    ModelT,
+    OutputMode,
+    RequestTooLargeError,
+    TeacherError,
+    TeacherReply,
+    TokenUsage,
+)
+from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
 from methyl_distill.teacher.structured_output import (
     MODES,
     json_text,
@@ -42,27 +52,13 @@ from methyl_distill.teacher.structured_output import (
     strict_json_schema,
     with_schema_instruction,
 )
-from methyl_distill.teacher.protocol import (
-    ChatMessage,
-    ModelT,
-    OutputMode,
-    RequestTooLargeError,
-    TeacherError,
-    TeacherReply,
-)
-from methyl_distill.teacher.config import TeacherSettings
-from methyl_distill.teacher.token_bucket import LocalTokenBucket, TokenBudget
+from methyl_distill.teacher.token_bucket import LocalTokenBucket, TokenBudget, build_token_bucket
 from methyl_distill.text.token_count import estimate_chat_tokens
-from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
-
-if TYPE_CHECKING:
-    from methyl_distill.teacher.grammar import GrammarLimits
 
 logger = logging.getLogger(__name__)
 
 # Key sent to local servers that need none: the SDK refuses to start without one.
 NO_KEY_PLACEHOLDER = "sk-no-key-required"
-TRUNCATED_ERROR = "output truncated"
 _MAX_ECHOED_OUTPUT_CHARS = 24_000
 _MAX_RETRY_AFTER_S = 600.0
 _STATED_LIMIT = re.compile(r"Limit (\d+)")
@@ -141,42 +137,41 @@ class OpenAITeacher:
 
     def __init__(
         self,
-        settings: TeacherSettings,
+        config: TeacherConfig,
         *,
+        api_key: SecretStr | None = None,
         budget: TokenBudget | None = None,
         client: openai.OpenAI | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        self.settings = settings
-        self.model = settings.teacher_model
-        self.budget: TokenBudget = budget or LocalTokenBucket(settings.teacher_tpm, settings.teacher_rpm)
-        key = settings.resolve_api_key()
-        if key is None and settings.is_openai_public_endpoint:
+        self.config = config
+        self.model = config.model
+        self.budget: TokenBudget = budget or LocalTokenBucket(config.tpm, config.rpm)
+        if api_key is None and config.is_openai_public_endpoint:
             raise TeacherError(
                 "no API key for api.openai.com: set OPENAI_API_KEY (or TEACHER_API_KEY_SECRET_BLOCK), "
                 "or point OPENAI_BASE_URL at a local OpenAI-compatible server"
             )
-        self._secret = key.get_secret_value() if key is not None else None
+        self._secret = api_key.get_secret_value() if api_key is not None else None
         self.client = client or openai.OpenAI(
             api_key=self._secret or NO_KEY_PLACEHOLDER,
-            base_url=settings.openai_base_url,
-            timeout=settings.teacher_timeout_s,
+            base_url=config.base_url,
+            timeout=config.timeout_s,
             max_retries=0,  # one retry layer: ours
         )
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        fixed = settings.teacher_output_mode
+        fixed = config.output_mode
         self._auto = fixed == "auto"
         self._mode: OutputMode = "json_schema" if fixed == "auto" else fixed
         self._mode_confirmed = not self._auto
         self._grammars: dict[type[BaseModel], str] = {}
-        self._grammar_limits: GrammarLimits | None = None
 
     def __repr__(self) -> str:
         return (
-            f"OpenAITeacher(model={self.model!r}, base_url={self.settings.openai_base_url!r}, "
+            f"OpenAITeacher(model={self.model!r}, base_url={self.config.base_url!r}, "
             f"mode={self._mode!r}, budget={self.budget!r})"
         )
 
@@ -186,20 +181,29 @@ class OpenAITeacher:
         with self._lock:
             return self._mode
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """`text` with the API key, if it occurs, replaced by ***."""
         return text.replace(self._secret, "***") if self._secret else text
 
     # -- public -------------------------------------------------------------------------------
     def complete_structured(
-        self, messages: list[ChatMessage], response_model: type[ModelT], *, max_tokens: int
+        self,
+        messages: list[ChatMessage],
+        response_model: type[ModelT],
+        *,
+        max_tokens: int,
+        source_text: str | None = None,
     ) -> TeacherReply[ModelT]:
         log = _CallLog()
         conversation = list(messages)
         raw_text, error, mode = "", "no attempt made", self.mode
         attempts = 0
-        for attempt in range(self.settings.teacher_max_reasks + 1):
+        finish = ""
+        for attempt in range(self.config.max_reasks + 1):
             attempts = attempt + 1
-            completion, mode = self._complete_in_some_mode(conversation, response_model, max_tokens, log)
+            completion, mode = self._complete_in_some_mode(
+                conversation, response_model, max_tokens, source_text, log
+            )
             parsed, raw_text, error, finish = self._validate(completion, response_model, max_tokens)
             if parsed is not None:
                 return TeacherReply(
@@ -209,29 +213,42 @@ class OpenAITeacher:
             if finish == "refusal":
                 break  # asking again will not change a refusal
             conversation = [*messages, *self._reask_messages(raw_text, error, finish, max_tokens)]
-        if error.startswith(TRUNCATED_ERROR):
+        truncated = finish == "length"
+        if truncated:
             error += (
                 f" on every one of {attempts} attempt(s): the input likely needs splitting into smaller "
                 "chunks (or raise TEACHER_MAX_OUTPUT_TOKENS)"
             )
         return TeacherReply(
-            parsed=None, raw_text=raw_text, usage=log.usage, error=error, mode=mode, attempts=attempts
+            parsed=None,
+            raw_text=raw_text,
+            usage=log.usage,
+            error=error,
+            mode=mode,
+            attempts=attempts,
+            truncated=truncated,
         )
 
     # -- modes --------------------------------------------------------------------------------
     def _complete_in_some_mode(
-        self, messages: list[ChatMessage], response_model: type[BaseModel], max_tokens: int, log: _CallLog
+        self,
+        messages: list[ChatMessage],
+        response_model: type[BaseModel],
+        max_tokens: int,
+        source_text: str | None,
+        log: _CallLog,
     ) -> tuple[Any, OutputMode]:
         while True:
             with self._lock:
                 mode, confirmed = self._mode, self._mode_confirmed
             try:
-                completion = self._complete(messages, response_model, max_tokens, mode, confirmed, log)
+                arguments = self._request_arguments(messages, response_model, max_tokens, mode, source_text)
+                completion = self._complete(arguments, max_tokens, mode, confirmed, log)
             except _ModeRejected as exc:
                 with self._lock:
                     if self._mode == mode and not self._mode_confirmed:
                         following = MODES[MODES.index(mode) + 1]
-                        logger.warning("%s; falling back to %s", self._redact(str(exc)), following)
+                        logger.warning("%s; falling back to %s", self.redact(str(exc)), following)
                         self._mode = following
                 continue
             with self._lock:
@@ -241,7 +258,12 @@ class OpenAITeacher:
             return completion, mode
 
     def _request_arguments(
-        self, messages: list[ChatMessage], response_model: type[BaseModel], max_tokens: int, mode: OutputMode
+        self,
+        messages: list[ChatMessage],
+        response_model: type[BaseModel],
+        max_tokens: int,
+        mode: OutputMode,
+        source_text: str | None,
     ) -> dict[str, Any]:
         schema = strict_json_schema(response_model)
         arguments: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens}
@@ -256,42 +278,35 @@ class OpenAITeacher:
             if mode == "json_object":
                 instruction = schema_instruction(schema)
             else:
-                last = self._limits().last_properties if self.settings.teacher_gbnf_grammar else ()
-                instruction = outline_instruction(schema, last)
+                grammar = self.config.grammar
+                instruction = outline_instruction(schema, grammar.last_properties if grammar else ())
             arguments["messages"] = with_schema_instruction(messages, instruction)
             if mode == "json_object":
                 # `schema` is llama.cpp's extension of json_object; OpenAI never sees this mode
                 # unless it rejected json_schema.
                 arguments["response_format"] = {"type": "json_object", "schema": schema}
-            if self.settings.teacher_gbnf_grammar:
-                extra_body["grammar"] = self._grammar(messages, response_model, schema)
+            if self.config.grammar is not None:
+                extra_body["grammar"] = self._grammar(response_model, schema, source_text)
         if extra_body:
             arguments["extra_body"] = extra_body
         return arguments
 
-    def _limits(self) -> GrammarLimits:
-        """The grammar bounds (TEACHER_GRAMMAR_* settings), read once."""
-        from methyl_distill.teacher.grammar import GrammarLimits  # only when a grammar is sent
-
-        with self._lock:
-            if self._grammar_limits is None:
-                self._grammar_limits = GrammarLimits()
-            return self._grammar_limits
-
     def _grammar(
-        self, messages: list[ChatMessage], response_model: type[BaseModel], schema: dict[str, Any]
+        self, response_model: type[BaseModel], schema: dict[str, Any], source_text: str | None
     ) -> str:
-        """The GBNF grammar of `response_model`: one per model, or, when TEACHER_GRAMMAR_VERBATIM_PROPERTIES
-        or _SYMBOL_PROPERTIES name properties, one per request whose quotes (symbols) must come from the
-        request's <paper> text."""
-        from methyl_distill.teacher.grammar import schema_to_gbnf  # only when the flag is on
+        """The GBNF grammar of `response_model`: one per model, or, when the grammar bounds name
+        verbatim or symbol properties and the request has a source text, one per request whose quotes
+        (symbols) must come from that text."""
+        from methyl_distill.teacher.grammar import schema_to_gbnf  # only when a grammar is sent
 
-        limits = self._limits()
+        limits = self.config.grammar
+        assert limits is not None
+        if source_text is not None and (limits.verbatim_properties or limits.symbol_properties):
+            return schema_to_gbnf(
+                schema, limits, quote_candidates(source_text), symbol_candidates(source_text)
+            )
         with self._lock:
             grammar = self._grammars.get(response_model)
-        paper = paper_text_in(messages) if limits.verbatim_properties or limits.symbol_properties else None
-        if paper is not None:
-            return schema_to_gbnf(schema, limits, quote_candidates(paper), symbol_candidates(paper))
         if grammar is None:
             grammar = schema_to_gbnf(schema, limits)
             with self._lock:
@@ -301,23 +316,21 @@ class OpenAITeacher:
     # -- one request, with retries ------------------------------------------------------------
     def _complete(
         self,
-        messages: list[ChatMessage],
-        response_model: type[BaseModel],
+        arguments: dict[str, Any],
         max_tokens: int,
         mode: OutputMode,
         mode_confirmed: bool,
         log: _CallLog,
     ) -> Any:
-        arguments = self._request_arguments(messages, response_model, max_tokens, mode)
         prompt_estimate = estimate_chat_tokens(arguments["messages"])
         requested = prompt_estimate + max_tokens
-        if requested > self.settings.teacher_context_tokens:
+        if requested > self.config.context_tokens:
             raise RequestTooLargeError(
                 f"request of ~{requested} tokens ({prompt_estimate} prompt + {max_tokens} max_tokens) "
-                f"exceeds the context of {self.settings.teacher_context_tokens} tokens of {self.model}: "
+                f"exceeds the context of {self.config.context_tokens} tokens of {self.model}: "
                 "split the input",
                 requested_tokens=requested,
-                limit_tokens=self.settings.teacher_context_tokens,
+                limit_tokens=self.config.context_tokens,
             )
         server_errors = 0
 
@@ -353,7 +366,7 @@ class OpenAITeacher:
             return completion
 
         retrying = Retrying(
-            stop=stop_after_attempt(self.settings.teacher_max_retries + 1),
+            stop=stop_after_attempt(self.config.max_retries + 1),
             wait=self._wait,
             retry=retry_if_exception(_is_transient),
             sleep=self._sleep,
@@ -367,7 +380,7 @@ class OpenAITeacher:
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             raise TeacherRequestError(
-                self._redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}"),
+                self.redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}"),
                 log.usage,
             ) from None
 
@@ -380,7 +393,7 @@ class OpenAITeacher:
         server_errors: int,
     ) -> None:
         """Turn the errors no retry can fix into their own exceptions."""
-        message = self._redact(exc.message)
+        message = self.redact(exc.message)
         if exc.status_code == 429 and "request too large" in message.lower():
             stated = _STATED_LIMIT.search(message)
             raise RequestTooLargeError(
@@ -394,7 +407,7 @@ class OpenAITeacher:
             raise RequestTooLargeError(
                 f"{self.model} context exceeded: {message}",
                 requested_tokens=requested,
-                limit_tokens=self.settings.teacher_context_tokens,
+                limit_tokens=self.config.context_tokens,
             ) from None
         rejects_mode = exc.status_code in (400, 422) or (exc.status_code == 500 and server_errors >= 1)
         if self._auto and not mode_confirmed and mode != "prompt" and rejects_mode:
@@ -405,7 +418,7 @@ class OpenAITeacher:
         retry_after = _retry_after_s(exc) if exc is not None else None
         if retry_after is not None:
             return retry_after + self._rng.uniform(0, 0.1 * retry_after + 0.05)
-        ceiling = min(self.settings.teacher_retry_max_wait_s, 0.5 * 2 ** (state.attempt_number - 1))
+        ceiling = min(self.config.retry_max_wait_s, 0.5 * 2 ** (state.attempt_number - 1))
         return self._rng.uniform(0, ceiling)  # full jitter
 
     def _log_retry(self, state: RetryCallState) -> None:
@@ -415,7 +428,7 @@ class OpenAITeacher:
             "%s attempt %d failed (%s); retrying in %.2f s",
             self.model,
             state.attempt_number,
-            self._redact(_describe(exc)) if exc else "?",
+            self.redact(_describe(exc)) if exc else "?",
             wait,
         )
 
@@ -436,7 +449,7 @@ class OpenAITeacher:
             return (
                 None,
                 content,
-                f"{TRUNCATED_ERROR} at max_tokens={max_tokens} (finish_reason=length)",
+                f"{TRUNCATED_OUTPUT} at max_tokens={max_tokens} (finish_reason=length)",
                 finish,
             )
         if not content.strip():
@@ -484,9 +497,7 @@ def _summarise(exc: ValidationError, limit: int = 8) -> str:
     return "schema errors: " + "; ".join(parts) + more
 
 
-def build_teacher(settings: TeacherSettings | None = None) -> OpenAITeacher:
-    """A teacher with the budget the settings ask for (local or Prefect)."""
-    from methyl_distill.teacher.token_bucket import build_token_bucket
-
-    settings = settings or TeacherSettings()
-    return OpenAITeacher(settings, budget=build_token_bucket(settings))
+def build_teacher(config: TeacherConfig) -> OpenAITeacher:
+    """The client for `config`, with its key (resolved here, never passed around) and the budget the
+    configuration asks for (an in-process bucket or a Prefect global concurrency limit)."""
+    return OpenAITeacher(config, api_key=resolve_api_key(config), budget=build_token_bucket(config))

@@ -11,11 +11,31 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from methyl_distill.extraction.records import TokenUsage
-
 ModelT = TypeVar("ModelT", bound=BaseModel)
 OutputMode = Literal["json_schema", "json_object", "prompt"]
 ChatMessage = dict[str, str]
+
+# How the error of a reply cut off by max_tokens (finish_reason=length) starts.
+TRUNCATED_OUTPUT = "output truncated"
+
+
+class TokenUsage(BaseModel):
+    """Tokens and requests spent: what every call reports and every record adds up."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    requests: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            requests=self.requests + other.requests,
+        )
 
 
 class TeacherError(Exception):
@@ -36,7 +56,8 @@ class TeacherReply(Generic[ModelT]):
     """The outcome of one structured request, re-asks included.
 
     `parsed` is set when the output validated; otherwise `error` says why and `raw_text` keeps the
-    last raw output so the failure record can show it.
+    last raw output so the failure record can show it. `truncated` says that the last reply was cut
+    off by max_tokens (its error then starts with `TRUNCATED_OUTPUT`): a smaller input may help.
     """
 
     parsed: ModelT | None
@@ -45,13 +66,23 @@ class TeacherReply(Generic[ModelT]):
     error: str | None = None
     mode: OutputMode = "json_schema"
     attempts: int = 1
+    truncated: bool = False
 
 
 class Teacher(Protocol):
     model: str
 
     def complete_structured(
-        self, messages: list[ChatMessage], response_model: type[ModelT], *, max_tokens: int
+        self,
+        messages: list[ChatMessage],
+        response_model: type[ModelT],
+        *,
+        max_tokens: int,
+        source_text: str | None = None,
     ) -> TeacherReply[ModelT]:
-        """Ask for output validating against `response_model`; raise `TeacherError` if no answer came."""
+        """Ask for output validating against `response_model`; raise `TeacherError` if no answer came.
+
+        `source_text` is the text the messages ask about (a paper or a chunk of it), given as it is:
+        a client that grounds its output in the source (a grammar of the text's sentences) uses it.
+        """
         ...

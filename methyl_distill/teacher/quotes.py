@@ -4,21 +4,19 @@ The embedded SmolLM2 teacher paraphrases when asked for verbatim quotes. With
 `GrammarLimits.verbatim_properties` its evidence strings are constrained to the candidates from
 `quote_candidates`: every sentence of the paper text, long sentences cut at clause boundaries, so
 each quote is verbatim by construction and short enough for the output budget. Likewise a gene
-symbol can be limited to the symbol-like words of the text (`symbol_candidates`).
+symbol can be limited to the symbol-like words of the text (`symbol_candidates`). Sentences are those
+of `methyl_distill.text.sentences`, line breaks included as boundaries.
 """
 
 from __future__ import annotations
 
 import re
 
+from methyl_distill.text.sentences import split_sentences
+
 __all__ = ["quote_candidates", "symbol_candidates"]
 
-# A sentence ends at . ! or ? followed by white space and an upper-case letter, digit or bracket
-# (so "e.g. the" and "p < 0.001" do not end one), or at a line break.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])|\s*\n\s*")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
-# ...unless the full stop belongs to an abbreviation ("e.g. 120 men", "Fig. 2").
-_ABBREVIATION = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|cf|ca|approx|Fig|Figs|Ref|Refs|No|Dr)|\b[A-Z])\.$")
 MIN_QUOTE_CHARS = 12
 
 
@@ -60,18 +58,6 @@ def _pieces(sentence: str, max_chars: int) -> list[str]:
     return pieces
 
 
-def _sentences(text: str) -> list[str]:
-    sentences: list[str] = []
-    start = 0
-    for boundary in _SENTENCE_END.finditer(text):
-        if "\n" not in boundary.group() and _ABBREVIATION.search(text, start, boundary.start()):
-            continue
-        sentences.append(text[start : boundary.start()])
-        start = boundary.end()
-    sentences.append(text[start:])
-    return sentences
-
-
 def quote_candidates(text: str, max_chars: int = 200) -> list[str]:
     """The sentences of `text` in order, each at most `max_chars` long (longer ones split into
     clause runs), without duplicates and without fragments under 12 characters. Every candidate
@@ -79,8 +65,8 @@ def quote_candidates(text: str, max_chars: int = 200) -> list[str]:
     if max_chars < MIN_QUOTE_CHARS:
         raise ValueError(f"max_chars must be at least {MIN_QUOTE_CHARS}, got {max_chars}")
     candidates: dict[str, None] = {}
-    for sentence in _sentences(text):
-        for piece in _pieces(sentence.strip(), max_chars):
+    for sentence in split_sentences(text):
+        for piece in _pieces(sentence, max_chars):
             piece = piece.strip()
             if len(piece) >= MIN_QUOTE_CHARS and piece in text:
                 candidates[piece] = None

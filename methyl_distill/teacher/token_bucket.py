@@ -41,7 +41,7 @@ import httpx
 from methyl_distill.teacher.protocol import RequestTooLargeError
 
 if TYPE_CHECKING:
-    from methyl_distill.teacher.config import TeacherSettings
+    from methyl_distill.teacher.config import TeacherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -487,10 +487,8 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float) -> None:
             )
 
 
-def build_token_bucket(settings: TeacherSettings) -> TokenBudget:
-    """The budget the settings ask for."""
-    if settings.teacher_bucket_backend == "prefect":
-        return PrefectTokenBucket(
-            settings.teacher_bucket_limit_name, settings.teacher_tpm, settings.teacher_rpm
-        )
-    return LocalTokenBucket(settings.teacher_tpm, settings.teacher_rpm)
+def build_token_bucket(config: TeacherConfig) -> TokenBudget:
+    """The budget the teacher configuration asks for."""
+    if config.bucket_backend == "prefect":
+        return PrefectTokenBucket(config.bucket_limit_name, config.tpm, config.rpm)
+    return LocalTokenBucket(config.tpm, config.rpm)

@@ -1,0 +1,88 @@
+"""What an extraction run takes: one parameter model for the flow, the CLI and the deployments.
+
+`ExtractParameters` is the one list of the extraction's parameters, their defaults and their
+descriptions. `extract_flow` takes exactly these fields (a test holds its signature to the model),
+`methyl-distill extract` generates its options from it, and the deployments in
+`deployments/prefect.yaml` are validated against it.
+
+The teacher is configured explicitly: `teacher_config` is a whole `TeacherConfig` (no key); when
+it is not given, the configuration is read from the environment or `.env` here, at the edge.
+`teacher_base_url` and `teacher_model` override either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from methyl_distill.extraction.chunking import ChunkingConfig
+from methyl_distill.extraction.extract import ExtractionConfig
+from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
+from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
+
+DEFAULT_MAX_CONCURRENCY = 16
+_DEFAULT_CHUNK = ChunkingConfig()
+
+
+class ExtractParameters(BaseModel):
+    """Everything an extraction run takes, validated before any paper is read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_directory: str = Field(description="Directory of papers (.txt, .md), searched recursively.")
+    output_directory: str = Field(
+        description="Directory for processed_files/, all_results.json, records.jsonl and failures.jsonl."
+    )
+    refresh: bool = Field(default=False, description="Re-extract every paper, ignoring the cache.")
+    question_bank: str | None = Field(
+        default=None,
+        description="Question bank TOML file; default: METHYL_DISTILL_QUESTION_BANK, else the bundled one.",
+    )
+    teacher_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint; overrides OPENAI_BASE_URL and teacher_config."
+    )
+    teacher_model: str | None = Field(
+        default=None, description="Teacher model name; overrides TEACHER_MODEL and teacher_config."
+    )
+    teacher_config: TeacherConfig | None = Field(
+        default=None,
+        description="The whole teacher configuration (endpoint, model, budget, output mode, grammar; no "
+        "key); default: read from the environment or .env (OPENAI_BASE_URL, TEACHER_*).",
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, ge=1, description="Most teacher requests in flight."
+    )
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE, ge=1, description="Task runs created at once (papers per burst)."
+    )
+    max_chunk_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"Most paper tokens per request; default {_DEFAULT_CHUNK.max_chunk_tokens}, less "
+        "when the teacher's context or TPM limit asks for it.",
+    )
+    chunk_overlap_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description=f"Tokens shared by neighbouring chunks; default {_DEFAULT_CHUNK.overlap_tokens} "
+        "(a quarter of max_chunk_tokens when that is smaller).",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Folder of the extraction cache; default: METHYL_DISTILL_CACHE_DIR, else "
+        "~/.cache/methyl-distill.",
+    )
+
+    def resolved_teacher(self) -> TeacherConfig:
+        """The teacher configuration of this run: `teacher_config` or the environment's, with the
+        overrides."""
+        return resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+
+    def extraction_config(self, teacher: TeacherConfig) -> ExtractionConfig:
+        return ExtractionConfig.for_teacher(
+            teacher, max_chunk_tokens=self.max_chunk_tokens, chunk_overlap_tokens=self.chunk_overlap_tokens
+        )
+
+    def output_path(self) -> Path:
+        return Path(self.output_directory).expanduser().resolve()

@@ -1,0 +1,170 @@
+"""What a pipeline run takes: one parameter model for the flow, the CLI and the deployments.
+
+`PipelineParameters` is the one list of the pipeline's parameters, their defaults and their
+descriptions. `pipeline_flow` takes exactly these fields (a test holds its signature to the model),
+`methyl-distill run` takes its help texts and defaults from it (a test holds every option to a
+field), and the deployments in `deployments/prefect.yaml` are validated against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY
+from methyl_distill.sft_dataset import DatasetConfig
+from methyl_distill.teacher.config import TeacherConfig, api_key_in_environment, resolve_teacher_config
+from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig
+from methyl_distill.training.finetune import FinetuneConfig
+
+TeacherChoice = Literal["auto", "embedded", "configured"]
+PIPELINE_SUMMARY_FILE = "pipeline_summary.json"
+STAGE_DIRECTORIES = {
+    "extraction": "extraction",
+    "dataset": "dataset",
+    "finetune": "finetune",
+    "evaluation": "evaluation",
+}
+DEFAULT_STUDENT_PRESET = "smollm2-135m"
+DEFAULT_EVALUATION_LIMIT = 8
+DEFAULT_EVALUATION_MAX_NEW_TOKENS = 128
+
+
+def short_lora_run() -> FinetuneConfig:
+    """The default student run: a short LoRA run that finishes in minutes on a CPU."""
+    return FinetuneConfig.model_validate(
+        {
+            "max_steps": 30,
+            "learning_rate": 2e-4,
+            "lora_rank": 8,
+            "lora_alpha": 16,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 2,
+            "max_length": 1024,
+            "save_steps": 30,
+            "save_total_limit": 1,
+            "warmup_ratio": 0.1,
+        }
+    )
+
+
+class PipelineParameters(BaseModel):
+    """Everything a pipeline run takes, validated before any stage starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_directory: str = Field(description="Directory of papers (.txt, .md), searched recursively.")
+    output_directory: str = Field(
+        description="Directory for every stage's outputs: extraction/, dataset/, finetune/<run>/, "
+        f"evaluation/<run>/ and {PIPELINE_SUMMARY_FILE}; <run> names the student preset and a digest of "
+        "the training data and hyper-parameters."
+    )
+    teacher: TeacherChoice = Field(
+        default="auto",
+        description="auto: the configured endpoint when OPENAI_API_KEY or OPENAI_BASE_URL (or "
+        "teacher_base_url, teacher_config, a Secret block) is set, else the embedded SmolLM2; embedded / "
+        "configured force one.",
+    )
+    teacher_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint of the configured teacher (overrides OPENAI_BASE_URL).",
+    )
+    teacher_model: str | None = Field(
+        default=None, description="Model of the configured teacher (overrides TEACHER_MODEL)."
+    )
+    teacher_config: TeacherConfig | None = Field(
+        default=None,
+        description="The configured teacher's whole configuration (no key); default: read from the "
+        "environment or .env (OPENAI_BASE_URL, TEACHER_*).",
+    )
+    embedded_teacher: EmbeddedTeacherConfig | None = Field(
+        default=None, description="How the embedded llama.cpp teacher runs; default: EmbeddedTeacherConfig()."
+    )
+    question_bank: str | None = Field(
+        default=None, description="Question bank TOML; default: the bundled one."
+    )
+    refresh_extraction: bool = Field(default=False, description="Re-extract every paper, ignoring the cache.")
+    max_chunk_tokens: int | None = Field(
+        default=None,
+        ge=128,
+        description="Paper tokens per request; default: the teacher's (a quarter of the context when "
+        "embedded).",
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        description="Teacher requests in flight at once (the embedded teacher serves one at a time).",
+    )
+    dataset: DatasetConfig | None = Field(
+        default=None,
+        description="Dataset stage configuration; default: DatasetConfig(), with grounding='flag' for the "
+        "embedded teacher (SmolLM2 rarely quotes verbatim).",
+    )
+    student_preset: str = Field(
+        default=DEFAULT_STUDENT_PRESET, description="Student model preset of the fine-tune."
+    )
+    finetune: FinetuneConfig | None = Field(
+        default=None, description="LoRA hyper-parameters; default: a short run that ends in minutes on a CPU."
+    )
+    finetune_deployment: str | None = Field(
+        default=None,
+        description="Run the fine-tune as this deployment ('finetune/finetune-cuda') and wait for it; "
+        "default: in this process.",
+    )
+    finetune_timeout_s: float | None = Field(
+        default=None, gt=0, description="Longest wait for the fine-tune deployment; default: no limit."
+    )
+    evaluate: bool = Field(default=True, description="Evaluate base and tuned student on the test split.")
+    evaluation_limit: int | None = Field(
+        default=DEFAULT_EVALUATION_LIMIT,
+        ge=1,
+        description="Test examples evaluated (None: all); CPU generation is slow.",
+    )
+    evaluation_max_new_tokens: int = Field(
+        default=DEFAULT_EVALUATION_MAX_NEW_TOKENS, ge=1, description="Longest answer per test question."
+    )
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> PipelineParameters:
+        source = Path(self.input_directory).expanduser()
+        if not source.is_dir():
+            raise ValueError(f"input_directory {self.input_directory!r} does not exist or is not a directory")
+        output = Path(self.output_directory).expanduser().resolve()
+        if output == source.resolve() or source.resolve() in output.parents:
+            # Outputs inside the input folder would be read as papers on the next run.
+            raise ValueError("output_directory must not be inside input_directory")
+        return self
+
+    def stage_directory(self, stage: str) -> str:
+        return str(Path(self.output_directory).expanduser().resolve() / STAGE_DIRECTORIES[stage])
+
+    @property
+    def finetune_run(self) -> FinetuneConfig:
+        return self.finetune or short_lora_run()
+
+    @property
+    def embedded_server(self) -> EmbeddedTeacherConfig:
+        return self.embedded_teacher or EmbeddedTeacherConfig()
+
+    def configured_teacher(self) -> TeacherConfig:
+        """The configured (not embedded) teacher: `teacher_config` or the environment's, with overrides."""
+        return resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+
+    def uses_embedded_teacher(self) -> bool:
+        """Whether this run starts the embedded teacher: forced, or `auto` with nothing configured."""
+        if self.teacher != "auto":
+            return self.teacher == "embedded"
+        if self.teacher_base_url or self.teacher_config is not None or api_key_in_environment():
+            return False
+        configured = self.configured_teacher()
+        return not (configured.base_url or configured.api_key_secret_block)
+
+    def embedded_chunk_tokens(self) -> int:
+        """Paper-text tokens per request for SmolLM2 unless given: a quarter of its context, so the
+        question list, the schema instruction and the reply fit beside it (the extraction stage
+        shrinks it further if not)."""
+        if self.max_chunk_tokens is not None:
+            return self.max_chunk_tokens
+        return max(512, self.embedded_server.n_ctx // 4)

@@ -1,0 +1,67 @@
+"""What a pipeline run leaves behind: its summary, the name of its training run, the outputs table."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from methyl_distill.pipeline.parameters import PipelineParameters
+from methyl_distill.text.hashing import update_with_file
+
+SummaryT = TypeVar("SummaryT", bound=BaseModel)
+
+
+class PipelineSummary(BaseModel):
+    """Where a pipeline run put everything (string paths) and each stage's own summary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_directory: str
+    teacher: str = Field(description="Which teacher answered: embedded model or configured endpoint.")
+    records_path: str
+    dataset_directory: str
+    adapter_path: str | None
+    evaluation_report_path: str | None
+    stages: dict[str, dict[str, Any]] = Field(description="Each stage's summary, as it returned it.")
+
+
+def training_run_name(parameters: PipelineParameters, dataset_directory: str) -> str:
+    """`<preset>-<digest>` of what a fine-tune learns from: the training files, the preset and the
+    hyper-parameters. Each new dataset gets its own fine-tune and evaluation folders (a rerun on the
+    same dataset finds its finished fine-tune there), and no run overwrites another's adapter."""
+    digest = hashlib.sha256()
+    for name in ("train.jsonl", "val.jsonl"):
+        path = Path(dataset_directory) / name
+        digest.update(name.encode())
+        if path.is_file():
+            update_with_file(digest, path)
+    digest.update(parameters.student_preset.encode())
+    digest.update(parameters.finetune_run.model_dump_json().encode())
+    return f"{parameters.student_preset}-{digest.hexdigest()[:12]}"
+
+
+def read_finetune_summary(output_directory: str, summary_type: type[SummaryT]) -> SummaryT:
+    """The fine-tune's summary as it wrote it into its output folder (shared storage between workers)."""
+    path = Path(output_directory) / "finetune_summary.json"
+    if not path.is_file():
+        raise RuntimeError(
+            f"the fine-tune deployment completed but {path} is missing: the pipeline and the fine-tune "
+            "worker must share the output directory (a network volume or the same machine)"
+        )
+    return summary_type.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def outputs_markdown(summary: PipelineSummary) -> str:
+    rows = [
+        ("Outputs", summary.output_directory),
+        ("Teacher", summary.teacher),
+        ("Extraction records", summary.records_path),
+        ("Dataset", summary.dataset_directory),
+        ("Adapter", summary.adapter_path or "(not trained)"),
+        ("Evaluation report", summary.evaluation_report_path or "(not evaluated)"),
+    ]
+    lines = ["| | |", "|---|---|", *(f"| {name} | `{value}` |" for name, value in rows)]
+    return "# Pipeline outputs\n\n" + "\n".join(lines) + "\n"
