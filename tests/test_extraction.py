@@ -35,6 +35,8 @@ from methyl_distill.teacher.protocol import (
 
 Reply = TeacherExtraction | TeacherReply[Any] | Exception | Callable[[str], TeacherExtraction]
 
+SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
+
 BANK = QuestionBank(
     version="test-1",
     questions=(
@@ -448,3 +450,25 @@ def test_papers_are_mapped_in_bounded_batches_and_handed_over_as_they_finish() -
     assert sorted(yielded) == list(range(10)) and submitted == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     with pytest.raises(ValueError, match="batch_size"):
         list(map_in_batches([1], submit, batch_size=0))
+
+
+def test_cache_keys_of_the_sample_papers_are_pinned() -> None:
+    """The keys the cache was filled under before the package was reshaped (computed with that code):
+    a refactor that changes them would re-extract, and pay for, every paper of every user."""
+    from methyl_distill.extraction.papers import discover_papers
+    from methyl_distill.extraction.question_bank import load_question_bank
+
+    papers = {paper.file_id: paper for paper in discover_papers(SAMPLE_PAPERS).papers}
+    bank = load_question_bank(None)
+    embedded_like = ExtractionConfig(
+        max_output_tokens=2048,
+        context_tokens=8192,
+        request_token_limit=1_000_000,
+        chunking=ChunkingConfig(max_chunk_tokens=2048, overlap_tokens=200),
+    )
+    assert extraction_cache_key(papers["cdkn2a-p16-head-neck-txt"], bank, "gpt-4o", ExtractionConfig()) == (
+        "extract-8768d91d82daeff4522f0a878964a0bee138056f19a86b335c2253b1428fc27d"
+    )
+    assert extraction_cache_key(papers["shox2-ptger4-lung-cancer-txt"], bank, "gpt-4o", embedded_like) == (
+        "extract-515a4e21e3db76a469d650a5dd7105c0b63aa55b0a3035c3d3f5917081338fda"
+    )

@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-# Command-line flags that override a field of DatasetConfig: flag -> (type, help, choices).
-_OVERRIDES: dict[str, tuple[Any, str, tuple[str, ...] | None]] = {
-    "max_length": (int, "The student's max length in tokens.", None),
-    "student_tokenizer": (str, "Local folder of the student's tokenizer (exact token counts).", None),
-    "length_policy": (str, "Over-long samples.", ("drop", "truncate")),
-    "grounding": (str, "Samples with evidence not found in the paper.", ("drop", "flag")),
-    "corrupt_lines": (str, "Corrupt records lines.", ("skip", "fail")),
-    "seed": (int, "Seed of the style draw and of the split.", None),
-    "val_fraction": (float, "Share of papers in the validation split.", None),
-    "test_fraction": (float, "Share of papers in the test split.", None),
-    "near_duplicate_threshold": (
-        float,
-        "Near-duplicate Jaccard threshold (1.0: exact duplicates only).",
-        None,
-    ),
-    "system_prompt": (str, "System message of every sample ('' for none).", None),
-    "workers": (int, "Processes building samples (0: one per core, at most 8).", None),
-    "hub_repo_id": (str, "Hub dataset id for --push_to_hub.", None),
-}
+from methyl_distill.cli.options import add_model_options, given_options
+
+# DatasetConfig fields settable from the command line (help, type, choices and default from the model).
+DATASET_OPTIONS = (
+    "max_length",
+    "student_tokenizer",
+    "length_policy",
+    "grounding",
+    "corrupt_lines",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "near_duplicate_threshold",
+    "system_prompt",
+    "workers",
+    "hub_repo_id",
+    "push_to_hub",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from methyl_distill.sft_dataset import DatasetConfig
+
     parser = subparsers.add_parser(
         "build-dataset",
         help="Build the SFT dataset (train/val/test JSON lines, DatasetDict, card) from extraction records.",
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Turn the records.jsonl of one or more extraction runs into chat samples for ms-swift: "
             "closed-book, grounded and structured-extraction samples, checked against the papers, "
             "deduplicated, length-checked and split by paper. Settings come from --config (TOML, see "
-            "data/dataset.toml) and the flags below, which override it."
+            "methyl_distill/sft_dataset/dataset.toml) and the flags below, which override it."
         ),
     )
     parser.add_argument("--records", nargs="+", required=True, metavar="FILE", help="records.jsonl file(s).")
@@ -45,11 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="The extraction's input directory: records' source_paths are read relative to it.",
     )
     parser.add_argument("--config", default=None, help="Dataset config TOML (default: built-in defaults).")
-    for name, (kind, text, choices) in _OVERRIDES.items():
-        parser.add_argument(f"--{name}", type=kind, default=None, choices=choices, help=text)
-    parser.add_argument(
-        "--push_to_hub", action="store_true", default=None, help="Push to the Hugging Face Hub."
-    )
+    add_model_options(parser, DatasetConfig, only=DATASET_OPTIONS)
     parser.add_argument("--refresh", action="store_true", help="Rebuild even if a cached build matches.")
     parser.add_argument(
         "--without_prefect",
@@ -63,10 +59,7 @@ def run_build_dataset(args: argparse.Namespace) -> int:
     from methyl_distill.sft_dataset import DatasetConfig
 
     base = DatasetConfig.from_toml(args.config) if args.config else DatasetConfig()
-    overrides = {name: getattr(args, name) for name in (*_OVERRIDES, "push_to_hub")}
-    config = DatasetConfig.model_validate(
-        {**base.model_dump(), **{key: value for key, value in overrides.items() if value is not None}}
-    )
+    config = DatasetConfig.model_validate({**base.model_dump(), **given_options(args, DATASET_OPTIONS)})
     if args.without_prefect:
         from methyl_distill.sft_dataset import build_sft_dataset
 

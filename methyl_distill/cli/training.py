@@ -11,36 +11,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from methyl_distill.cli.options import add_model_options, field_help, given_options
 from methyl_distill.training.presets import PRESET_NAMES
 
-# FinetuneConfig fields settable from the command line: flag -> (type, help).
-_FINETUNE_FLAGS: dict[str, tuple[Any, str]] = {
-    "lora_rank": (int, "LoRA rank (default 8)."),
-    "lora_alpha": (float, "LoRA alpha (default 32)."),
-    "lora_dropout": (float, "LoRA dropout (default 0.05)."),
-    "learning_rate": (float, "Peak learning rate (default 1e-4)."),
-    "num_train_epochs": (float, "Epochs when --max_steps is not given (default 3)."),
-    "max_steps": (int, "Optimizer steps (overrides epochs)."),
-    "batch_size": (int, "Sequences per micro-batch (default 1)."),
-    "gradient_accumulation_steps": (int, "Micro-batches per optimizer step (default 1)."),
-    "max_length": (int, "Max tokens per sample (default: the preset's)."),
-    "save_steps": (int, "Checkpoint and validate every N steps (default 50)."),
-    "seed": (int, "Seed (default 42)."),
-    "system": (str, "System prompt for samples without one."),
-    "attn_impl": (str, "auto, flash_attention_2 or sdpa."),
-}
-
-
-def _bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+# FinetuneConfig fields settable from the command line (help, type, choices and default from the model).
+FINETUNE_OPTIONS = (
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "save_steps",
+    "seed",
+    "system",
+    "attn_impl",
+    "packing",
+    "gradient_checkpointing",
+    "merge_lora",
+    "device",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from methyl_distill.training.finetune import FinetuneConfig
+
     spec = subparsers.add_parser(
         "model-spec",
         help="Architecture, parameter count, LoRA size and GPU memory plan of a student preset.",
@@ -65,13 +63,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     tune.add_argument("--config", default=None, help="FinetuneConfig as a JSON file; flags override it.")
     tune.add_argument("--model_source", default=None, help="mistral-7b weights: a Hub id or a local folder.")
     tune.add_argument("--cache_dir", default=None, help="Where generated/converted models are kept.")
-    for flag, (kind, text) in _FINETUNE_FLAGS.items():
-        tune.add_argument(f"--{flag}", type=kind, default=None, help=text)
-    tune.add_argument("--target_modules", nargs="+", default=None, help="LoRA targets (default all-linear).")
-    tune.add_argument("--packing", type=_bool, default=None, help="Pack samples (needs FlashAttention 2).")
-    tune.add_argument("--gradient_checkpointing", type=_bool, default=None, help="true (default) or false.")
-    tune.add_argument("--merge_lora", type=_bool, default=None, help="Also write a merged model.")
-    tune.add_argument("--device", choices=("auto", "cuda", "cpu"), default=None, help="Default auto.")
+    add_model_options(tune, FinetuneConfig, only=FINETUNE_OPTIONS, bool_values=True)
+    tune.add_argument(
+        "--target_modules",
+        nargs="+",
+        default=None,
+        help=field_help(FinetuneConfig.model_fields["target_modules"], " (default all-linear)"),
+    )
     tune.set_defaults(handler=run_finetune)
 
     infer = subparsers.add_parser(
@@ -143,18 +141,7 @@ def finetune_config_from_args(args: argparse.Namespace) -> Any:
             values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read a FinetuneConfig JSON ({exc})") from exc
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            *_FINETUNE_FLAGS,
-            "target_modules",
-            "packing",
-            "gradient_checkpointing",
-            "merge_lora",
-            "device",
-        )
-        if getattr(args, name) is not None
-    }
+    overrides = given_options(args, (*FINETUNE_OPTIONS, "target_modules"))
     return FinetuneConfig.model_validate({**values, **overrides})
 
 
