@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     parser.set_defaults(handler=run_pipeline_command, parameter_names=[*names, "teacher"])
 
 
-def pipeline_parameters_from(args: argparse.Namespace) -> dict[str, object]:
+def pipeline_parameters_from(args: argparse.Namespace) -> dict[str, Any]:
     """The flow parameters the options of `methyl-distill run` ask for (only those given)."""
     from methyl_distill.cli.options import given_options
     from methyl_distill.pipeline.parameters import short_lora_run
@@ -124,7 +125,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from methyl_distill.pipeline.parameters import PipelineParameters
 
     # Validated here, before a Prefect run (and its temporary server) starts for a bad option.
-    parameters = PipelineParameters(**pipeline_parameters_from(args))
+    parameters = PipelineParameters.model_validate(pipeline_parameters_from(args))
     from methyl_distill.flows.pipeline import pipeline_flow
 
     started = time.monotonic()
