@@ -1,7 +1,7 @@
 """Configuration of the dataset stage: one validated, documented pydantic model.
 
-`DatasetConfig.from_toml` loads the shipped `data/dataset.toml` (or a copy of yours); every field has
-a default, so an empty file (or no file) is a valid configuration.
+`DatasetConfig.from_toml` loads the shipped `dataset.toml` next to this module (or a copy of
+yours); every field has a default, so an empty file (or no file) is a valid configuration.
 """
 
 from __future__ import annotations
