@@ -1,4 +1,8 @@
-"""Real ms-swift LoRA fine-tuning of the tiny local Mistral on CPU: loss falls, adapter answers, resumes."""
+"""Real ms-swift LoRA fine-tuning of the tiny local Mistral on CPU: loss falls, adapter answers, resumes.
+
+Every test that trains or loads a model through ms-swift is marked `slow` (the shared `trained`
+fixture alone costs ~20 s); the checks that fail before any model is loaded stay in the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -83,6 +87,7 @@ def trained(workspace: dict[str, Path]) -> FinetuneSummary:
     )
 
 
+@pytest.mark.slow
 def test_loss_is_finite_and_falls(trained: FinetuneSummary) -> None:
     assert trained.global_step == STEPS
     assert trained.device == "cpu" and trained.torch_dtype == "float32" and trained.attn_impl == "sdpa"
@@ -109,6 +114,7 @@ def test_loss_is_finite_and_falls(trained: FinetuneSummary) -> None:
     assert json.loads(Path(trained.args_path).read_text())["model_type"] == "mistral"
 
 
+@pytest.mark.slow
 def test_adapter_loads_and_answers(trained: FinetuneSummary, workspace: dict[str, Path]) -> None:
     from methyl_distill.training.inference import answer_questions_file, interactive_chat, load_chat_model
 
@@ -135,6 +141,7 @@ def test_adapter_loads_and_answers(trained: FinetuneSummary, workspace: dict[str
     assert answer in out.getvalue() and "(history cleared)" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_checkpoint(
     trained: FinetuneSummary, workspace: dict[str, Path]
 ) -> None:
@@ -167,6 +174,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
         assert again[step] == pytest.approx(original[step], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_completed_run_is_returned_and_a_different_one_supersedes_it(
     trained: FinetuneSummary, workspace: dict[str, Path]
 ) -> None:
@@ -206,6 +214,7 @@ def test_completed_run_is_returned_and_a_different_one_supersedes_it(
     assert json.loads((kept / "adapter" / "adapter_config.json").read_text())["r"] == 16
 
 
+@pytest.mark.slow
 def test_evaluation_writes_its_report(trained: FinetuneSummary, workspace: dict[str, Path]) -> None:
     from methyl_distill.training.evaluation import evaluate
 
@@ -277,6 +286,7 @@ def test_smollm2_fine_tune_a_few_steps(workspace: dict[str, Path], tmp_path: Pat
     assert model.answer([{"role": "user", "content": "What is DNA methylation?"}]).strip()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_tiny_fine_tune_on_cuda_uses_bf16(workspace: dict[str, Path], tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")

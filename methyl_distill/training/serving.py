@@ -3,7 +3,8 @@
 `swift deploy --adapters ADAPTER --infer_backend transformers` starts a FastAPI server with
 `/v1/models` and `/v1/chat/completions`. It runs here as a child process in its own process group
 (ms-swift starts further processes of its own), bound to loopback by default; `start` waits until
-`/v1/models` answers and `stop` ends the whole group. Use it as a context manager:
+`/v1/models` answers and `stop` ends the whole group (both through `ops.local_server`). Use it as a
+context manager:
 
     with serve_adapter(adapter_path) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused")
@@ -14,27 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
+from methyl_distill.ops.local_server import (
+    LocalServerProcess,
+    LocalServerStartTimeout,
+    free_loopback_port,
+    start_in_own_session,
+)
 from methyl_distill.training.inference import read_adapter_arguments
 from methyl_distill.training.runtime_device import DeviceRequest, choose_device
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "methyl-distill-student"
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def deploy_command(
@@ -85,6 +83,9 @@ class ServedModel:
         self.port = port
         self.model_name = model_name
         self.log_path = log_path
+        self._server = LocalServerProcess(
+            process, base_url=self.base_url, log_path=log_path, name="swift deploy"
+        )
 
     @property
     def base_url(self) -> str:
@@ -92,48 +93,18 @@ class ServedModel:
         return f"http://{host}:{self.port}/v1"
 
     def log_tail(self, characters: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-characters:]
-        except OSError:
-            return ""
+        return self._server.log_tail(characters=characters)
 
     def wait_ready(self, timeout_s: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"swift deploy exited with code {self.process.returncode} before it was ready; "
-                    f"log {self.log_path}:\n{self.log_tail()}"
-                )
-            try:
-                response = httpx.get(f"{self.base_url}/models", timeout=2.0)
-                if response.status_code == 200:
-                    served = [entry.get("id") for entry in response.json().get("data", [])]
-                    if self.model_name in served:
-                        return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"swift deploy was not ready within {timeout_s:.0f} s; log {self.log_path}")
+        """Wait until the server lists `model_name`; on a timeout the server is stopped first."""
+        try:
+            self._server.wait_until_serving(self.model_name, timeout_s, poll_interval_s=0.5)
+        except LocalServerStartTimeout:
+            self.stop()
+            raise
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=grace_s)
-        # The group may hold children that outlive the leader: end them too.
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self._server.stop(grace_s=grace_s)
 
 
 def start_server(
@@ -168,15 +139,8 @@ def start_server(
         torch_dtype=choice.torch_dtype,
     )
     logger.info("Starting swift deploy on %s:%d (log %s)", host, port, log_path)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+    log_path.write_bytes(b"")  # one log per start: an earlier run on this port must not show in errors
+    process = start_in_own_session(command, log_path, env)
     server = ServedModel(process, host=host, port=port, model_name=model_name, log_path=log_path)
     try:
         server.wait_ready(ready_timeout_s)
