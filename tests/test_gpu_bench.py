@@ -38,6 +38,7 @@ def _run_tiny(tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
     report = _run_tiny(tmp_path)
     assert report["preset"] == "tiny-mistral" and report["seq_len"] == 64
