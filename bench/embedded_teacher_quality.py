@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -39,16 +38,15 @@ sys.path.insert(0, str(REPO))
 from methyl_distill.flows.extract import extract_flow  # noqa: E402
 
 from methyl_distill.extraction.grounding import EvidenceChecker  # noqa: E402
-from methyl_distill.extraction.prompts import NOT_REPORTED  # noqa: E402
 from methyl_distill.extraction.question_bank import load_question_bank  # noqa: E402
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
+from methyl_distill.text.not_reported import is_not_reported  # noqa: E402
 
 SCHEMA_JUNK = ("$defs", "{", "#/", "$ref")
-_NOT_REPORTED = re.compile(r"^\s*(not reported|not stated|not mentioned|not available)", re.IGNORECASE)
 
 
 def _is_answered(answer: str) -> bool:
-    return bool(answer.strip()) and not _NOT_REPORTED.match(answer) and answer.strip() != NOT_REPORTED
+    return not is_not_reported(answer)
 
 
 def _quotes(record: dict[str, Any]) -> list[str]:

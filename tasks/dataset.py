@@ -2,7 +2,8 @@
 
 The cache key is everything that decides the dataset: the content (sha256) of every records file,
 the papers directory's files (relative path, size and modification time: a changed paper changes
-the key), the configuration, the output directory and the source of the dataset code itself. A
+the key), the configuration, the output directory and the source of the dataset code itself (the
+dataset package and the text rules it applies: quote matching, sentences, "not reported"). A
 cached result is only trusted while its files exist: the flow rebuilds when they are gone.
 Results are persisted as JSON beside the extraction cache (METHYL_DISTILL_CACHE_DIR or a storage
 block, see methyl_distill.tasks.extraction).
@@ -19,17 +20,19 @@ from prefect import task
 from prefect.context import TaskRunContext
 
 from methyl_distill.sft_dataset import DatasetConfig, DatasetSummary, build_sft_dataset
-from methyl_distill.sft_dataset.build import file_sha256
+from methyl_distill.text.hashing import sha256_of_file, sha256_of_text, update_with_file
 
 
 @cache
 def _code_fingerprint() -> str:
-    import methyl_distill.sft_dataset as package
+    import methyl_distill.sft_dataset as dataset_package
+    import methyl_distill.text as text_package
 
     digest = hashlib.sha256()
-    for path in sorted(Path(package.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+    for folder in (Path(dataset_package.__file__).parent, Path(text_package.__file__).parent):
+        for path in sorted(folder.glob("*.py")):
+            digest.update(f"{folder.name}/{path.name}".encode())
+            update_with_file(digest, path)
     return digest.hexdigest()
 
 
@@ -52,12 +55,12 @@ def dataset_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     config: DatasetConfig = parameters["config"]
     parts = [
         f"code={_code_fingerprint()}",
-        *(f"records={file_sha256(Path(path))}" for path in parameters["records"]),
+        *(f"records={sha256_of_file(path)}" for path in parameters["records"]),
         f"papers={papers_fingerprint(parameters['papers_directory'])}",
         f"config={config.fingerprint()}",
         f"output={Path(parameters['output_directory']).absolute()}",
     ]
-    return "dataset-" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return "dataset-" + sha256_of_text("\n".join(parts))
 
 
 @task(

@@ -119,3 +119,12 @@ def test_config_validation() -> None:
         ChunkingConfig(max_chunk_tokens=MIN_CHUNK_TOKENS - 1)
     with pytest.raises(ValidationError):
         ChunkingConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def test_sentence_cuts_keep_closing_quotes_and_brackets_and_abbreviations() -> None:
+    sentence = 'Paragraph sentence {} reports "SEPT9 hypermethylation (e.g. 120 men)." '
+    paragraph = "".join(sentence.format(index) for index in range(40)).strip()
+    chunks = split_into_chunks(paragraph, 120)
+    assert len(chunks) > 1
+    assert all(chunk.endswith('men)."') for chunk in chunks)  # cut after the closers, never inside
+    assert _words(" ".join(chunks)) == _words(paragraph)

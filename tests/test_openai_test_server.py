@@ -11,6 +11,8 @@ import httpx
 import openai
 import pytest
 
+from methyl_distill.extraction.records import TeacherExtraction
+from methyl_distill.teacher.structured_output import strict_json_schema
 from tests.fake_openai.server import (
     OpenAITestServerConfig,
     ServerHandle,
@@ -18,8 +20,6 @@ from tests.fake_openai.server import (
     running_test_server,
     strict_schema_problem,
 )
-from methyl_distill.extraction.records import TeacherExtraction
-from methyl_distill.teacher.structured_output import strict_json_schema
 
 PAPER = """\
 Promoter methylation of MGMT in glioblastoma

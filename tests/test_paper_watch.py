@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from methyl_distill.extraction.papers import content_sha256, normalise_text
 from methyl_distill.ops.paper_watch import (
     INPUT_DIRECTORY_LABEL,
     PAPER_ADDED_EVENT,
@@ -19,7 +20,6 @@ from methyl_distill.ops.paper_watch import (
     load_watch_state,
     watch_once,
 )
-from methyl_distill.extraction.papers import content_sha256, normalise_text
 
 
 class RecordingEmitter:

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from methyl_distill.extraction.question_bank import DEFAULT_QUESTION_BANK, QuestionBankError, load_question_bank
+from methyl_distill.extraction.question_bank import (
+    DEFAULT_QUESTION_BANK,
+    QuestionBankError,
+    load_question_bank,
+)
 
 TOPICS_RESEARCHERS_ASK = {
     "markers",

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.flow
 def test_flow_builds_caches_and_rebuilds_when_files_are_gone(
     prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from methyl_distill.flows.dataset import build_dataset_flow
     from prefect.client.orchestration import get_client
 
-    from methyl_distill.flows.dataset import build_dataset_flow
     from methyl_distill.sft_dataset import build as build_module
 
     monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "cache"))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from methyl_distill.sft_dataset.deduplication import DuplicateFinder, lsh_parameters, word_hashes
-from methyl_distill.sft_dataset.paper_text import ELISION, PaperText, fold_quote, unwrap_text
+from methyl_distill.sft_dataset.paper_text import ELISION, PaperText, unwrap_text
 from methyl_distill.sft_dataset.sample_builder import is_not_reported, unit_draw
 from methyl_distill.sft_dataset.splitting import split_by_paper, split_sizes
 from methyl_distill.sft_dataset.token_estimate import estimate_tokens_many, piece_prefix
+from methyl_distill.text.quotes import fold_quote
 from methyl_distill.text.token_count import estimate_tokens
 
 PAPER = (

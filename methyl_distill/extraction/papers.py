@@ -8,7 +8,6 @@ relative to the input directory, so it is stable across runs and machines.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import unicodedata
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from methyl_distill.text.hashing import sha256_of_text
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,8 @@ def decode_paper_bytes(data: bytes) -> str:
 
 
 def content_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The paper's cache identity: the SHA-256 of its normalised text."""
+    return sha256_of_text(text)
 
 
 def slugify_path(relative_path: str) -> str:
@@ -136,10 +138,10 @@ def assign_file_ids(relative_paths: Iterable[str]) -> dict[str, str]:
     for path, slug in slugs.items():
         exact = slug == _SLUG_UNSAFE.sub("-", path.lower()).strip("-")
         if counts[slug] > 1 or not exact:
-            digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:8]
+            digest = sha256_of_text(path)[:8]
             slug = f"{slug}-{digest}"
         while slug in taken:  # a plain slug that happens to look like a hashed one
-            slug = f"{slug}-{hashlib.sha256(slug.encode()).hexdigest()[:4]}"
+            slug = f"{slug}-{sha256_of_text(slug)[:4]}"
         taken.add(slug)
         ids[path] = slug
     return ids

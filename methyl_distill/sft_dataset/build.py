@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from methyl_distill.sft_dataset.record_reader import scan_records
 from methyl_distill.sft_dataset.sample_store import SampleStore
 from methyl_distill.sft_dataset.shard_worker import build_shards, token_counter
 from methyl_distill.sft_dataset.splitting import SPLITS, split_by_paper
+from methyl_distill.text.hashing import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +104,6 @@ class DatasetSummary(BaseModel):
             self.stats_json,
         )
         return all(Path(path).exists() for path in paths)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _cap_not_reported(
@@ -242,7 +234,7 @@ def build_sft_dataset(
             card=str(output / CARD_FILE),
             stats_json=str(output / STATS_FILE),
             splits=split_stats,
-            records_files={str(path): file_sha256(path) for path in records_paths},
+            records_files={str(path): sha256_of_file(path) for path in records_paths},
             records_read=scan.lines_read,
             corrupt_lines=scan.corrupt,
             superseded_records=scan.superseded,

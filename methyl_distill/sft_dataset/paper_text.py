@@ -1,11 +1,13 @@
 """A paper's text for grounding: find evidence quotes tolerantly and cut excerpts around them.
 
-Quotes are matched on a *skeleton* of the text: NFKC-normalised, lower-cased, letters and digits only.
-That is tolerant of whitespace, line breaks, hyphenation ('methyl-\\nation'), typographic quotes and
-dashes, ligatures and punctuation, while still demanding the same words in the same order. A quote
-with an ellipsis ('the SEPT9 ... assay') matches when each of its fragments occurs. Every skeleton
-character keeps the offset of its source character, so a match maps back to a span of the text for
-the excerpt. The skeleton is built with numpy lookup tables: a few microseconds per kilobyte.
+Quotes are found by the project's one quote rule (`methyl_distill.text.quotes`, the extraction's
+grounding uses it too): compared on the text's *fold* (NFKC, lower case, letters, digits, decimal
+points and comparison signs), which is tolerant of whitespace, line breaks, hyphenation
+('methyl-\\nation'), typographic quotes and dashes, ligatures and punctuation, while still demanding
+the same words and numbers in the same order. A quote with an ellipsis ('the SEPT9 ... assay')
+matches when each of its fragments occurs. Every folded character keeps the offset of its source
+character, so a match maps back to a span of the text for the excerpt, whose edges snap to the
+sentence boundaries of `methyl_distill.text.sentences`.
 
 `PaperLibrary` finds a record's paper under the papers directory from its `source_paths` and says
 why when it cannot ('missing', 'unreadable', 'outside_directory').
@@ -18,7 +20,6 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -26,70 +27,14 @@ import numpy as np
 
 from methyl_distill.extraction.papers import content_sha256, normalise_text
 from methyl_distill.sft_dataset.token_estimate import piece_prefix, run_class
+from methyl_distill.text.quotes import LocatedQuote, code_points, fold_with_offsets, locate_quote
+from methyl_distill.text.sentences import sentence_boundaries
 
-_ELLIPSIS = re.compile(r"\[?\s*(?:\.\s*){3,}\]?")
-_SENTENCE_START = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*")
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _WHITESPACE = re.compile(r"\s")
-_NON_ALNUM = re.compile(r"[\W_]+")
 ELISION = "[...]"
-
-
-@cache
-def _tables() -> tuple[np.ndarray, np.ndarray]:
-    """For every code point of the Basic Multilingual Plane: is it a letter/digit, and its lower case."""
-    chars = [chr(code) for code in range(0x10000)]
-    alnum = np.fromiter((char.isalnum() for char in chars), dtype=bool, count=0x10000)
-    lowered = [char.lower() for char in chars]
-    lower = np.fromiter(
-        (ord(low) if len(low) == 1 else code for code, low in enumerate(lowered)),
-        dtype=np.uint32,
-        count=0x10000,
-    )
-    lower[0x3C2] = 0x3C3  # final sigma folds like sigma (str.lower() picks either by context)
-    return alnum, lower
-
-
-def _codes(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-
-
-def _skeleton(text: str, codes: np.ndarray | None = None) -> tuple[str, np.ndarray]:
-    """The letters and digits of `text`, lower-cased, and the offset in `text` of each of them."""
-    if codes is None:
-        codes = _codes(text)
-    alnum, lower = _tables()
-    if codes.size and int(codes.max()) >= 0x10000:  # astral characters: rare, decided one by one
-        bmp = np.minimum(codes, 0xFFFF)
-        keep = alnum[bmp]
-        folded = lower[bmp]
-        for index in np.flatnonzero(codes >= 0x10000):
-            char = chr(int(codes[index]))
-            keep[index] = char.isalnum()
-            folded[index] = codes[index]
-    else:
-        keep = alnum[codes]
-        folded = lower[codes]
-    offsets = np.flatnonzero(keep)
-    return folded[keep].astype("<u4").tobytes().decode("utf-32-le"), offsets
-
-
-def fold_quote(quote: str) -> list[str]:
-    """The skeletons of a quote's fragments (split at ellipses), empty fragments left out."""
-    normalised = unicodedata.normalize("NFKC", quote)
-    parts = _ELLIPSIS.split(normalised) if "..." in normalised else [normalised]
-    fragments = []
-    for part in parts:
-        letters = _NON_ALNUM.sub("", part)
-        folded = letters.lower().replace("\u03c2", "\u03c3")
-        if len(folded) != len(letters):  # a letter whose lower case is longer: fold as the paper is
-            folded = _skeleton(letters)[0]
-        if folded:
-            fragments.append(folded)
-    return fragments
-
-
-QuoteStatus = Literal["found", "missing", "too_short"]
+# Enough characters beyond an excerpt's edge to see a sentence boundary at the edge whole (the stop,
+# its closers, the white space, the next sentence's first character; white space is collapsed).
+_BOUNDARY_LOOKAHEAD_CHARS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,21 +45,16 @@ class Excerpt:
     pieces: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class LocatedQuote:
-    status: QuoteStatus
-    spans: tuple[tuple[int, int], ...] = ()
-
-
 class PaperText:
-    """A paper's display text (NFKC, no soft hyphens, unwrapped) with its skeleton for quote matching."""
+    """A paper's display text (NFKC, no soft hyphens, unwrapped) with its fold (`skeleton`) for quote
+    matching."""
 
     __slots__ = ("_offsets", "_pieces", "skeleton", "text")
 
     def __init__(self, text: str) -> None:
         self.text = _display_text(text)
-        codes = _codes(self.text)
-        self.skeleton, self._offsets = _skeleton(self.text, codes)
+        codes = code_points(self.text)
+        self.skeleton, self._offsets = fold_with_offsets(self.text, codes)
         self._pieces = piece_prefix(codes)
 
     @classmethod
@@ -126,8 +66,8 @@ class PaperText:
             return []
         displays = [_display_text(text) for text in texts]
         joined = "\n".join(displays)
-        codes = _codes(joined)
-        skeleton, offsets = _skeleton(joined, codes)
+        codes = code_points(joined)
+        skeleton, offsets = fold_with_offsets(joined, codes)
         pieces = piece_prefix(codes)
         bounds = np.cumsum([len(display) + 1 for display in displays]) - 1  # each text's end in `joined`
         starts = bounds - [len(display) for display in displays]
@@ -156,20 +96,7 @@ class PaperText:
 
     def locate(self, quote: str, min_chars: int = 1) -> LocatedQuote:
         """Where `quote` occurs: every fragment must be found (in order where possible)."""
-        fragments = fold_quote(quote)
-        if sum(len(fragment) for fragment in fragments) < min_chars:
-            return LocatedQuote("too_short")
-        spans = []
-        cursor = 0
-        for fragment in fragments:
-            position = self.skeleton.find(fragment, cursor)
-            if position < 0:
-                position = self.skeleton.find(fragment)
-                if position < 0:
-                    return LocatedQuote("missing")
-            cursor = position + len(fragment)
-            spans.append((int(self._offsets[position]), int(self._offsets[cursor - 1]) + 1))
-        return LocatedQuote("found", tuple(spans))
+        return locate_quote(self.skeleton, self._offsets, quote, min_chars)
 
     def excerpt(self, spans: list[tuple[int, int]], budget: int) -> Excerpt | None:
         """Text around `spans` of at most about `budget` characters, or None if the spans alone exceed it.
@@ -222,23 +149,31 @@ class PaperText:
             pieces += window
         return Excerpt(body, pieces)
 
+    # Excerpt edges snap to the shared sentence boundaries. In the unwrapped display text the only line
+    # breaks are paragraph breaks, so a line break ends a sentence here as everywhere else.
     def _snap_start(self, left: int, evidence_start: int) -> int:
+        """The first sentence start in the outer half of (left, evidence_start], else a word start."""
         if left == 0:
             return 0
         half = left + (evidence_start - left) // 2
-        sentence = _SENTENCE_START.search(self.text, left, half)
-        if sentence:
-            return sentence.end()
+        lookbehind = max(0, left - _BOUNDARY_LOOKAHEAD_CHARS)  # a stop just before `left` counts too
+        for boundary in sentence_boundaries(self.text, lookbehind, half):
+            if boundary.next_start > left:
+                return boundary.next_start
         space = _WHITESPACE.search(self.text, left, evidence_start)
         return space.end() if space else evidence_start
 
     def _snap_end(self, evidence_end: int, right: int) -> int:
+        """The last sentence end in the outer half of (evidence_end, right], else a word end."""
         if right >= len(self.text):
             return len(self.text)
         half = evidence_end + (right - evidence_end) // 2
         last_end = None
-        for match in _SENTENCE_END.finditer(self.text, half, right):
-            last_end = match.end()
+        lookahead = min(len(self.text), right + _BOUNDARY_LOOKAHEAD_CHARS)
+        for boundary in sentence_boundaries(self.text, half, lookahead):
+            if boundary.end > right:
+                break
+            last_end = boundary.end
         if last_end is not None:
             return last_end
         space = self.text.rfind(" ", evidence_end, right)

@@ -23,15 +23,10 @@ import orjson
 from methyl_distill.extraction.records import MarkerRecord, PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.paper_text import Excerpt, LoadedPaper, PaperText
+from methyl_distill.text.not_reported import is_not_reported
 
 Style = Literal["closed_book", "grounded", "extraction"]
 
-_NOT_REPORTED = re.compile(
-    r"^\W*(?:not\s+(?:reported|stated|mentioned|specified|described|given|available|provided|addressed)"
-    r"|no\s+(?:information|data|details?)\b|none\s+(?:reported|stated)|n/?a\W*$|unknown\W*$"
-    r"|(?:the\s+)?(?:paper|study|text|article|excerpt)\s+does\s+not\s+(?:report|state|mention|specify|provide))",
-    re.IGNORECASE,
-)
 _REFERS_TO_SOURCE = re.compile(
     r"\b(?:th(?:is|e|at)\s+(?:paper|study|article|report|manuscript|publication|text|excerpt|work|cohort|trial"
     r"|analysis|authors?)|these\s+(?:authors|patients|samples|markers))\b",
@@ -45,10 +40,6 @@ def unit_draw(seed: int, *parts: object) -> float:
     """A deterministic uniform number in [0, 1) from the seed and `parts` (independent of PYTHONHASHSEED)."""
     digest = hashlib.blake2b("\x1f".join(map(str, (seed, *parts))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
-
-
-def is_not_reported(answer: str) -> bool:
-    return bool(_NOT_REPORTED.match(answer.strip()))
 
 
 @dataclass(slots=True)

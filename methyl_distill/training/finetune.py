@@ -19,7 +19,6 @@ afresh; a non-empty folder that holds no fine-tune is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from methyl_distill.text.hashing import sha256_of_file
 from methyl_distill.training.chat_jsonl import count_training_samples
 from methyl_distill.training.model_spec import ArchitectureShape, count_parameters, resolve_target_modules
 from methyl_distill.training.presets import ResolvedModel, get_preset, preset_config, resolve_model
@@ -155,14 +155,6 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def _file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class LoraFinetuneRecipe:
     """One LoRA SFT run: `setup()` checks cheaply first, `train()` runs ms-swift, `save()` writes outputs."""
 
@@ -265,8 +257,8 @@ class LoraFinetuneRecipe:
             "preset": self.preset.name,
             "model_source": self.model_source,
             "config": self.config.model_dump(mode="json"),
-            "train_sha256": _file_fingerprint(self.train_file),
-            "val_sha256": _file_fingerprint(self.val_file) if self.val_samples else None,
+            "train_sha256": sha256_of_file(self.train_file),
+            "val_sha256": sha256_of_file(self.val_file) if self.val_samples else None,
         }
 
     def _check_memory_fits(self) -> None:

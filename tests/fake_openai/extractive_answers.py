@@ -5,16 +5,19 @@ benchmarks see plausible output whose every quote is a verbatim sentence of the 
 is clever: questions are matched to sentences by keywords, markers are found by regex (gene-like
 symbols in sentences about methylation, cg probe ids), figures by pattern.
 
-Prompt convention shared with the extraction prompts: the paper text sits between a line `<paper>`
-and a line `</paper>`; the questions are lines `- [question_id] question text`.
+The prompt is read with the extraction prompts' own parsers (`paper_text_in`, `questions_in`), the
+sentences are those of `methyl_distill.text.sentences` and a missing answer is `NOT_REPORTED`, so
+the fake cannot drift from what the pipeline writes and checks.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from methyl_distill.extraction.prompts import paper_text_in, questions_in
 from methyl_distill.extraction.records import (
     AnswerRecord,
     ClinicalUse,
@@ -24,12 +27,10 @@ from methyl_distill.extraction.records import (
     QAPair,
     TeacherExtraction,
 )
+from methyl_distill.teacher.protocol import ChatMessage
+from methyl_distill.text.not_reported import NOT_REPORTED
+from methyl_distill.text.sentences import split_sentences
 
-NOT_REPORTED = "Not reported in the paper."
-
-_PAPER_BLOCK = re.compile(r"^<paper>[ \t]*\n(.*?)\n^</paper>[ \t]*$", re.DOTALL | re.MULTILINE)
-_QUESTION_LINE = re.compile(r"^- \[([^\]\n]+)\] (.+?)\s*$", re.MULTILINE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\"'])")
 _CG_ID = re.compile(r"\bcg\d{8}\b")
 _GENE_LIKE = re.compile(r"\b[A-Z][A-Z0-9]{1,9}(?:-[A-Z0-9]{1,4})?\b")
 _WORD = re.compile(r"[a-z][a-z0-9-]+")
@@ -175,37 +176,33 @@ class ExtractionPrompt:
     questions: list[tuple[str, str]]
 
 
-def parse_prompt(texts: Iterable[str]) -> ExtractionPrompt:
-    """Find the `<paper>` block and the `- [id] question` lines in the messages' texts."""
-    paper = ""
-    questions: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for text in texts:
-        match = _PAPER_BLOCK.search(text)
-        outside = text
-        if match and not paper:
-            paper = match.group(1)
-        if match:
-            outside = text[: match.start()] + text[match.end() :]
-        for question_id, question in _QUESTION_LINE.findall(outside):
-            if question_id not in seen:
-                seen.add(question_id)
-                questions.append((question_id, question))
-    return ExtractionPrompt(paper=paper, questions=questions)
+def _as_text_message(message: Mapping[str, Any]) -> ChatMessage:
+    """`message` with its content as one string (the text parts of a multi-part content joined)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "\n".join(part["text"] for part in content if isinstance(part, dict) and "text" in part)
+    return {"role": str(message.get("role")), "content": content if isinstance(content, str) else ""}
 
 
-def split_sentences(paper: str) -> list[str]:
+def parse_prompt(messages: Iterable[Mapping[str, Any]]) -> ExtractionPrompt:
+    """The `<paper>` block and the `- [id] question` lines of the request's user messages."""
+    text_messages = [_as_text_message(message) for message in messages]
+    return ExtractionPrompt(paper=paper_text_in(text_messages) or "", questions=questions_in(text_messages))
+
+
+# What the fake may quote: sentences of the paper long enough to say something (headings and
+# fragments left out).
+_MIN_CITABLE_CHARS = 30
+_CITABLE_ENDINGS = ".!?)\"'\u201d\u2019]"
+
+
+def citable_sentences(paper: str) -> list[str]:
     """Verbatim sentences of the paper (each a substring of it), headings and fragments left out."""
-    sentences: list[str] = []
-    for line in paper.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        for piece in _SENTENCE_END.split(line):
-            piece = piece.strip()
-            if len(piece) >= 30 and piece[-1] in ".!?)" and " " in piece:
-                sentences.append(piece)
-    return sentences
+    return [
+        sentence
+        for sentence in split_sentences(paper)
+        if len(sentence) >= _MIN_CITABLE_CHARS and sentence[-1] in _CITABLE_ENDINGS and " " in sentence
+    ]
 
 
 def _keywords(question: str) -> set[str]:
@@ -354,7 +351,7 @@ def build_marker(marker: str, sentences: Sequence[str], all_markers: Sequence[st
 
 def extract_grounded(paper: str, questions: Sequence[tuple[str, str]]) -> TeacherExtraction:
     """Answer every question and list every marker, quoting only verbatim sentences of `paper`."""
-    sentences = split_sentences(paper)
+    sentences = citable_sentences(paper)
     answers = []
     for question_id, question in questions:
         answer, evidence = answer_question(question, sentences)

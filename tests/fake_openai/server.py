@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from methyl_distill.teacher.token_bucket import format_reset_duration
 from tests.fake_openai.extractive_answers import extract_grounded, parse_prompt
 from tests.fake_openai.state import (
     FaultKind,
@@ -45,7 +46,6 @@ from tests.fake_openai.state import (
     cut_to_tokens,
     server_count_tokens,
 )
-from methyl_distill.teacher.token_bucket import format_reset_duration
 
 # Every fault but a 429, which is decided before admission: these hit requests the limits let in.
 ADMITTED_REQUEST_FAULTS: frozenset[str] = frozenset(get_args(FaultKind)) - {"rate_limit"}
@@ -326,7 +326,7 @@ class TestServerApp:
                 )
                 return self._json(_error_body(message, "server_error"), status)
             return self._completion(
-                body, model, texts, format_type, int(max_tokens), prompt_tokens, charge, fault
+                body, model, messages, format_type, int(max_tokens), prompt_tokens, charge, fault
             )
         finally:
             state.stats.leave()
@@ -335,14 +335,14 @@ class TestServerApp:
         self,
         body: dict,
         model: str,
-        texts: list[str],
+        messages: list[dict[str, Any]],
         format_type: str | None,
         max_tokens: int,
         prompt_tokens: int,
         charge: int,
         fault: str | None,
     ) -> JSONResponse:
-        prompt = parse_prompt(texts)
+        prompt = parse_prompt(messages)
         extraction = extract_grounded(prompt.paper, prompt.questions)
         content: str | None = extraction.model_dump_json()
         if format_type == "text" and self.state.config.prompt_mode_fences:
