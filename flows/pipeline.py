@@ -37,7 +37,7 @@ from methyl_distill.pipeline.parameters import (
 from methyl_distill.pipeline.run_outputs import (
     PipelineSummary,
     outputs_markdown,
-    read_finetune_summary,
+    run_finetune_deployment,
     training_run_name,
 )
 from methyl_distill.sft_dataset import DatasetConfig
@@ -111,20 +111,7 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     elif parameters.evaluate:
         logger.warning("Stage 4/4 skipped: the test split is empty (too few papers for one)")
 
-    summary = PipelineSummary(
-        output_directory=str(Path(parameters.output_directory).expanduser().resolve()),
-        teacher=teacher_name,
-        records_path=extraction.records_path,
-        dataset_directory=dataset.output_directory,
-        adapter_path=finetuned.adapter_path,
-        evaluation_report_path=evaluation.report_markdown_path if evaluation is not None else None,
-        stages={
-            "extraction": extraction.model_dump(mode="json"),
-            "dataset": dataset.model_dump(mode="json"),
-            "finetune": finetuned.model_dump(mode="json"),
-            **({"evaluation": evaluation.model_dump(mode="json")} if evaluation is not None else {}),
-        },
-    )
+    summary = PipelineSummary.of_stages(parameters, teacher_name, extraction, dataset, finetuned, evaluation)
     atomic_write_text(
         Path(summary.output_directory) / PIPELINE_SUMMARY_FILE, summary.model_dump_json(indent=2)
     )
@@ -183,19 +170,9 @@ def _finetune(parameters: PipelineParameters, dataset_directory: str, run_name: 
     }
     if parameters.finetune_deployment is None:
         return finetune_flow(**arguments)
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
     get_run_logger().info("Fine-tuning as deployment %s; waiting for it", parameters.finetune_deployment)
-    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call inside a sync flow
-        name=parameters.finetune_deployment,
-        parameters={**arguments, "config": parameters.finetune_run.model_dump(mode="json")},
-        timeout=parameters.finetune_timeout_s,
+    return run_finetune_deployment(
+        parameters.finetune_deployment,
+        {**arguments, "config": parameters.finetune_run.model_dump(mode="json")},
+        timeout_s=parameters.finetune_timeout_s,
     )
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        raise RuntimeError(
-            f"fine-tune deployment {parameters.finetune_deployment} run {flow_run.name} ended "
-            f"{state.name if state else 'without a state'}: {state.message if state else ''}"
-        )
-    return read_finetune_summary(output_directory, FinetuneSummary)

@@ -1,4 +1,5 @@
-"""What a pipeline run leaves behind: its summary, the name of its training run, the outputs table."""
+"""What a pipeline run leaves behind: its summary, the name of its training run, the outputs table;
+and the fine-tune run as a deployment elsewhere, whose summary comes back through shared storage."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from methyl_distill.extraction.run_tally import ExtractionSummary
 from methyl_distill.pipeline.parameters import PipelineParameters
+from methyl_distill.sft_dataset import DatasetSummary
 from methyl_distill.text.hashing import update_with_file
+from methyl_distill.training.evaluation import EvaluationSummary
+from methyl_distill.training.finetune import FinetuneSummary
 
 SummaryT = TypeVar("SummaryT", bound=BaseModel)
 
@@ -27,6 +32,34 @@ class PipelineSummary(BaseModel):
     evaluation_report_path: str | None
     stages: dict[str, dict[str, Any]] = Field(description="Each stage's summary, as it returned it.")
 
+    @classmethod
+    def of_stages(
+        cls,
+        parameters: PipelineParameters,
+        teacher: str,
+        extraction: ExtractionSummary,
+        dataset: DatasetSummary,
+        finetuned: FinetuneSummary,
+        evaluation: EvaluationSummary | None,
+    ) -> PipelineSummary:
+        stages = {
+            "extraction": extraction,
+            "dataset": dataset,
+            "finetune": finetuned,
+            "evaluation": evaluation,
+        }
+        return cls(
+            output_directory=str(Path(parameters.output_directory).expanduser().resolve()),
+            teacher=teacher,
+            records_path=extraction.records_path,
+            dataset_directory=dataset.output_directory,
+            adapter_path=finetuned.adapter_path,
+            evaluation_report_path=evaluation.report_markdown_path if evaluation is not None else None,
+            stages={
+                name: stage.model_dump(mode="json") for name, stage in stages.items() if stage is not None
+            },
+        )
+
 
 def training_run_name(parameters: PipelineParameters, dataset_directory: str) -> str:
     """`<preset>-<digest>` of what a fine-tune learns from: the training files, the preset and the
@@ -41,6 +74,26 @@ def training_run_name(parameters: PipelineParameters, dataset_directory: str) ->
     digest.update(parameters.student_preset.encode())
     digest.update(parameters.finetune_run.model_dump_json().encode())
     return f"{parameters.student_preset}-{digest.hexdigest()[:12]}"
+
+
+def run_finetune_deployment(
+    name: str, parameters: dict[str, Any], *, timeout_s: float | None
+) -> FinetuneSummary:
+    """Run the fine-tune deployment `name` (for example on the CUDA pool), wait for it and read the
+    summary it wrote into its output folder (call inside a flow run)."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    flow_run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync call inside a sync flow
+        name=name, parameters=parameters, timeout=timeout_s
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise RuntimeError(
+            f"fine-tune deployment {name} run {flow_run.name} ended "
+            f"{state.name if state else 'without a state'}: {state.message if state else ''}"
+        )
+    return read_finetune_summary(parameters["output_directory"], FinetuneSummary)
 
 
 def read_finetune_summary(output_directory: str, summary_type: type[SummaryT]) -> SummaryT:
