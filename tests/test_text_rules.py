@@ -245,3 +245,55 @@ def test_large_files_are_hashed_block_by_block(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert sha256_of_file(empty) == hashlib.sha256(b"").hexdigest()
+
+
+# --- signs: what a marker or a number says ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("quote", "found"),
+    [
+        ("higher in ER- tumours", True),
+        ("higher in ER+ tumours", False),  # the sign is the marker
+        ("fold change -2.5", True),
+        ("fold change 2.5", False),  # the sign is the number
+        ("fold change \u22122.5", True),  # the Unicode minus sign is a minus
+        ("hypermethylation of MGMT", True),  # a hyphen at a line break is hyphenation
+        ("methylation specific PCR", True),  # a hyphen inside a word is not a sign
+        ("promoter hypermethylation in CD34- cells", True),
+        ("promoter hyper- methylation in CD34- cells", True),  # hyphenation after a lower-case word
+        ("promoter hypermethylation in CD34+ cells", False),
+    ],
+)
+def test_signs_are_kept_where_they_change_the_meaning(quote: str, found: bool) -> None:
+    from methyl_distill.text.quotes import FoldedText
+
+    paper = FoldedText(
+        "Methylation was higher in ER- tumours (fold change -2.5). Hyper-\nmethylation of MGMT was "
+        "measured by methylation-specific PCR. Promoter hyper- methylation in CD34- cells."
+    )
+    assert paper.occurs(quote) is found
+
+
+def test_the_ascii_fold_and_the_table_fold_agree() -> None:
+    import random
+    import unicodedata
+
+    from methyl_distill.text.quotes import fold, fold_with_offsets
+
+    rng = random.Random(7)
+    alphabet = "aZ9 -+.<>\n\r(),\u2212\u00e9\u00c9"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        assert fold(text) == fold_with_offsets(unicodedata.normalize("NFKC", text))[0], repr(text)
+
+
+def test_a_quote_covers_whole_words_of_the_text() -> None:
+    from methyl_distill.text.quotes import FoldedText
+
+    paper = FoldedText("The greatest hypermethylation was seen in a test cohort.")
+    assert not FoldedText("The greatest effect.").occurs("a test")  # the fold has no spaces
+    assert paper.occurs("a test cohort") and paper.occurs("greatest hypermethylation")
+    assert not paper.occurs("methylation was seen")  # starts inside a word
+    located = paper.locate("a test")
+    assert located.status == "found" and paper.text[slice(*located.spans[0])] == "a test"

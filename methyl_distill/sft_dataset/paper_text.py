@@ -96,7 +96,7 @@ class PaperText:
 
     def locate(self, quote: str, min_chars: int = 1) -> LocatedQuote:
         """Where `quote` occurs: every fragment must be found (in order where possible)."""
-        return locate_quote(self.skeleton, self._offsets, quote, min_chars)
+        return locate_quote(self.skeleton, self._offsets, quote, min_chars, self.text)
 
     def excerpt(self, spans: list[tuple[int, int]], budget: int) -> Excerpt | None:
         """Text around `spans` of at most about `budget` characters, or None if the spans alone exceed it.
