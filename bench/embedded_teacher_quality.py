@@ -39,6 +39,7 @@ from methyl_distill.flows.extract import extract_flow  # noqa: E402
 
 from methyl_distill.extraction.grounding import EvidenceChecker  # noqa: E402
 from methyl_distill.extraction.question_bank import load_question_bank  # noqa: E402
+from methyl_distill.pipeline.parameters import embedded_chunk_tokens  # noqa: E402
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer  # noqa: E402
 from methyl_distill.text.not_reported import is_not_reported  # noqa: E402
 
@@ -110,9 +111,7 @@ def main() -> None:
                 refresh=True,
                 teacher_config=server.teacher_config(bank.ids),
                 max_concurrency=1,
-                max_chunk_tokens=max(
-                    512, config.n_ctx // 4
-                ),  # what the pipeline uses (embedded_chunk_tokens)
+                max_chunk_tokens=embedded_chunk_tokens(config),
                 cache_dir=str(Path(scratch) / "cache"),
             )
         wall = time.monotonic() - started

@@ -285,7 +285,7 @@ class LoopResult:
 
 
 def one_request_at_a_time(
-    papers: list[Path], base_url: str, stop: threading.Event, result: LoopResult
+    papers: list[Path], base_url: str, tpm: int, stop: threading.Event, result: LoopResult
 ) -> None:
     """The original script's shape: for each paper, one request, wait for it, write, next."""
     from methyl_distill.extraction.prompts import build_messages
@@ -294,7 +294,7 @@ def one_request_at_a_time(
     from methyl_distill.teacher.config import TeacherConfig
     from methyl_distill.teacher.openai_client import OpenAITeacher
 
-    config = TeacherConfig(base_url=base_url)
+    config = TeacherConfig(base_url=base_url, tpm=tpm)
     teacher = OpenAITeacher(config)
     bank = load_question_bank()
     result.started = time.monotonic()
@@ -317,7 +317,9 @@ def one_request_at_a_time(
     result.stopped = time.monotonic()
 
 
-def run_flow(input_directory: Path, output_directory: Path, base_url: str, cache_dir: Path, concurrency: int):
+def run_flow(
+    input_directory: Path, output_directory: Path, base_url: str, cache_dir: Path, concurrency: int, tpm: int
+):
     from methyl_distill.flows.extract import extract_flow
 
     from methyl_distill.teacher.config import TeacherConfig
@@ -325,7 +327,7 @@ def run_flow(input_directory: Path, output_directory: Path, base_url: str, cache
     return extract_flow(
         input_directory=str(input_directory),
         output_directory=str(output_directory),
-        teacher_config=TeacherConfig(base_url=base_url, model="gpt-4o"),
+        teacher_config=TeacherConfig(base_url=base_url, model="gpt-4o", tpm=tpm),
         cache_dir=str(cache_dir),
         max_concurrency=concurrency,
     )
@@ -354,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="extract-bench-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    os.environ["TEACHER_TPM"] = str(args.tpm)
     papers_dir, cache_dir = work / "papers", work / "cache"
     write_papers(papers_dir, args.papers, args.seed)
     sizes = [len(p.read_text()) for p in papers_dir.iterdir()]
@@ -366,13 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         stop, loop = threading.Event(), LoopResult()
         loop_papers = sorted(papers_dir.iterdir())
         loop_thread = threading.Thread(
-            target=one_request_at_a_time, args=(loop_papers, loop_server.base_url, stop, loop), daemon=True
+            target=one_request_at_a_time,
+            args=(loop_papers, loop_server.base_url, args.tpm, stop, loop),
+            daemon=True,
         )
         began = time.monotonic()
         loop_thread.start()
         stopper = threading.Timer(args.loop_window_s, stop.set)
         stopper.start()
-        summary = run_flow(papers_dir, work / "out-1", flow_server.base_url, cache_dir, args.concurrency)
+        summary = run_flow(
+            papers_dir, work / "out-1", flow_server.base_url, cache_dir, args.concurrency, args.tpm
+        )
         flow_wall = time.monotonic() - began
         stop.set()
         stopper.cancel()
@@ -431,16 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     cached_dir = work / "papers-1000"
     shutil.copytree(papers_dir, cached_dir)
     write_papers(cached_dir, args.cached_papers - args.papers, args.seed + 1, start=args.papers)
-    os.environ["TEACHER_TPM"] = str(10**9)
     fast = start_server(free_port(), 10**9, (0.0, 0.0), seed=3)
     try:
         began = time.monotonic()
-        fill = run_flow(cached_dir, work / "out-2", fast.base_url, cache_dir, 16)
+        fill = run_flow(cached_dir, work / "out-2", fast.base_url, cache_dir, 16, 10**9)
         fill_wall = time.monotonic() - began
         settle_s = wait_until_prefect_server_idle()
         before = fast.stats().requests
         began, cpu_before = time.monotonic(), cpu_seconds()
-        rerun = run_flow(cached_dir, work / "out-3", fast.base_url, cache_dir, 16)
+        rerun = run_flow(cached_dir, work / "out-3", fast.base_url, cache_dir, 16, 10**9)
         rerun_wall, cpu_after = time.monotonic() - began, cpu_seconds()
         calls = fast.stats().requests - before
     finally:

@@ -47,12 +47,12 @@ def extract_flow(
     question_bank: str | None = None,
     teacher_base_url: str | None = None,
     teacher_model: str | None = None,
-    teacher_config: TeacherConfig | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_chunk_tokens: int | None = None,
     chunk_overlap_tokens: int | None = None,
     cache_dir: str | None = None,
+    teacher_config: TeacherConfig | None = None,
 ) -> ExtractionSummary:
     """Extract every paper under `input_directory` into `output_directory`; cached papers cost nothing.
 
@@ -69,16 +69,15 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     config = parameters.extraction_config(teacher_config)
     discovery = discover_papers(parameters.input_directory)
     papers = discovery.papers
+    teacher = build_teacher(teacher_config) if papers else None
     logger.info(
         "%d paper file(s): %d distinct paper(s), %d rejected; question bank %s; %s",
         discovery.file_count,
         len(papers),
         len(discovery.rejected),
         bank.version,
-        teacher_config.describe(),
+        teacher_config.describe(key_set=teacher.has_key if teacher else None),
     )
-
-    teacher = build_teacher(teacher_config) if papers else None
     tally = RunTally(teacher_config, redact=teacher.redact) if teacher else RunTally(teacher_config)
     for item in discovery.rejected:
         tally.reject(item)

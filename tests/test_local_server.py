@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -119,13 +118,6 @@ def start_child(
     )
     servers.append(server)
     return server
-
-
-def test_free_loopback_port_is_free_to_bind() -> None:
-    port = free_loopback_port()
-    assert 1024 <= port <= 65535
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
 
 
 def test_ready_only_once_the_model_is_listed(servers: list[LocalServerProcess], tmp_path: Path) -> None:

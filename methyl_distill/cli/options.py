@@ -49,7 +49,8 @@ def field_help(info: FieldInfo, extra: str = "") -> str:
     """The field's description, then its default unless it has none worth showing."""
     text = (info.description or "").rstrip(".") + extra
     shown = str(info.default)
-    if not info.is_required() and info.default not in (None, False) and len(shown) <= _LONGEST_DEFAULT_SHOWN:
+    has_default = not info.is_required() and info.default_factory is None
+    if has_default and info.default not in (None, False) and len(shown) <= _LONGEST_DEFAULT_SHOWN:
         text += f" (default {shown})"
     return text + "."
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.extraction.chunking import ChunkingConfig
+from methyl_distill.extraction.chunking import MIN_CHUNK_TOKENS, ChunkingConfig
 from methyl_distill.extraction.extract import ExtractionConfig
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
 from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
@@ -45,11 +45,6 @@ class ExtractParameters(BaseModel):
     teacher_model: str | None = Field(
         default=None, description="Teacher model name; overrides TEACHER_MODEL and teacher_config."
     )
-    teacher_config: TeacherConfig | None = Field(
-        default=None,
-        description="The whole teacher configuration (endpoint, model, budget, output mode, grammar; no "
-        "key); default: read from the environment or .env (OPENAI_BASE_URL, TEACHER_*).",
-    )
     max_concurrency: int = Field(
         default=DEFAULT_MAX_CONCURRENCY, ge=1, description="Most teacher requests in flight."
     )
@@ -58,7 +53,7 @@ class ExtractParameters(BaseModel):
     )
     max_chunk_tokens: int | None = Field(
         default=None,
-        ge=1,
+        ge=MIN_CHUNK_TOKENS,
         description=f"Most paper tokens per request; default {_DEFAULT_CHUNK.max_chunk_tokens}, less "
         "when the teacher's context or TPM limit asks for it.",
     )
@@ -72,6 +67,11 @@ class ExtractParameters(BaseModel):
         default=None,
         description="Folder of the extraction cache; default: METHYL_DISTILL_CACHE_DIR, else "
         "~/.cache/methyl-distill.",
+    )
+    teacher_config: TeacherConfig | None = Field(
+        default=None,
+        description="The whole teacher configuration (endpoint, model, budget, output mode, grammar; no "
+        "key); default: read from the environment or .env (OPENAI_BASE_URL, TEACHER_*).",
     )
 
     def resolved_teacher(self) -> TeacherConfig:

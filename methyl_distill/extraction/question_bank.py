@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The bundled bank lives in the repository's data/ folder: next to the package in a source checkout or
-# an editable install, and in the working directory of the worker images (a copy of the repository).
+# The bundled bank is package data: next to this module in a checkout, an editable install and a wheel.
 DEFAULT_QUESTION_BANK = Path(__file__).resolve().parent / "question_bank.toml"
 QUESTION_BANK_ENV = "METHYL_DISTILL_QUESTION_BANK"
 
@@ -102,7 +101,7 @@ def _describe(error: ValidationError) -> str:
 
 
 def default_question_bank_path() -> Path:
-    """METHYL_DISTILL_QUESTION_BANK if set, else the bundled bank (next to the package, or ./data/)."""
+    """METHYL_DISTILL_QUESTION_BANK if set, else the bundled bank (package data next to this module)."""
     configured = os.environ.get(QUESTION_BANK_ENV)
     if configured:
         return Path(configured).expanduser()

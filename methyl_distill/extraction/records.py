@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.teacher.protocol import TokenUsage
+from methyl_distill.text.not_reported import NOT_REPORTED
 
 SCHEMA_VERSION = "1"
 
@@ -74,9 +75,7 @@ class MarkerRecord(_Strict):
 
 class AnswerRecord(_Strict):
     question_id: str = Field(description="The id of the question from the question bank.")
-    answer: str = Field(
-        description="The answer, grounded in the paper; 'Not reported in the paper.' if absent."
-    )
+    answer: str = Field(description=f"The answer, grounded in the paper; '{NOT_REPORTED}' if absent.")
     evidence: list[str] = Field(description="Verbatim quotes from the paper supporting the answer.")
 
 

@@ -50,6 +50,12 @@ def short_lora_run() -> FinetuneConfig:
     )
 
 
+def embedded_chunk_tokens(config: EmbeddedTeacherConfig) -> int:
+    """Paper-text tokens per request for SmolLM2: a quarter of its context, so the question list, the
+    schema instruction and the reply fit beside it (the extraction stage shrinks it further if not)."""
+    return max(512, config.n_ctx // 4)
+
+
 class PipelineParameters(BaseModel):
     """Everything a pipeline run takes, validated before any stage starts."""
 
@@ -74,14 +80,6 @@ class PipelineParameters(BaseModel):
     teacher_model: str | None = Field(
         default=None, description="Model of the configured teacher (overrides TEACHER_MODEL)."
     )
-    teacher_config: TeacherConfig | None = Field(
-        default=None,
-        description="The configured teacher's whole configuration (no key); default: read from the "
-        "environment or .env (OPENAI_BASE_URL, TEACHER_*).",
-    )
-    embedded_teacher: EmbeddedTeacherConfig | None = Field(
-        default=None, description="How the embedded llama.cpp teacher runs; default: EmbeddedTeacherConfig()."
-    )
     question_bank: str | None = Field(
         default=None, description="Question bank TOML; default: the bundled one."
     )
@@ -91,11 +89,6 @@ class PipelineParameters(BaseModel):
         ge=128,
         description="Paper tokens per request; default: the teacher's (a quarter of the context when "
         "embedded).",
-    )
-    max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY,
-        ge=1,
-        description="Teacher requests in flight at once (the embedded teacher serves one at a time).",
     )
     dataset: DatasetConfig | None = Field(
         default=None,
@@ -113,17 +106,30 @@ class PipelineParameters(BaseModel):
         description="Run the fine-tune as this deployment ('finetune/finetune-cuda') and wait for it; "
         "default: in this process.",
     )
-    finetune_timeout_s: float | None = Field(
-        default=None, gt=0, description="Longest wait for the fine-tune deployment; default: no limit."
-    )
     evaluate: bool = Field(default=True, description="Evaluate base and tuned student on the test split.")
     evaluation_limit: int | None = Field(
         default=DEFAULT_EVALUATION_LIMIT,
         ge=1,
-        description="Test examples evaluated (None: all); CPU generation is slow.",
+        description="Test examples evaluated (None, as a flow parameter: all); CPU generation is slow.",
     )
     evaluation_max_new_tokens: int = Field(
         default=DEFAULT_EVALUATION_MAX_NEW_TOKENS, ge=1, description="Longest answer per test question."
+    )
+    teacher_config: TeacherConfig | None = Field(
+        default=None,
+        description="The configured teacher's whole configuration (no key); default: read from the "
+        "environment or .env (OPENAI_BASE_URL, TEACHER_*).",
+    )
+    embedded_teacher: EmbeddedTeacherConfig | None = Field(
+        default=None, description="How the embedded llama.cpp teacher runs; default: EmbeddedTeacherConfig()."
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        description="Teacher requests in flight at once (the embedded teacher serves one at a time).",
+    )
+    finetune_timeout_s: float | None = Field(
+        default=None, gt=0, description="Longest wait for the fine-tune deployment; default: no limit."
     )
 
     @model_validator(mode="after")
@@ -162,9 +168,7 @@ class PipelineParameters(BaseModel):
         return not (configured.base_url or configured.api_key_secret_block)
 
     def embedded_chunk_tokens(self) -> int:
-        """Paper-text tokens per request for SmolLM2 unless given: a quarter of its context, so the
-        question list, the schema instruction and the reply fit beside it (the extraction stage
-        shrinks it further if not)."""
+        """Paper-text tokens per request for the embedded teacher: `max_chunk_tokens` if given."""
         if self.max_chunk_tokens is not None:
             return self.max_chunk_tokens
-        return max(512, self.embedded_server.n_ctx // 4)
+        return embedded_chunk_tokens(self.embedded_server)

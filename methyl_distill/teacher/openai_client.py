@@ -181,6 +181,11 @@ class OpenAITeacher:
         with self._lock:
             return self._mode
 
+    @property
+    def has_key(self) -> bool:
+        """Whether a key is sent (never the key itself)."""
+        return self._secret is not None
+
     def redact(self, text: str) -> str:
         """`text` with the API key, if it occurs, replaced by ***."""
         return text.replace(self._secret, "***") if self._secret else text

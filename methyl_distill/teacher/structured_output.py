@@ -90,7 +90,7 @@ def schema_outline(schema: dict[str, Any], last_properties: Sequence[str] = ()) 
     `{"answers": [{"question_id": string, "gene": string | null}, ...]}`: what a model without
     structured outputs can follow, where the raw schema's `$defs` and `$ref`s invite small models
     to copy them into the answers. Keys named in `last_properties` come last in their object (as
-    the grammar orders them, `json_grammar.GrammarLimits.last_properties`)."""
+    the grammar orders them, `teacher.grammar.GrammarLimits.last_properties`)."""
     return _outline(schema, schema, last_properties)
 
 
