@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import ValidationError
@@ -227,3 +228,80 @@ def test_run_command_maps_flags_and_says_where_outputs_are(
     assert "adapter:     " + str(tmp_path / "out/finetune/run/adapter") in printed
     assert "evaluation:  " + str(tmp_path / "out/evaluation/run/evaluation.md") in printed
     assert "7 extracted, 1 cached" in printed
+
+
+@pytest.mark.flow
+def test_the_embedded_server_hands_the_extraction_its_configuration(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The embedded branch with the fake OpenAI server standing in for llama.cpp: the configuration
+    the server hands back reaches the extraction as it is (prompt mode, grammar, no key of the user's),
+    one request at a time, chunks sized for SmolLM2's context."""
+    import methyl_distill.flows.pipeline as pipeline_module
+    from prefect import flow
+
+    from methyl_distill.teacher.llama_cpp_server import embedded_teacher_config
+    from tests.fake_openai.server import OpenAITestServerConfig, running_test_server
+
+    model = EmbeddedTeacherConfig().model_alias
+    # Started here, not inside the flow run: uvicorn's logging set-up deadlocks with Prefect's log
+    # handlers when it runs inside one.
+    fake = running_test_server(OpenAITestServerConfig(latency_s=(0.0, 0.01), models=[model]))
+    handle = fake.__enter__()
+    request.addfinalizer(lambda: fake.__exit__(None, None, None))
+
+    class StandInServer:
+        started: ClassVar[list[StandInServer]] = []
+
+        def __init__(self, config: EmbeddedTeacherConfig) -> None:
+            self.config = config
+            self.model = config.model_alias
+            self.base_url = handle.base_url
+
+        def __enter__(self) -> StandInServer:
+            StandInServer.started.append(self)
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            return None
+
+        def teacher_config(self, question_ids: list[str]) -> TeacherConfig:
+            return embedded_teacher_config(self.base_url, self.config, question_ids)
+
+    handed: list[dict[str, object]] = []
+    real_extract_flow = pipeline_module.extract_flow
+
+    def spying_extract_flow(*args: object, **kwargs: object) -> object:
+        handed.append(kwargs)
+        return real_extract_flow(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_module, "EmbeddedTeacherServer", StandInServer)
+    monkeypatch.setattr(pipeline_module, "extract_flow", spying_extract_flow)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-user-key-for-the-real-teacher")
+    monkeypatch.setenv("METHYL_DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for index, gene in enumerate(("SEPT9", "MGMT")):  # short: the fake's answers ignore the grammar's bounds
+        (papers / f"{gene.lower()}.txt").write_text(
+            f"{gene} promoter hypermethylation was found in {60 + index}% of tumours by qMSP.",
+            encoding="utf-8",
+        )
+    parameters = PipelineParameters(
+        input_directory=str(papers), output_directory=str(tmp_path / "out"), teacher="embedded"
+    )
+
+    @flow
+    def extraction_stage() -> tuple[object, str]:
+        return pipeline_module._extract(parameters, embedded=True)
+
+    summary, teacher_name = extraction_stage()
+    assert teacher_name == f"embedded {EmbeddedTeacherConfig().model_alias} (llama.cpp)"
+    assert summary.extracted == 2 and summary.failed == 0  # type: ignore[attr-defined]
+    (call,) = handed
+    (server,) = StandInServer.started
+    teacher = call["teacher_config"]
+    assert isinstance(teacher, TeacherConfig) and teacher.base_url == server.base_url
+    assert teacher.api_key_source == "none" and teacher.output_mode == "prompt" and teacher.grammar
+    assert call["max_concurrency"] == 1 and call["max_chunk_tokens"] == parameters.embedded_chunk_tokens()
+    stats = handle.stats()
+    assert stats.max_in_flight == 1 and stats.grammar_requests == stats.requests >= 2
