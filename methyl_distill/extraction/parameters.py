@@ -13,13 +13,16 @@ it is not given, the configuration is read from the environment or `.env` here, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.extraction.chunking import MIN_CHUNK_TOKENS, ChunkingConfig
-from methyl_distill.extraction.extract import ExtractionConfig
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
 from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
+
+if TYPE_CHECKING:  # the extraction core (numpy, the prompts) stays out of `methyl-distill --help`
+    from methyl_distill.extraction.extract import ExtractionConfig
 
 DEFAULT_MAX_CONCURRENCY = 16
 _DEFAULT_CHUNK = ChunkingConfig()
@@ -80,6 +83,8 @@ class ExtractParameters(BaseModel):
         return resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
 
     def extraction_config(self, teacher: TeacherConfig) -> ExtractionConfig:
+        from methyl_distill.extraction.extract import ExtractionConfig
+
         return ExtractionConfig.for_teacher(
             teacher, max_chunk_tokens=self.max_chunk_tokens, chunk_overlap_tokens=self.chunk_overlap_tokens
         )

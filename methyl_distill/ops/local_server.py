@@ -27,8 +27,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import httpx
-
 logger = logging.getLogger(__name__)
 
 
@@ -150,6 +148,8 @@ class LocalServerProcess:
         the server is left running on a timeout (the caller stops it)."""
         url = f"{self.base_url}/models"
         deadline = time.monotonic() + timeout_s
+        import httpx  # here, not at import: `methyl-distill --help` stays fast
+
         # trust_env=False: a proxy from the environment must not stand between us and loopback.
         with httpx.Client(timeout=2.0, trust_env=False) as client:
             while True:
