@@ -80,9 +80,10 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     """The stages in order (call inside a flow run: the stages are subflows)."""
     logger = get_run_logger()
     get_preset(parameters.student_preset)  # an unknown preset fails now, not after the extraction
-    embedded = parameters.uses_embedded_teacher()
+    configured = parameters.configured_teacher()  # None: the embedded teacher answers
+    embedded = configured is None
     logger.info("Stage 1/4: extraction (%s teacher)", "embedded" if embedded else "configured")
-    extraction, teacher_name = _extract(parameters, embedded)
+    extraction, teacher_name = _extract(parameters, configured)
     if extraction.papers == 0:
         raise RuntimeError(f"no readable papers in {parameters.input_directory}: nothing to distil")
 
@@ -129,12 +130,12 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     return summary
 
 
-def _extract(parameters: PipelineParameters, embedded: bool) -> tuple[ExtractionSummary, str]:
-    """The extraction subflow with the configured teacher, or with the embedded one for its length."""
+def _extract(parameters: PipelineParameters, teacher: TeacherConfig | None) -> tuple[ExtractionSummary, str]:
+    """The extraction subflow with the configured teacher, or, when None, with the embedded one for
+    its length."""
     output_directory = parameters.stage_directory("extraction")
     common = {"refresh": parameters.refresh_extraction, "question_bank": parameters.question_bank}
-    if not embedded:
-        teacher = parameters.configured_teacher()
+    if teacher is not None:
         summary = extract_flow(
             parameters.input_directory,
             output_directory,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -103,6 +103,10 @@ def extraction_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
         yield server
 
 
+def _teacher_variables(environment: Mapping[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environment.items() if name.startswith(("OPENAI_", "TEACHER_"))}
+
+
 def tiny_student() -> FinetuneConfig:
     return FinetuneConfig(
         max_steps=2,
@@ -146,7 +150,8 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
         evaluation_limit=2,
         evaluation_max_new_tokens=8,
     )
-    assert dict(os.environ) == environment_before  # the teacher travels as an argument, not in os.environ
+    # The teacher travels as an argument, not in os.environ (ms-swift sets variables of its own).
+    assert _teacher_variables(os.environ) == _teacher_variables(environment_before)
     first_requests = extraction_server.stats().requests
     assert first_requests >= 8
     assert summary.teacher.startswith("gpt-4o at http://127.0.0.1")
@@ -292,7 +297,7 @@ def test_the_embedded_server_hands_the_extraction_its_configuration(
 
     @flow
     def extraction_stage() -> tuple[object, str]:
-        return pipeline_module._extract(parameters, embedded=True)
+        return pipeline_module._extract(parameters, None)
 
     summary, teacher_name = extraction_stage()
     assert teacher_name == f"embedded {EmbeddedTeacherConfig().model_alias} (llama.cpp)"

@@ -154,18 +154,21 @@ class PipelineParameters(BaseModel):
     def embedded_server(self) -> EmbeddedTeacherConfig:
         return self.embedded_teacher or EmbeddedTeacherConfig()
 
-    def configured_teacher(self) -> TeacherConfig:
-        """The configured (not embedded) teacher: `teacher_config` or the environment's, with overrides."""
-        return resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+    def configured_teacher(self) -> TeacherConfig | None:
+        """The configured teacher of this run (`teacher_config` or the environment's, with the
+        overrides), resolved once; None when the embedded teacher answers: forced, or `auto` with no
+        key, endpoint or Secret block configured."""
+        if self.teacher == "embedded":
+            return None
+        configured = resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+        if self.teacher == "configured" or self.teacher_base_url or self.teacher_config is not None:
+            return configured
+        if api_key_in_environment() or configured.base_url or configured.api_key_secret_block:
+            return configured
+        return None
 
     def uses_embedded_teacher(self) -> bool:
-        """Whether this run starts the embedded teacher: forced, or `auto` with nothing configured."""
-        if self.teacher != "auto":
-            return self.teacher == "embedded"
-        if self.teacher_base_url or self.teacher_config is not None or api_key_in_environment():
-            return False
-        configured = self.configured_teacher()
-        return not (configured.base_url or configured.api_key_secret_block)
+        return self.configured_teacher() is None
 
     def embedded_chunk_tokens(self) -> int:
         """Paper-text tokens per request for the embedded teacher: `max_chunk_tokens` if given."""
