@@ -32,7 +32,7 @@ from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY, Extrac
 from methyl_distill.extraction.progress import ThrottledProgress
 from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
-from methyl_distill.extraction.run_tally import ExtractionSummary, RunTally
+from methyl_distill.extraction.run_tally import ExtractionSummary, RunTally, files_by_format
 from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.openai_client import build_teacher
 
@@ -53,6 +53,7 @@ def extract_flow(
     chunk_overlap_tokens: int | None = None,
     cache_dir: str | None = None,
     teacher_config: TeacherConfig | None = None,
+    keep_back_matter: bool = False,
 ) -> ExtractionSummary:
     """Extract every paper under `input_directory` into `output_directory`; cached papers cost nothing.
 
@@ -67,19 +68,22 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     teacher_config = parameters.resolved_teacher()
     bank = load_question_bank(parameters.question_bank)
     config = parameters.extraction_config(teacher_config)
-    discovery = discover_papers(parameters.input_directory)
+    discovery = discover_papers(parameters.input_directory, parameters.reading_options())
     papers = discovery.papers
     teacher = build_teacher(teacher_config) if papers else None
     logger.info(
-        "%d paper file(s): %d distinct paper(s), %d rejected; question bank %s; %s",
+        "%d file(s) (%s): %d distinct paper(s), %d not readable, %d hidden skipped; question bank %s; %s",
         discovery.file_count,
+        ", ".join(f"{count} {name}" for name, count in files_by_format(discovery).items()) or "none readable",
         len(papers),
         len(discovery.rejected),
+        discovery.hidden_skipped,
         bank.version,
         teacher_config.describe(key_set=teacher.has_key if teacher else None),
     )
     tally = RunTally(teacher_config, redact=teacher.redact) if teacher else RunTally(teacher_config)
     for item in discovery.rejected:
+        logger.warning("Not read: %s: %s", item.source_path, item.reason)
         tally.reject(item)
     if teacher is not None:
         extraction_task = extract_paper_task.with_options(

@@ -68,6 +68,7 @@ def pipeline_flow(
     embedded_teacher: EmbeddedTeacherConfig | None = None,
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     finetune_timeout_s: float | None = None,
+    keep_back_matter: bool = False,
 ) -> PipelineSummary:
     """Papers in `input_directory` → a LoRA-tuned student and its evaluation, in `output_directory`.
 
@@ -134,7 +135,11 @@ def _extract(parameters: PipelineParameters, teacher: TeacherConfig | None) -> t
     """The extraction subflow with the configured teacher, or, when None, with the embedded one for
     its length."""
     output_directory = parameters.stage_directory("extraction")
-    common = {"refresh": parameters.refresh_extraction, "question_bank": parameters.question_bank}
+    common = {
+        "refresh": parameters.refresh_extraction,
+        "question_bank": parameters.question_bank,
+        "keep_back_matter": parameters.keep_back_matter,
+    }
     if teacher is not None:
         summary = extract_flow(
             parameters.input_directory,

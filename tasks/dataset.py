@@ -25,11 +25,13 @@ from methyl_distill.text.hashing import sha256_of_file, sha256_of_text, update_w
 
 @cache
 def _code_fingerprint() -> str:
+    import methyl_distill.readers as readers_package
     import methyl_distill.sft_dataset as dataset_package
     import methyl_distill.text as text_package
 
     digest = hashlib.sha256()
-    for folder in (Path(dataset_package.__file__).parent, Path(text_package.__file__).parent):
+    packages = (dataset_package, text_package, readers_package)
+    for folder in (Path(package.__file__).parent for package in packages):  # type: ignore[arg-type]
         for path in sorted(folder.glob("*.py")):
             digest.update(f"{folder.name}/{path.name}".encode())
             update_with_file(digest, path)

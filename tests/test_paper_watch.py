@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from methyl_distill.extraction.papers import content_sha256, normalise_text
+from methyl_distill.extraction.papers import content_sha256
+from methyl_distill.readers.document import normalise_text
 from methyl_distill.ops.paper_watch import (
     INPUT_DIRECTORY_LABEL,
     PAPER_ADDED_EVENT,
@@ -126,7 +127,7 @@ def test_unreadable_files_are_reported_not_announced(papers: Path, tmp_path: Pat
     (papers / "notes.pdf").write_bytes(b"%PDF")
     emit = RecordingEmitter()
     report = watch_once(papers, tmp_path / "state.json", emit=emit)
-    assert sorted(report.unreadable) == ["binary.md", "empty.txt"]
+    assert sorted(report.unreadable) == ["binary.md", "empty.txt", "notes.pdf"]  # every format is read
     assert sorted(emit.paths) == ["lung/shox2.md", "mgmt.txt"]
 
 

@@ -1,33 +1,49 @@
-"""Paper discovery: decoding, rejection reasons, stable ids, identical content grouped."""
+"""Paper discovery: decoding, every file accounted for, stable ids, identical content grouped."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from methyl_distill.extraction.papers import (
-    UnreadablePaperError,
     assign_file_ids,
     content_sha256,
-    decode_paper_bytes,
     discover_papers,
-    normalise_text,
     slugify_path,
 )
+from methyl_distill.readers.document import UnreadablePaperError, normalise_text
+from methyl_distill.readers.formats import ReadingOptions, read_paper_bytes
+from methyl_distill.readers.plain_text import decode_text_bytes
 
 SAMPLE_PAPERS = Path(__file__).resolve().parent.parent / "data" / "papers"
 
 
 def test_decoding_accepts_utf8_bom_crlf_and_utf16() -> None:
     text = "MGMT promoter méthylation\r\nwas frequent.  \r\n"
-    assert decode_paper_bytes(text.encode("utf-8")) == "MGMT promoter méthylation\nwas frequent."
-    assert decode_paper_bytes(b"\xef\xbb\xbf" + text.encode("utf-8")) == normalise_text(text)
-    assert decode_paper_bytes(text.encode("utf-16")) == normalise_text(text)
+    assert decode_text_bytes(text.encode("utf-8")) == (text, "utf-8")
+    assert decode_text_bytes(b"\xef\xbb\xbf" + text.encode("utf-8")) == (text, "utf-8")
+    assert decode_text_bytes(text.encode("utf-16")) == (text, "utf-16")
     # NFC: a decomposed é and a composed é are the same paper.
     assert content_sha256(normalise_text("me\u0301thylation")) == content_sha256(
         normalise_text("méthylation")
     )
+
+
+def test_legacy_encodings_are_read_and_recorded() -> None:
+    paper = (
+        "Méthylation du promoteur de MGMT dans les glioblastomes traités par témozolomide. "
+        "La méthylation était présente dans 45 % des tumeurs étudiées; the “SEPT9” assay – "
+        "with a sensitivity of 72 % – was validated in Zürich and Besançon. "
+    ) * 3
+    for encoding in ("cp1252", "latin-1"):
+        result = read_paper_bytes("old_export.txt", paper.encode(encoding, errors="replace"))
+        assert "Méthylation du promoteur" in result.paper.text
+        assert "présente dans 45 % des tumeurs" in result.paper.text
+        assert result.paper.encoding is not None and result.paper.encoding != "utf-8"
+    cp1252 = read_paper_bytes("old.txt", paper.encode("cp1252")).paper
+    assert "“SEPT9” assay – with" in cp1252.text  # cp1252's quotes and dashes, not Latin-1 controls
 
 
 @pytest.mark.parametrize(
@@ -36,14 +52,85 @@ def test_decoding_accepts_utf8_bom_crlf_and_utf16() -> None:
         (b"", "empty file"),
         (b"  \n\t\r\n ", "only whitespace"),
         (b"\xef\xbb\xbf   \n", "only whitespace"),
-        (b"%PDF-1.7\n\x00\x01\x02binary", "NUL bytes"),
-        ("Résumé of a paper on café drinkers".encode("latin-1"), "not valid UTF-8 (byte 0xe9"),
+        (b"GSTP1\x00\x01\x02binary", "NUL bytes"),
         (bytes(range(1, 32)) * 10 + b"text", "control characters"),
+        (bytes(range(128, 256)) * 40, "not text in any known encoding"),
     ],
 )
 def test_decoding_rejects_with_reason(data: bytes, reason: str) -> None:
     with pytest.raises(UnreadablePaperError, match=reason.replace("(", r"\(")):
-        decode_paper_bytes(data)
+        decode_text_bytes(data)
+
+
+def test_plain_text_sections_identifiers_and_back_matter() -> None:
+    paper = (
+        "SDC2 methylation in stool\n\ndoi: 10.5555/md.test.0042. PMID: 31234567\n\n"
+        "Abstract\nSDC2 was hypermethylated in 81% of cancers.\n\n"
+        "2. Methods\nStool DNA was bisulfite converted.\n\n"
+        "Results\nSensitivity was 81.1%.\n\n"
+        "Acknowledgements\nWe thank the nurses.\n\n"
+        "References\n1. Smith J. Gut 2019;68:1-9.\n2. Lee K. Gut 2020;69:2-10.\n"
+    )
+    kept = read_paper_bytes("sdc2.txt", paper.encode(), ReadingOptions(keep_back_matter=True))
+    assert kept.paper.text == normalise_text(paper)  # plain text is never reflowed
+    assert [(section.title, section.role) for section in kept.paper.sections] == [
+        ("", "title"),
+        ("Abstract", "abstract"),
+        ("2. Methods", "body"),
+        ("Results", "body"),
+        ("Acknowledgements", "back_matter"),
+        ("References", "back_matter"),
+    ]
+    assert kept.paper.metadata.title == "SDC2 methylation in stool"
+    assert kept.paper.metadata.doi == "10.5555/md.test.0042"
+    assert kept.paper.metadata.pmid == "31234567"
+
+    read = read_paper_bytes("sdc2.txt", paper.encode())
+    assert read.paper.text.endswith("Results\nSensitivity was 81.1%.")
+    assert "nurses" not in read.paper.text and "Smith J" not in read.paper.text
+    assert read.omitted.sections == ("Acknowledgements", "References")
+    assert 25 <= read.omitted.tokens <= 60  # 104 characters, many of them digits and punctuation
+    for section in read.paper.sections:  # spans still point at their headings
+        assert read.paper.text[section.start : section.end].startswith(section.title)
+
+
+def test_markdown_headings_are_sections() -> None:
+    paper = "# MGMT in glioma\n\nIntro text.\n\n## Results\nMGMT was methylated.\n\n## References\n1. X."
+    read = read_paper_bytes("mgmt.md", paper.encode())
+    assert read.paper.format == "markdown"
+    assert read.paper.metadata.title == "MGMT in glioma"
+    assert read.paper.text == "# MGMT in glioma\n\nIntro text.\n\n## Results\nMGMT was methylated."
+    assert read.omitted.sections == ("References",)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("paper.docx", b"PK\x03\x04" + b"\x00" * 40, ".docx files (Word document) are not supported"),
+        ("paper.epub", b"PK\x03\x04" + b"\x00" * 40, ".epub files (EPUB book) are not supported"),
+        ("notes.rtf", b"{\\rtf1\\ansi hello}", ".rtf files (RTF document) are not supported"),
+        ("figure.png", b"\x89PNG\r\n\x1a\n\x00\x00", "image file (.png): no text to read"),
+        ("data.csv", b"a,b\n1,2\n", ".csv files (table) are not supported"),
+        ("script.py", b"print('hi')\n", ".py files are not supported: methyl-distill reads .pdf"),
+        ("README", b"hello\n", "files without a suffix are not supported"),
+        ("broken.pdf", b"<html>not a pdf</html>", "corrupt or truncated PDF: the file does not start"),
+    ],
+)
+def test_unsupported_files_are_named(name: str, data: bytes, reason: str) -> None:
+    with pytest.raises(UnreadablePaperError) as raised:
+        read_paper_bytes(name, data)
+    assert str(raised.value).startswith(reason)
+
+
+def test_format_follows_content_before_suffix() -> None:
+    from methyl_distill.readers.formats import detect_format
+
+    assert detect_format("saved.txt", b"%PDF-1.7\n...") == "pdf"
+    assert detect_format("paper", b"%PDF-1.4\n") == "pdf"
+    assert detect_format("page.txt", b"<!DOCTYPE html><html><body>") == "html"
+    assert detect_format("article.dat", b'<?xml version="1.0"?>\n<article>') == "jats"
+    assert detect_format("nxml.nxml", b"\n<article>") == "jats"
+    assert detect_format("paper.MD", b"# Title") == "markdown"
 
 
 def test_file_ids_are_stable_readable_and_never_collide() -> None:
@@ -68,25 +155,69 @@ def test_discovery_reports_bad_files_and_groups_identical_content(tmp_path: Path
     )
     (tmp_path / "other.md").write_text("GSTP1 is hypermethylated in prostate cancer.", encoding="utf-8")
     (tmp_path / "empty.txt").write_bytes(b"")
-    (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00")
-    (tmp_path / "latin1.txt").write_bytes("Méthylation".encode("latin-1"))
-    (tmp_path / "ignored.pdf").write_bytes(b"%PDF")
+    (tmp_path / "binary.txt").write_bytes(b"GSTP1\x00\x00\x00")
+    (tmp_path / "latin1.txt").write_bytes(("Méthylation du promoteur de MGMT. " * 5).encode("latin-1"))
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj")
+    (tmp_path / "manuscript.docx").write_bytes(b"PK\x03\x04" + b"\x00" * 30)
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "secret.txt").write_text("not a paper", encoding="utf-8")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.txt"
+    outside.write_text("DAPK1 methylation outside the input folder.", encoding="utf-8")
+    (tmp_path / "escape.txt").symlink_to(outside)
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "gone.txt")
+    (tmp_path / "linked_folder").symlink_to(tmp_path / "nested", target_is_directory=True)
+    (tmp_path / "alias.txt").symlink_to(tmp_path / "other.md")  # inside: read, a duplicate of other.md
 
     discovery = discover_papers(tmp_path)
 
-    assert discovery.file_count == 6
+    assert discovery.file_count == 12
+    assert discovery.hidden_skipped == 2
     rejected = {item.source_path: item.reason for item in discovery.rejected}
-    assert set(rejected) == {"empty.txt", "binary.txt", "latin1.txt"}
+    assert set(rejected) == {
+        "empty.txt",
+        "binary.txt",
+        "broken.pdf",
+        "manuscript.docx",
+        "escape.txt",
+        "dangling.txt",
+        "linked_folder",
+    }
     assert rejected["empty.txt"] == "empty file"
-    assert "NUL" in rejected["binary.txt"] and "UTF-8" in rejected["latin1.txt"]
+    assert "NUL" in rejected["binary.txt"]
+    assert rejected["broken.pdf"].startswith("corrupt or truncated PDF")
+    assert rejected["manuscript.docx"].startswith(".docx files (Word document) are not supported")
+    assert rejected["escape.txt"].startswith("symlink leads outside the input folder")
+    assert rejected["dangling.txt"].startswith("broken symlink")
+    assert rejected["linked_folder"].startswith("symlink to a folder: not followed")
+    assert all(item.file_id for item in discovery.rejected)
     by_id = {paper.file_id: paper for paper in discovery.papers}
-    assert set(by_id) == {"b-first-txt", "other-md"}
+    assert set(by_id) == {"b-first-txt", "other-md", "latin1-txt"}
+    assert by_id["latin1-txt"].source.encoding not in (None, "utf-8")
+    assert by_id["other-md"].file_ids == ("alias-txt", "other-md")
     duplicated = by_id["b-first-txt"]
     assert duplicated.file_ids == ("b-first-txt", "nested-deeper-copy-md")
     assert duplicated.source_paths == ("b_first.txt", "nested/deeper/copy.md")
     assert duplicated.content_sha256 == content_sha256(normalise_text(paper))
+
+
+def test_a_folder_that_cannot_be_read_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "inside.txt").write_text("never seen", encoding="utf-8")
+    (tmp_path / "ok.txt").write_text("GSTP1 hypermethylation in prostate cancer.", encoding="utf-8")
+    real_scandir = os.scandir
+
+    def scandir(path: object) -> object:  # root reads any folder, so refuse one as a permission error
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    discovery = discover_papers(tmp_path)
+    assert [paper.source_path for paper in discovery.papers] == ["ok.txt"]
+    assert [(item.source_path, item.reason) for item in discovery.rejected] == [
+        ("locked/", "folder cannot be read: Permission denied")
+    ]
 
 
 def test_missing_input_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -149,9 +149,11 @@ def chunking_fingerprint(text: str, bank: QuestionBank, config: ExtractionConfig
 def extraction_cache_key(
     paper: Paper, bank: QuestionBank, teacher_model: str, config: ExtractionConfig
 ) -> str:
-    """Everything that shapes a paper's extraction: content, questions, prompt, model, schema, chunking."""
+    """Everything that shapes a paper's extraction: content and the reader that produced it, questions,
+    prompt, model, schema, chunking. (A better reader re-extracts even where the text came out the same.)"""
     parts = [
         f"content={paper.content_sha256}",
+        f"reader={paper.source.reader}",
         f"bank={bank.version}",
         f"prompt={PROMPT_VERSION}",
         f"model={teacher_model}",
@@ -305,6 +307,7 @@ def extract_paper(
         file_ids=list(paper.file_ids),
         source_paths=list(paper.source_paths),
         content_sha256=paper.content_sha256,
+        source=paper.source,
         question_bank_version=question_bank.version,
         prompt_version=PROMPT_VERSION,
         teacher_model=teacher.model,

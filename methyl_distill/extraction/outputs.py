@@ -2,9 +2,11 @@
 
 Layout of the output directory:
 
-- `processed_files/<file_id>.txt`: the readable Q&A of one paper file, question then answer;
+- `processed_files/<file_id>.txt`: the readable Q&A of one paper file: where the paper came from
+  (file, format, title, identifiers, sections left out), then each question and its answer;
 - `all_results.json`: one entry per paper file: `file_id`, `input_questions`, `generated_answers`
-  (the original script's layout) plus `record`, the structured `PaperRecord`;
+  (the original script's layout) plus the file's `source_path`, `format`, `title`, `doi`, `pmid`,
+  `pmcid` and `record`, the structured `PaperRecord`;
 - `records.jsonl`: one `PaperRecord` per distinct paper (the dataset stage reads this);
 - `failures.jsonl`: one `FailureRecord` per file that could not be read or extracted.
 
@@ -95,9 +97,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def source_lines(record: PaperRecord, file_id: str | None = None) -> list[str]:
+    """What the processed file says about the paper: its file, format, title and identifiers."""
+    source = record.source
+    file_id = file_id or record.file_id
+    index = record.file_ids.index(file_id) if file_id in record.file_ids else 0
+    path = record.source_paths[index] if index < len(record.source_paths) else record.source_paths[0]
+    how = source.format + (f", {source.pages} pages" if source.pages else "")
+    if source.encoding and source.encoding not in ("utf-8", "ascii"):
+        how += f", {source.encoding}"
+    lines = [f"Source: {path} ({how}, read by {source.reader})"]
+    for label, value in (
+        ("Title", source.title),
+        ("DOI", source.doi),
+        ("PMID", source.pmid),
+        ("PMCID", source.pmcid),
+    ):
+        if value:
+            lines.append(f"{label}: {value}")
+    if source.omitted_sections:
+        lines.append(
+            f"Left out: {', '.join(source.omitted_sections)} (~{source.omitted_tokens} tokens)"
+        )
+    return lines
+
+
 def format_processed_file(record: PaperRecord, file_id: str | None = None) -> str:
-    """The readable Q&A of one paper: each question, then its answer and its evidence."""
-    lines = [f"# {file_id or record.file_id}", ""]
+    """The readable Q&A of one paper: where it came from, then each question, its answer, its evidence."""
+    lines = [f"# {file_id or record.file_id}", "", *source_lines(record, file_id), ""]
     for answered in record.answers:
         lines.append(f"Question: {answered.question}")
         lines.append(f"Answer: {answered.answer}")
@@ -145,10 +172,17 @@ def all_results_entries(records: Iterable[PaperRecord]) -> list[dict[str, object
     entries: list[dict[str, object]] = []
     for record in records:
         structured = record.model_dump(mode="json")
-        for file_id in record.file_ids:
+        source = record.source
+        for file_id, source_path in zip(record.file_ids, record.source_paths, strict=False):
             entries.append(
                 {
                     "file_id": file_id,
+                    "source_path": source_path,
+                    "format": source.format,
+                    "title": source.title,
+                    "doi": source.doi,
+                    "pmid": source.pmid,
+                    "pmcid": source.pmcid,
                     "input_questions": [answered.question for answered in record.answers],
                     "generated_answers": [answered.answer for answered in record.answers],
                     "record": structured,

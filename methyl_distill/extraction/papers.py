@@ -1,14 +1,19 @@
-"""Finding and reading the input papers.
+"""Finding and reading the input papers: every file under the input folder is accounted for.
 
-`discover_papers` walks an input directory for .txt and .md files, decodes each one robustly and
-returns the readable papers grouped by content (identical texts are extracted once, every file id
-recorded) together with the files it had to reject and why. A file's id comes from its path
-relative to the input directory, so it is stable across runs and machines.
+`discover_papers` walks an input directory and hands every file to the readers
+(`methyl_distill.readers.formats`: plain text, Markdown, PDF, JATS XML, HTML, chosen by content and
+name). It returns the readable papers grouped by their text (identical texts are extracted once,
+every file id recorded) and every file it could not use with the reason: unsupported formats by
+name, image-only or encrypted PDFs, XML that is not an article, undecodable text, symlinks that
+lead outside the input folder, folders that cannot be read. Hidden files and folders (names starting
+with '.') are skipped by design and counted. A file's id comes from its path relative to the input
+directory, so it is stable across runs and machines.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -17,14 +22,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from methyl_distill.readers.document import PaperSource, UnreadablePaperError
+from methyl_distill.readers.formats import ReadingOptions, read_paper_file
 from methyl_distill.text.hashing import sha256_of_text
 
 logger = logging.getLogger(__name__)
 
-PAPER_SUFFIXES = (".txt", ".md")
-# A text file has almost no C0 control characters besides tab, newline, carriage return, form feed.
-_MAX_CONTROL_SHARE = 0.01
-_ALLOWED_CONTROLS = frozenset("\t\n\r\f")
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
 _MAX_SLUG_CHARS = 120
 
@@ -37,8 +40,9 @@ class Paper(BaseModel):
     file_id: str = Field(description="Id of the first file (by relative path) with this content.")
     file_ids: tuple[str, ...] = Field(description="Ids of every file with this content.")
     source_paths: tuple[str, ...] = Field(description="Those files' paths relative to the input directory.")
-    content_sha256: str = Field(description="sha256 of the normalised text: the paper's cache identity.")
-    text: str = Field(description="The normalised text.")
+    content_sha256: str = Field(description="sha256 of the text the teacher reads: the paper's identity.")
+    text: str = Field(description="The text the teacher reads (back matter left out unless kept).")
+    source: PaperSource = Field(default_factory=PaperSource, description="How the first file was read.")
 
     @property
     def source_path(self) -> str:
@@ -60,50 +64,11 @@ class PaperDiscovery(BaseModel):
 
     papers: tuple[Paper, ...]
     rejected: tuple[RejectedFile, ...]
+    hidden_skipped: int = Field(default=0, description="Hidden files and folders skipped by design.")
 
     @property
     def file_count(self) -> int:
         return sum(len(paper.file_ids) for paper in self.papers) + len(self.rejected)
-
-
-class UnreadablePaperError(ValueError):
-    """The bytes of a file are not usable paper text."""
-
-
-def normalise_text(text: str) -> str:
-    """The canonical form of a paper's text: NFC, LF line ends, no trailing spaces, stripped."""
-    text = unicodedata.normalize("NFC", text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    return text.strip()
-
-
-def decode_paper_bytes(data: bytes) -> str:
-    """Decode a paper file's bytes to normalised text, or raise `UnreadablePaperError` saying why."""
-    if not data.strip():
-        raise UnreadablePaperError("empty file" if not data else "file contains only whitespace")
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            text = data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise UnreadablePaperError(f"invalid UTF-16 text: {exc.reason}") from exc
-    else:
-        if b"\x00" in data:
-            raise UnreadablePaperError("binary file (contains NUL bytes)")
-        try:
-            text = data.decode("utf-8-sig")  # strips a UTF-8 byte-order mark
-        except UnicodeDecodeError as exc:
-            raise UnreadablePaperError(
-                f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                "convert the file to UTF-8"
-            ) from exc
-    controls = sum(1 for char in text if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS)
-    if controls > max(2, _MAX_CONTROL_SHARE * len(text)):
-        raise UnreadablePaperError(f"binary file ({controls} control characters in {len(text)} characters)")
-    text = normalise_text(text)
-    if not text:
-        raise UnreadablePaperError("file contains only whitespace")
-    return text
 
 
 def content_sha256(text: str) -> str:
@@ -153,46 +118,120 @@ class _Readable:
     file_id: str
     text: str
     sha256: str
+    source: PaperSource
 
 
-def find_paper_files(input_directory: Path) -> list[Path]:
-    """Every .txt and .md file under `input_directory` (recursively, hidden entries skipped), sorted."""
-    found = []
-    for path in input_directory.rglob("*"):
-        relative_parts = path.relative_to(input_directory).parts
-        if any(part.startswith(".") for part in relative_parts):
-            continue
-        if path.suffix.lower() in PAPER_SUFFIXES and path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda item: item.relative_to(input_directory).as_posix())
+@dataclass
+class InputListing:
+    """What a walk of the input folder found: files to read, entries refused, hidden entries skipped."""
+
+    files: list[tuple[Path, str]]
+    refused: list[tuple[str, str]]
+    hidden: int
 
 
-def discover_papers(input_directory: str | Path) -> PaperDiscovery:
-    """Read every paper under `input_directory`; group identical texts; report unusable files."""
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def list_input_files(root: Path) -> InputListing:
+    """Every entry under `root`, sorted by relative path: regular files to read (symlinks to files
+    inside `root` included), entries refused with a reason (symlinks leading outside `root` or to a
+    folder, broken symlinks, folders that cannot be read), and the number of hidden entries."""
+    resolved_root = root.resolve()
+    files: list[tuple[Path, str]] = []
+    refused: list[tuple[str, str]] = []
+    hidden = 0
+
+    def unreadable_folder(error: OSError) -> None:
+        folder = Path(error.filename) if error.filename else root
+        relative = folder.relative_to(root).as_posix() if _inside(folder, root) else str(folder)
+        refused.append((relative + "/", f"folder cannot be read: {error.strerror or error}"))
+
+    for folder, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=False):
+        base = Path(folder)
+        kept_dirs = []
+        for name in sorted(dirnames):
+            path = base / name
+            relative = path.relative_to(root).as_posix()
+            if name.startswith("."):
+                hidden += 1
+            elif path.is_symlink():
+                refused.append((relative, _symlink_reason(path, resolved_root, folder=True)))
+            else:
+                kept_dirs.append(name)
+        dirnames[:] = kept_dirs
+        for name in filenames:
+            path = base / name
+            relative = path.relative_to(root).as_posix()
+            if name.startswith("."):
+                hidden += 1
+                continue
+            if path.is_symlink():
+                reason = _symlink_reason(path, resolved_root, folder=False)
+                if reason:
+                    refused.append((relative, reason))
+                    continue
+            elif not path.is_file():
+                refused.append((relative, "not a regular file (a socket, pipe or device)"))
+                continue
+            files.append((path, relative))
+    files.sort(key=lambda item: item[1])
+    refused.sort()
+    return InputListing(files=files, refused=refused, hidden=hidden)
+
+
+def _symlink_reason(path: Path, resolved_root: Path, *, folder: bool) -> str:
+    """Why a symlink is not read ('' for a symlink to a regular file inside the input folder)."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return f"broken symlink (to {os.readlink(path)})"
+    if not _inside(target, resolved_root):
+        return f"symlink leads outside the input folder (to {target}): not followed"
+    if folder or target.is_dir():
+        return "symlink to a folder: not followed (its files are read where they lie)"
+    if not target.is_file():
+        return "symlink to something that is not a regular file"
+    return ""
+
+
+def discover_papers(input_directory: str | Path, options: ReadingOptions | None = None) -> PaperDiscovery:
+    """Read every paper under `input_directory`; group identical texts; report every unusable file."""
     root = Path(input_directory).expanduser()
     if not root.exists():
         raise FileNotFoundError(f"input directory {root} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"input directory {root} is not a directory")
-    files = find_paper_files(root)
-    relative = {path: path.relative_to(root).as_posix() for path in files}
-    ids = assign_file_ids(relative.values())
+    listing = list_input_files(root)
+    ids = assign_file_ids([relative for _, relative in listing.files] + [rel for rel, _ in listing.refused])
 
     readable: list[_Readable] = []
-    rejected: list[RejectedFile] = []
-    for path in files:
-        rel = relative[path]
+    rejected = [RejectedFile(file_id=ids[rel], source_path=rel, reason=reason) for rel, reason in listing.refused]
+    for rel, reason in listing.refused:
+        logger.warning("Skipping %s: %s", rel, reason)
+    for path, rel in listing.files:
         try:
-            text = decode_paper_bytes(path.read_bytes())
+            result = read_paper_file(path, options)
         except UnreadablePaperError as exc:
             logger.warning("Skipping %s: %s", rel, exc)
             rejected.append(RejectedFile(file_id=ids[rel], source_path=rel, reason=str(exc)))
             continue
         except OSError as exc:
             logger.warning("Skipping %s: cannot read: %s", rel, exc)
-            rejected.append(RejectedFile(file_id=ids[rel], source_path=rel, reason=f"cannot read: {exc}"))
+            reason = f"cannot read: {exc.strerror or exc}"
+            rejected.append(RejectedFile(file_id=ids[rel], source_path=rel, reason=reason))
             continue
-        readable.append(_Readable(rel, ids[rel], text, content_sha256(text)))
+        except Exception as exc:  # a reader's own fault on odd input must not stop the run
+            logger.exception("Skipping %s: the reader failed", rel)
+            reason = f"the reader failed on this file ({type(exc).__name__}: {exc}); please report it"
+            rejected.append(RejectedFile(file_id=ids[rel], source_path=rel, reason=reason))
+            continue
+        text = result.paper.text
+        source = PaperSource.of(result.paper, result.omitted)
+        readable.append(_Readable(rel, ids[rel], text, content_sha256(text), source))
+    if listing.hidden:
+        logger.info("Skipped %d hidden file(s) or folder(s) under %s", listing.hidden, root)
 
     groups: dict[str, list[_Readable]] = {}
     for item in readable:
@@ -211,6 +250,8 @@ def discover_papers(input_directory: str | Path) -> PaperDiscovery:
                 source_paths=tuple(member.relative_path for member in members),
                 content_sha256=sha,
                 text=members[0].text,
+                source=members[0].source,
             )
         )
-    return PaperDiscovery(papers=tuple(papers), rejected=tuple(rejected))
+    rejected.sort(key=lambda item: item.source_path)
+    return PaperDiscovery(papers=tuple(papers), rejected=tuple(rejected), hidden_skipped=listing.hidden)

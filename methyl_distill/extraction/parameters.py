@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.extraction.chunking import MIN_CHUNK_TOKENS, ChunkingConfig
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
+from methyl_distill.readers.formats import ReadingOptions
 from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
 
 if TYPE_CHECKING:  # the extraction core (numpy, the prompts) stays out of `methyl-distill --help`
@@ -33,7 +34,9 @@ class ExtractParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_directory: str = Field(description="Directory of papers (.txt, .md), searched recursively.")
+    input_directory: str = Field(
+        description="Directory of papers (.pdf, JATS .xml, .html, .txt, .md), searched recursively."
+    )
     output_directory: str = Field(
         description="Directory for processed_files/, all_results.json, records.jsonl and failures.jsonl."
     )
@@ -76,6 +79,15 @@ class ExtractParameters(BaseModel):
         description="The whole teacher configuration (endpoint, model, budget, output mode, grammar; no "
         "key); default: read from the environment or .env (OPENAI_BASE_URL, TEACHER_*).",
     )
+
+    keep_back_matter: bool = Field(
+        default=False,
+        description="Let the teacher read reference lists and acknowledgements too (left out by default; "
+        "the tokens saved are counted per paper).",
+    )
+
+    def reading_options(self) -> ReadingOptions:
+        return ReadingOptions(keep_back_matter=self.keep_back_matter)
 
     def resolved_teacher(self) -> TeacherConfig:
         """The teacher configuration of this run: `teacher_config` or the environment's, with the

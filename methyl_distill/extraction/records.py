@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from methyl_distill.readers.document import PaperSource
 from methyl_distill.teacher.protocol import TokenUsage
 from methyl_distill.text.not_reported import NOT_REPORTED
 
@@ -116,7 +117,11 @@ class PaperRecord(BaseModel):
     file_id: str = Field(description="Stable id from the relative path of the first file with this content.")
     file_ids: list[str] = Field(description="Every file id whose content is identical (extracted once).")
     source_paths: list[str] = Field(description="Paths of those files relative to the input directory.")
-    content_sha256: str
+    content_sha256: str = Field(description="sha256 of the text the teacher read (see `source`).")
+    source: PaperSource = Field(
+        default_factory=PaperSource,
+        description="How the paper was read: format, reader, title, DOI/PMID/PMCID, sections left out.",
+    )
     question_bank_version: str
     prompt_version: str
     schema_version: str = SCHEMA_VERSION

@@ -32,13 +32,23 @@ class ExtractionSummary(BaseModel):
     all_results_path: str = Field(description="all_results.json: the original script's layout plus records.")
     failures_path: str = Field(description="failures.jsonl: files that could not be read or extracted.")
     processed_files_dir: str = Field(description="processed_files/: readable Q&A per paper file.")
-    files_found: int = Field(description="Paper files (.txt, .md) under the input directory.")
+    files_found: int = Field(description="Files under the input directory (hidden ones not counted).")
+    files_by_format: dict[str, int] = Field(
+        default_factory=dict, description="Readable files by format: pdf, jats, html, text, markdown."
+    )
+    hidden_skipped: int = Field(default=0, description="Hidden files and folders skipped by design.")
     papers: int = Field(description="Distinct readable papers (identical files count once).")
     duplicate_files: int = Field(description="Files whose content another file already holds.")
     extracted: int = Field(description="Papers extracted by the teacher in this run.")
     cached: int = Field(description="Papers whose extraction came from the cache (no teacher call).")
     failed: int = Field(description="Papers the teacher could not extract (not cached: retried next run).")
-    rejected: int = Field(description="Files rejected before extraction (empty, binary, undecodable).")
+    rejected: int = Field(
+        description="Files that could not be read (unsupported, scanned or encrypted PDF, not an article, "
+        "undecodable...): each is in failures.jsonl with its reason."
+    )
+    back_matter_tokens_left_out: int = Field(
+        default=0, description="Estimated tokens of reference lists and acknowledgements the teacher did not read."
+    )
     usage: TokenUsage = Field(description="Tokens and requests spent in this run (cached papers cost none).")
     estimated_cost_usd: float = Field(description="Estimated cost of this run's teacher calls.")
 
@@ -50,8 +60,17 @@ def record_for_files_of(record: PaperRecord, paper: Paper) -> PaperRecord:
             "file_id": paper.file_id,
             "file_ids": list(paper.file_ids),
             "source_paths": list(paper.source_paths),
+            "source": paper.source,
         }
     )
+
+
+def files_by_format(discovery: PaperDiscovery) -> dict[str, int]:
+    """How many readable files each format had (duplicates count: they are files)."""
+    counts: dict[str, int] = {}
+    for paper in discovery.papers:
+        counts[paper.source.format] = counts.get(paper.source.format, 0) + len(paper.file_ids)
+    return dict(sorted(counts.items()))
 
 
 def _no_redaction(text: str) -> str:
@@ -78,7 +97,7 @@ class RunTally:
                 file_id=item.file_id, source_path=item.source_path, stage="read", reason=item.reason
             )
         )
-        self._row(item.file_id, 1, "rejected", TokenUsage(), 0.0, item.reason)
+        self._row(item.file_id, 1, "rejected", TokenUsage(), 0.0, item.reason, None)
 
     def fail(self, paper: Paper, failure: FailureRecord) -> None:
         failure = self._redacted(
@@ -88,7 +107,7 @@ class RunTally:
         self.usage = self.usage + failure.usage
         cost = self.teacher.estimate_cost_usd(failure.usage)
         status = f"failed ({failure.stage})"
-        self._row(paper.file_id, len(paper.file_ids), status, failure.usage, cost, failure.reason[:300])
+        self._row(paper.file_id, len(paper.file_ids), status, failure.usage, cost, failure.reason[:300], paper)
 
     def finish(self, paper: Paper, record: PaperRecord, *, from_cache: bool) -> PaperRecord:
         """Count a paper's record (renamed to this run's files, which it returns)."""
@@ -97,11 +116,11 @@ class RunTally:
         note = f"{record.chunks} chunk(s), {len(record.markers)} marker(s)"
         if from_cache:
             self.cached += 1
-            self._row(paper.file_id, len(paper.file_ids), "cached", TokenUsage(), 0.0, note)
+            self._row(paper.file_id, len(paper.file_ids), "cached", TokenUsage(), 0.0, note, paper)
         else:
             self.usage = self.usage + record.usage
             cost = self.teacher.estimate_cost_usd(record.usage)
-            self._row(paper.file_id, len(paper.file_ids), "extracted", record.usage, cost, note)
+            self._row(paper.file_id, len(paper.file_ids), "extracted", record.usage, cost, note, paper)
         return record
 
     def _redacted(self, failure: FailureRecord) -> FailureRecord:
@@ -111,12 +130,23 @@ class RunTally:
             return failure
         return failure.model_copy(update={"reason": reason, "raw_output": raw_output})
 
-    def _row(self, file_id: str, files: int, status: str, usage: TokenUsage, cost: float, note: str) -> None:
+    def _row(
+        self,
+        file_id: str,
+        files: int,
+        status: str,
+        usage: TokenUsage,
+        cost: float,
+        note: str,
+        paper: Paper | None,
+    ) -> None:
         self.rows.append(
             {
                 "file_id": file_id,
                 "files": files,
+                "format": paper.source.format if paper else "",
                 "status": status,
+                "tokens_left_out": paper.source.omitted_tokens if paper else 0,
                 "requests": usage.requests,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
@@ -159,12 +189,15 @@ class RunTally:
             failures_path=paths.failures,
             processed_files_dir=paths.processed_files,
             files_found=discovery.file_count,
+            files_by_format=files_by_format(discovery),
+            hidden_skipped=discovery.hidden_skipped,
             papers=len(papers),
             duplicate_files=sum(len(paper.file_ids) - 1 for paper in papers),
             extracted=self.extracted,
             cached=self.cached,
             failed=self.failed,
             rejected=self.rejected,
+            back_matter_tokens_left_out=sum(paper.source.omitted_tokens for paper in papers),
             usage=self.usage,
             estimated_cost_usd=self.cost_usd,
         )

@@ -27,12 +27,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from methyl_distill.extraction.outputs import atomic_write_text
-from methyl_distill.extraction.papers import (
-    UnreadablePaperError,
-    content_sha256,
-    decode_paper_bytes,
-    find_paper_files,
-)
+from methyl_distill.extraction.papers import content_sha256, list_input_files
+from methyl_distill.readers.document import UnreadablePaperError
+from methyl_distill.readers.formats import read_paper_file
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +132,7 @@ def scan_for_new_papers(
     files: dict[str, FileStamp] = {}
     new: dict[str, NewPaper] = {}
     unreadable: list[str] = []
-    for path in find_paper_files(root):
-        relative = path.relative_to(root).as_posix()
+    for path, relative in list_input_files(root).files:
         try:
             stat = path.stat()
         except OSError as exc:  # removed between listing and stat
@@ -159,7 +155,7 @@ def scan_for_new_papers(
 
 def _hash_paper(path: Path, relative: str) -> str | None:
     try:
-        return content_sha256(decode_paper_bytes(path.read_bytes()))
+        return content_sha256(read_paper_file(path).paper.text)
     except (UnreadablePaperError, OSError) as exc:
         logger.warning("not announcing %s: %s", relative, exc)
         return None

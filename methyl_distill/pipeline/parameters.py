@@ -61,7 +61,9 @@ class PipelineParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_directory: str = Field(description="Directory of papers (.txt, .md), searched recursively.")
+    input_directory: str = Field(
+        description="Directory of papers (.pdf, JATS .xml, .html, .txt, .md), searched recursively."
+    )
     output_directory: str = Field(
         description="Directory for every stage's outputs: extraction/, dataset/, finetune/<run>/, "
         f"evaluation/<run>/ and {PIPELINE_SUMMARY_FILE}; <run> names the student preset and a digest of "
@@ -130,6 +132,10 @@ class PipelineParameters(BaseModel):
     )
     finetune_timeout_s: float | None = Field(
         default=None, gt=0, description="Longest wait for the fine-tune deployment; default: no limit."
+    )
+    keep_back_matter: bool = Field(
+        default=False,
+        description="Let the teacher read reference lists and acknowledgements too (left out by default).",
     )
 
     @model_validator(mode="after")

@@ -9,8 +9,9 @@ matches when each of its fragments occurs. Every folded character keeps the offs
 character, so a match maps back to a span of the text for the excerpt, whose edges snap to the
 sentence boundaries of `methyl_distill.text.sentences`.
 
-`PaperLibrary` finds a record's paper under the papers directory from its `source_paths` and says
-why when it cannot ('missing', 'unreadable', 'outside_directory').
+`PaperLibrary` finds a record's paper under the papers directory from its `source_paths`, reads it
+with the extraction's readers (PDF, JATS, HTML, text: the very text the teacher read, so its sha256
+matches the record's) and says why when it cannot ('missing', 'unreadable', 'outside_directory').
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Literal
 
 import numpy as np
 
-from methyl_distill.extraction.papers import content_sha256, normalise_text
+from methyl_distill.extraction.papers import content_sha256
+from methyl_distill.readers.document import UnreadablePaperError
+from methyl_distill.readers.formats import ReadingOptions, read_paper_bytes
 from methyl_distill.sft_dataset.token_estimate import piece_prefix, run_class
 from methyl_distill.text.quotes import LocatedQuote, code_points, fold_with_offsets, locate_quote
 from methyl_distill.text.sentences import sentence_boundaries
@@ -224,10 +227,13 @@ class LoadedPaper:
     detail: str = ""
 
 
-def _decode(data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return data.decode("utf-16")
-    return data.decode("utf-8-sig")
+def read_teacher_text(name: str, data: bytes, content_sha: str) -> str:
+    """The text the teacher read of a paper file: read as the extraction reads it, with its back
+    matter left out (the default) or, when that does not give the recorded content, kept."""
+    result = read_paper_bytes(name, data)
+    if content_sha256(result.paper.text) != content_sha and result.omitted.sections:
+        return read_paper_bytes(name, data, ReadingOptions(keep_back_matter=True)).paper.text
+    return result.paper.text
 
 
 class PaperLibrary:
@@ -267,10 +273,10 @@ class PaperLibrary:
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                text = normalise_text(_decode(data))
+                text = read_teacher_text(path, data, content_sha)
             except FileNotFoundError:
                 continue
-            except (OSError, UnicodeDecodeError) as exc:
+            except (OSError, UnreadablePaperError) as exc:
                 problem = LoadedPaper("unreadable", path=str(path), detail=f"{relative}: {exc}")
                 continue
             if content_sha256(text) == content_sha:

@@ -13,7 +13,8 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from methyl_distill.extraction.papers import content_sha256, normalise_text
+from methyl_distill.extraction.papers import content_sha256
+from methyl_distill.readers.document import normalise_text
 from methyl_distill.extraction.records import (
     AnsweredQuestion,
     MarkerPerformance,
