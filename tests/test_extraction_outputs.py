@@ -14,6 +14,7 @@ from methyl_distill.extraction.outputs import (
     write_extraction_outputs,
 )
 from methyl_distill.extraction.records import AnsweredQuestion, FailureRecord, PaperRecord, QAPair, TokenUsage
+from methyl_distill.readers.document import PaperSource
 
 
 def _record(file_id: str = "mgmt-txt", file_ids: tuple[str, ...] = ("mgmt-txt",)) -> PaperRecord:
@@ -96,3 +97,37 @@ def test_outputs_layout(tmp_path: Path) -> None:
     empty = write_extraction_outputs(tmp_path / "out", [], [])
     assert Path(empty.records).read_text(encoding="utf-8") == ""
     assert json.loads(Path(empty.all_results).read_text(encoding="utf-8")) == []
+
+
+def test_processed_files_and_all_results_say_where_each_paper_came_from(tmp_path: Path) -> None:
+    source = PaperSource(
+        format="pdf",
+        reader="pdf/1",
+        pages=3,
+        title="SDC2 methylation in stool DNA",
+        doi="10.5555/md.sample.0002",
+        pmid="31234567",
+        pmcid=None,
+        sections=("Abstract", "Methods"),
+        omitted_sections=("References", "Acknowledgements"),
+        omitted_tokens=812,
+    )
+    record = _record("sdc2-pdf", ("sdc2-pdf", "copy-pdf")).model_copy(
+        update={"source": source, "source_paths": ["papers/sdc2.pdf", "copy.pdf"]}
+    )
+    paths = write_extraction_outputs(tmp_path / "out", [record], [])
+
+    header = (Path(paths.processed_files) / "copy-pdf.txt").read_text(encoding="utf-8").split("\n\n")[1]
+    assert header.splitlines() == [
+        "Source: copy.pdf (pdf, 3 pages, read by pdf/1)",
+        "Title: SDC2 methylation in stool DNA",
+        "DOI: 10.5555/md.sample.0002",
+        "PMID: 31234567",
+        "Left out: References, Acknowledgements (~812 tokens)",
+    ]
+    entries = {entry["file_id"]: entry for entry in json.loads(Path(paths.all_results).read_text("utf-8"))}
+    assert entries["sdc2-pdf"]["source_path"] == "papers/sdc2.pdf"
+    assert entries["copy-pdf"]["source_path"] == "copy.pdf"
+    assert {entry["doi"] for entry in entries.values()} == {"10.5555/md.sample.0002"}
+    assert entries["sdc2-pdf"]["format"] == "pdf" and entries["sdc2-pdf"]["pmcid"] is None
+    assert PaperRecord.model_validate(entries["sdc2-pdf"]["record"]).source == source

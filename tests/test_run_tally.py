@@ -8,13 +8,14 @@ from methyl_distill.extraction.outputs import ExtractionOutputPaths
 from methyl_distill.extraction.papers import Paper, PaperDiscovery, RejectedFile
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.extraction.run_tally import RunTally
+from methyl_distill.readers.document import PaperSource
 from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.protocol import TokenUsage
 
 KEY = "sk-live-SECRET-123"
 
 
-def _paper(file_id: str, *duplicates: str) -> Paper:
+def _paper(file_id: str, *duplicates: str, source: PaperSource | None = None) -> Paper:
     ids = (file_id, *duplicates)
     return Paper(
         file_id=file_id,
@@ -22,6 +23,7 @@ def _paper(file_id: str, *duplicates: str) -> Paper:
         source_paths=tuple(f"{name}.txt" for name in ids),
         text="SEPT9 methylation.",
         content_sha256="0" * 64,
+        source=source or PaperSource(),
     )
 
 
@@ -49,7 +51,8 @@ def test_counts_costs_renames_and_redaction() -> None:
     # A cached record of a paper that now lives in two files, under another name.
     renamed = tally.finish(_paper("b", "b-copy"), _record("old-name", spent), from_cache=True)
     assert renamed.file_id == "b" and renamed.file_ids == ["b", "b-copy"]
-    tally.finish(_paper("a"), _record("a", spent), from_cache=False)
+    pdf = PaperSource(format="pdf", reader="pdf/1", omitted_sections=("References",), omitted_tokens=900)
+    tally.finish(_paper("a", source=pdf), _record("a", spent), from_cache=False)
     failure = FailureRecord(
         file_id="",
         source_path="",
@@ -70,11 +73,18 @@ def test_counts_costs_renames_and_redaction() -> None:
     assert KEY not in kept.reason and KEY not in (kept.raw_output or "") and "***" in kept.reason
     assert [row["file_id"] for row in tally.table()] == ["a", "b", "c", "empty-txt"]
     assert {row["status"] for row in tally.table()} == {"extracted", "cached", "failed (request)", "rejected"}
+    rows = {row["file_id"]: row for row in tally.table()}
+    assert (rows["a"]["format"], rows["a"]["tokens_left_out"]) == ("pdf", 900)
+    assert (rows["b"]["format"], rows["b"]["tokens_left_out"]) == ("text", 0)
+    assert (rows["empty-txt"]["format"], rows["empty-txt"]["note"]) == ("", "empty file")
 
     discovery = PaperDiscovery(
-        papers=[_paper("a"), _paper("b", "b-copy"), _paper("c")],
+        papers=[_paper("a", source=pdf), _paper("b", "b-copy"), _paper("c")],
         rejected=[RejectedFile(file_id="empty-txt", source_path="empty.txt", reason="empty file")],
+        hidden_skipped=2,
     )
     summary = tally.summary(discovery, ExtractionOutputPaths.under(Path("/tmp/out")))
     assert (summary.files_found, summary.papers, summary.duplicate_files) == (5, 3, 1)
     assert summary.estimated_cost_usd == tally.cost_usd
+    assert summary.files_by_format == {"pdf": 1, "text": 3}
+    assert (summary.hidden_skipped, summary.back_matter_tokens_left_out, summary.rejected) == (2, 900, 1)

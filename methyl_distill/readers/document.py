@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -217,6 +218,7 @@ _BACK_MATTER_HEADINGS = frozenset(
 _ABSTRACT_HEADINGS = frozenset({"abstract", "summary"})
 
 
+@lru_cache(maxsize=4096)
 def heading_key(title: str) -> str:
     """A heading reduced for comparison: numbering, markdown marks, case and punctuation dropped."""
     key = _NUMBERING.sub("", title.strip().lstrip("#").strip())
@@ -224,6 +226,7 @@ def heading_key(title: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", key).split())
 
 
+@lru_cache(maxsize=4096)
 def role_of_heading(title: str) -> SectionRole:
     """The role a section has by its heading: back matter, abstract, or body."""
     key = heading_key(title)
@@ -236,7 +239,7 @@ def role_of_heading(title: str) -> SectionRole:
 
 # --- identifiers ------------------------------------------------------------------------------------
 
-_DOI = re.compile(r"\b(10\.\d{4,9}/[^\s\"'<>]+)")
+_DOI = re.compile(r"(?<![\w.])(10\.\d{4,9}/[^\s\"'<>]+)")
 _PMID = re.compile(r"\bPMID\s*:?\s*(\d{1,9})\b")
 _PMCID = re.compile(r"\b(PMC\d{4,10})\b")
 
@@ -249,10 +252,11 @@ def clean_doi(value: str) -> str | None:
 
 def identifiers_in_text(text: str) -> PaperMetadata:
     """DOI, PMID and PMCID as the text states them (the first of each)."""
-    pmid = _PMID.search(text)
-    pmcid = _PMCID.search(text)
+    # The substring tests first: most texts name none, and a plain search is much faster than a regex.
+    pmid = _PMID.search(text) if "PMID" in text else None
+    pmcid = _PMCID.search(text) if "PMC" in text else None
     return PaperMetadata(
-        doi=clean_doi(text),
+        doi=clean_doi(text) if "10." in text and "/" in text else None,
         pmid=pmid.group(1) if pmid else None,
         pmcid=pmcid.group(1) if pmcid else None,
     )

@@ -14,7 +14,6 @@ lead text before the first heading (usually the title) is its first section.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from methyl_distill.readers.document import (
     PaperMetadata,
@@ -31,7 +30,7 @@ READER = "text/1"
 
 # A text file has almost no C0 control characters besides tab, newline, carriage return, form feed.
 _MAX_CONTROL_SHARE = 0.01
-_ALLOWED_CONTROLS = frozenset("\t\n\r\f")
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # C0 and C1 controls, but \t \n \r \f
 # charset-normalizer's "chaos" (mess) above this is not text in the guessed encoding.
 _MAX_CHAOS = 0.2
 
@@ -77,7 +76,7 @@ def decode_text_bytes(data: bytes) -> tuple[str, str]:
         text, encoding = data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError as exc:
         text, encoding = _decode_legacy(data, exc)
-    controls = sum(1 for char in text if unicodedata.category(char) == "Cc" and char not in _ALLOWED_CONTROLS)
+    controls = len(_CONTROLS.findall(text))
     if controls > max(2, _MAX_CONTROL_SHARE * len(text)):
         raise UnreadablePaperError(f"binary file ({controls} control characters in {len(text)} characters)")
     if not text.strip():
@@ -153,17 +152,17 @@ def is_heading_line(line: str, *, markdown: bool) -> str | None:
 
 
 def find_sections(text: str, *, markdown: bool) -> tuple[Section, ...]:
-    """Sections of a plain text at its heading lines; a heading counts when it starts a paragraph."""
+    """Sections of a plain text at its heading lines; a heading counts when it starts a paragraph
+    (any line, in Markdown). Only short lines can be headings, so only those are looked at."""
     starts: list[tuple[int, str]] = []
     offset = 0
     previous_blank = True
     for line in text.split("\n"):
-        heading = is_heading_line(line, markdown=markdown) if previous_blank or markdown else None
-        if heading is not None and offset > 0:
-            starts.append((offset, heading))
-        elif heading is not None:  # the text opens with a heading: the lead section is that section
-            starts.append((0, heading))
-        previous_blank = not line.strip()
+        if len(line) <= _MAX_HEADING_CHARS and (previous_blank or markdown):
+            heading = is_heading_line(line, markdown=markdown)
+            if heading is not None:
+                starts.append((offset, heading))
+        previous_blank = not line
         offset += len(line) + 1
     sections: list[Section] = []
     if not starts or starts[0][0] > 0:
