@@ -114,7 +114,7 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     shutil.copy(SAMPLE_PAPERS / "gstp1_prostate_cancer.txt", papers / "nested" / "gstp1 copy.md")
     (papers / "empty.txt").write_bytes(b"")
     (papers / "figure.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    (papers / "latin1.md").write_bytes("Méthylation du promoteur".encode("latin-1"))
+    (papers / "noise.md").write_bytes(bytes(range(128, 256)) * 40)  # no encoding explains it
 
     first = _run(server, papers, tmp_path)
     requests_after_first = server.stats().requests
@@ -134,9 +134,11 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
         for quote in a.evidence
     )
     failures = {failure.source_path: failure for failure in _failures(first)}
-    assert set(failures) == {"empty.txt", "figure.txt", "latin1.md"}
+    assert set(failures) == {"empty.txt", "figure.txt", "noise.md"}
     assert all(failure.stage == "read" for failure in failures.values())
-    assert failures["empty.txt"].reason == "empty file" and "UTF-8" in failures["latin1.md"].reason
+    assert failures["empty.txt"].reason == "empty file"
+    assert failures["noise.md"].reason.startswith("not text in any known encoding")
+    assert failures["figure.txt"].reason.startswith("image file (.txt): no text to read")
 
     entries = json.loads(Path(first.all_results_path).read_text(encoding="utf-8"))
     assert [entry["file_id"] for entry in entries] == [

@@ -53,10 +53,18 @@ def run_extract(args: argparse.Namespace) -> int:
     from methyl_distill.flows.extract import extract_flow
 
     summary = extract_flow(**{name: getattr(parameters, name) for name in parameters.model_fields_set})
+    formats = ", ".join(f"{count} {name}" for name, count in summary.files_by_format.items())
+    print(
+        f"{summary.files_found} file(s) ({formats or 'none readable'}; {summary.hidden_skipped} hidden "
+        f"skipped); ~{summary.back_matter_tokens_left_out} tokens of reference lists and acknowledgements "
+        "left out"
+    )
     print(
         f"{summary.extracted} extracted, {summary.cached} cached, {summary.failed} failed, "
-        f"{summary.rejected} rejected; records: {summary.records_path}; failures: {summary.failures_path}"
+        f"{summary.rejected} not readable; records: {summary.records_path}; failures: {summary.failures_path}"
     )
-    if summary.failed or summary.rejected:
+    if summary.rejected:
+        print(f"see {summary.failures_path} (stage 'read') for why each unreadable file was not used")
+    if summary.failed:
         print(f"see {summary.failures_path}: failed papers are retried by the next run (they are not cached)")
     return 0
