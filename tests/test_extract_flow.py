@@ -407,3 +407,69 @@ def test_rerun_after_kill_9_loses_nothing_and_repeats_no_finished_paper(tmp_path
         assert server.stats().requests - requests_before == summary.extracted
         assert len(_records(summary)) == 8
         assert list(output.rglob(".*.tmp")) == []
+
+
+def test_a_mixed_folder_every_format_read_every_bad_file_accounted_for(
+    server: ServerHandle, tmp_path: Path
+) -> None:
+    from tests.pdf_fixtures import encrypted_paper, image_only_paper, truncated_paper
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "papers"
+    papers = tmp_path / "papers"
+    _copy_papers(
+        papers,
+        ["sdc2_stool_colorectal_adenoma.pdf", "pax1_cervical_screening.xml", "gstp1_prostate_cancer.txt"],
+    )
+    shutil.copy(fixtures / "publisher_article_page.html", papers / "saved page.html")
+    (papers / "scanned.pdf").write_bytes(image_only_paper())
+    (papers / "locked.pdf").write_bytes(encrypted_paper())
+    (papers / "cut.pdf").write_bytes(truncated_paper())
+    (papers / "manuscript.docx").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    shutil.copy(fixtures / "not_an_article_pom.xml", papers / "pom.xml")
+    shutil.copy(fixtures / "navigation_only_page.html", papers / "nav.html")
+    (papers / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+
+    summary = _run(server, papers, tmp_path)
+
+    assert (summary.files_found, summary.papers, summary.extracted, summary.rejected) == (10, 4, 4, 6)
+    assert summary.files_by_format == {"html": 1, "jats": 1, "pdf": 1, "text": 1}
+    assert summary.hidden_skipped == 1
+    records = {record.file_id: record for record in _records(summary)}
+    pdf = records["sdc2-stool-colorectal-adenoma-pdf"]
+    assert (pdf.source.format, pdf.source.pages) == ("pdf", 2)
+    assert pdf.source.title and pdf.source.title.startswith("SDC2 promoter hypermethylation in stool DNA")
+    jats = records["pax1-cervical-screening-xml"]
+    assert (jats.source.format, jats.source.doi) == ("jats", "10.5555/md.sample.0001")
+    assert records["saved-page-html"].source.format == "html"
+    # The teacher did not read the reference lists; the tokens saved are counted per paper and in total.
+    assert "References" in pdf.source.omitted_sections and "References" in jats.source.omitted_sections
+    assert summary.back_matter_tokens_left_out == sum(r.source.omitted_tokens for r in records.values()) > 300
+    # Evidence quotes are grounded in the text the teacher read, whatever the format.
+    assert all(marker.evidence for record in records.values() for marker in record.markers)
+
+    reasons = {failure.source_path: failure.reason for failure in _failures(summary)}
+    expected_starts = {
+        "scanned.pdf": "no text layer: scanned, needs OCR",
+        "locked.pdf": "encrypted: password needed",
+        "cut.pdf": "corrupt or truncated PDF",
+        "manuscript.docx": ".docx files (Word document) are not supported",
+        "pom.xml": "XML that is not a journal article (root element <project>)",
+        "nav.html": "HTML page with no article text",
+    }
+    assert set(reasons) == set(expected_starts)
+    for name, start in expected_starts.items():
+        assert reasons[name].startswith(start), (name, reasons[name])
+    assert all(failure.stage == "read" for failure in _failures(summary))
+
+    entries = {
+        entry["file_id"]: entry for entry in json.loads(Path(summary.all_results_path).read_text("utf-8"))
+    }
+    assert entries["pax1-cervical-screening-xml"]["doi"] == "10.5555/md.sample.0001"
+    assert entries["sdc2-stool-colorectal-adenoma-pdf"]["format"] == "pdf"
+    processed = (Path(summary.processed_files_dir) / "sdc2-stool-colorectal-adenoma-pdf.txt").read_text(
+        "utf-8"
+    )
+    assert "Source: sdc2_stool_colorectal_adenoma.pdf (pdf, 2 pages, read by pdf/1)" in processed
+    table = {row["file_id"]: row for row in _latest_artifact_data("extraction-papers")}  # type: ignore[union-attr]
+    assert table["scanned-pdf"]["status"] == "rejected" and "OCR" in table["scanned-pdf"]["note"]
+    assert table["sdc2-stool-colorectal-adenoma-pdf"]["tokens_left_out"] == pdf.source.omitted_tokens > 0

@@ -192,9 +192,9 @@ def test_discovery_reports_bad_files_and_groups_identical_content(tmp_path: Path
     assert rejected["linked_folder"].startswith("symlink to a folder: not followed")
     assert all(item.file_id for item in discovery.rejected)
     by_id = {paper.file_id: paper for paper in discovery.papers}
-    assert set(by_id) == {"b-first-txt", "other-md", "latin1-txt"}
-    assert by_id["latin1-txt"].source.encoding not in (None, "utf-8")
-    assert by_id["other-md"].file_ids == ("alias-txt", "other-md")
+    assert set(by_id) == {"b-first-txt", "alias-txt", "latin1-txt"}
+    assert by_id["latin1-txt"].source.encoding == "latin-1"
+    assert by_id["alias-txt"].file_ids == ("alias-txt", "other-md")
     duplicated = by_id["b-first-txt"]
     assert duplicated.file_ids == ("b-first-txt", "nested-deeper-copy-md")
     assert duplicated.source_paths == ("b_first.txt", "nested/deeper/copy.md")
@@ -230,7 +230,14 @@ def test_missing_input_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_bundled_sample_papers_are_usable() -> None:
     discovery = discover_papers(SAMPLE_PAPERS)
-    assert len(discovery.papers) == 8 and not discovery.rejected
+    assert len(discovery.papers) == 10 and not discovery.rejected
+    formats = sorted(paper.source.format for paper in discovery.papers)
+    assert formats == ["jats", "pdf", *["text"] * 8]
     for paper in discovery.papers:
-        assert 400 <= len(paper.text.split()) <= 900, paper.file_id
+        assert 400 <= len(paper.text.split()) <= 900, paper.file_id  # short: the embedded teacher reads them
         assert "methylat" in paper.text.lower()
+        assert paper.source.title and paper.source.title.split()[0] in paper.text.split("\n")[0]
+    for paper in discovery.papers:
+        if paper.source.format != "text":  # the PDF and the JATS paper have reference lists, left out
+            assert "References" in paper.source.omitted_sections and paper.source.omitted_tokens > 100
+            assert paper.source.doi and paper.source.doi.startswith("10.5555/")

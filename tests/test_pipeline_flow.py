@@ -46,6 +46,35 @@ def test_parameters_reject_missing_input_and_outputs_inside_inputs(tmp_path: Pat
     assert parameters.student_preset == "smollm2-135m"
 
 
+def test_dataset_max_length_is_the_students_training_length_unless_set(tmp_path: Path) -> None:
+    from methyl_distill.sft_dataset import DatasetConfig
+
+    (tmp_path / "papers").mkdir()
+    where = {"input_directory": str(tmp_path / "papers"), "output_directory": str(tmp_path / "o")}
+
+    def dataset(embedded: bool = False, **parameters: object) -> DatasetConfig:
+        return PipelineParameters.model_validate({**where, **parameters}).dataset_config(embedded)
+
+    assert dataset().max_length == 1024  # the default short run trains at 1024
+    assert dataset(embedded=True).grounding == "flag" and dataset(embedded=True).max_length == 1024
+    mistral = {"student_preset": "mistral-7b", "finetune": FinetuneConfig(max_steps=3)}
+    assert dataset(**mistral).max_length == 4096  # the run sets none: the preset's
+    assert dataset(**{**mistral, "finetune": FinetuneConfig(max_length=3000)}).max_length == 3000
+    assert dataset(**mistral, dataset=DatasetConfig(seed=5)).model_dump() == {
+        **DatasetConfig(seed=5).model_dump(),
+        "max_length": 4096,
+    }
+    assert dataset(**mistral, dataset=DatasetConfig(max_length=2048)).max_length == 2048  # set: kept
+    assert dataset(**mistral, dataset={"seed": 5}).max_length == 4096  # as a deployment passes it
+    toml = tmp_path / "dataset.toml"
+    toml.write_text("seed = 5\n", encoding="utf-8")
+    assert dataset(**mistral, dataset=DatasetConfig.from_toml(toml)).max_length == 4096
+    toml.write_text("max_length = 1536\n", encoding="utf-8")
+    assert dataset(**mistral, dataset=DatasetConfig.from_toml(toml)).max_length == 1536
+    shipped = Path(__file__).resolve().parent.parent / "methyl_distill" / "sft_dataset" / "dataset.toml"
+    assert dataset(**mistral, dataset=DatasetConfig.from_toml(shipped)).max_length == 4096
+
+
 @pytest.mark.parametrize(
     ("choice", "parameters", "environment", "embedded"),
     [
@@ -153,10 +182,12 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
     # The teacher travels as an argument, not in os.environ (ms-swift sets variables of its own).
     assert _teacher_variables(os.environ) == _teacher_variables(environment_before)
     first_requests = extraction_server.stats().requests
-    assert first_requests >= 8
+    assert first_requests >= 10
     assert summary.teacher.startswith("gpt-4o at http://127.0.0.1")
     extraction = summary.stages["extraction"]
-    assert extraction["papers"] == 8 and extraction["extracted"] == 8 and extraction["failed"] == 0
+    # The sample papers: eight text files, a PDF and a JATS article.
+    assert extraction["papers"] == 10 and extraction["extracted"] == 10 and extraction["failed"] == 0
+    assert extraction["files_by_format"] == {"jats": 1, "pdf": 1, "text": 8}
     assert Path(summary.records_path).parent == output.resolve() / "extraction"
     assert Path(summary.dataset_directory, "train.jsonl").stat().st_size > 0
     assert Path(summary.adapter_path or "", "adapter_config.json").is_file()
@@ -176,7 +207,7 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
         evaluate=False,
     )
     assert extraction_server.stats().requests == first_requests  # every paper came from the cache
-    assert rerun.stages["extraction"]["cached"] == 8
+    assert rerun.stages["extraction"]["cached"] == 10
     assert rerun.adapter_path == summary.adapter_path
     assert rerun.evaluation_report_path is None
 
