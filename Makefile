@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test test-fast lint typecheck bench-extract bench-dataset bench-gpu clean
+.PHONY: setup run test test-fast lint typecheck bench-extract bench-dataset bench-ingest bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-extract: $(STAMP)
 
 bench-dataset: $(STAMP)
 	$(BIN)/python bench/dataset_build.py
+
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest.py
 
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/gpu_lora_mfu.py
