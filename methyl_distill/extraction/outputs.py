@@ -116,9 +116,7 @@ def source_lines(record: PaperRecord, file_id: str | None = None) -> list[str]:
         if value:
             lines.append(f"{label}: {value}")
     if source.omitted_sections:
-        lines.append(
-            f"Left out: {', '.join(source.omitted_sections)} (~{source.omitted_tokens} tokens)"
-        )
+        lines.append(f"Left out: {', '.join(source.omitted_sections)} (~{source.omitted_tokens} tokens)")
     return lines
 
 

@@ -216,6 +216,33 @@ _BACK_MATTER_HEADINGS = frozenset(
     }
 )
 _ABSTRACT_HEADINGS = frozenset({"abstract", "summary"})
+# Headings of body sections that name a section of a paper (what is not back matter or abstract).
+BODY_HEADINGS = frozenset(
+    {
+        "introduction",
+        "background",
+        "methods",
+        "materials and methods",
+        "material and methods",
+        "patients and methods",
+        "methods and materials",
+        "experimental procedures",
+        "results",
+        "results and discussion",
+        "discussion",
+        "conclusion",
+        "conclusions",
+        "limitations",
+        "statistical analysis",
+        "supplementary material",
+        "supplementary information",
+        "supplementary data",
+        "data availability",
+        "data availability statement",
+        "abbreviations",
+        "keywords",
+    }
+)
 
 
 @lru_cache(maxsize=4096)
@@ -235,6 +262,12 @@ def role_of_heading(title: str) -> SectionRole:
     if key in _ABSTRACT_HEADINGS:
         return "abstract"
     return "body"
+
+
+def is_known_heading(title: str) -> bool:
+    """Whether a heading names a known section of a paper: back matter, abstract or a body section."""
+    key = heading_key(title)
+    return key in _BACK_MATTER_HEADINGS or key in _ABSTRACT_HEADINGS or key in BODY_HEADINGS
 
 
 # --- identifiers ------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 Decoding tries, in order: a UTF-16 byte-order mark, UTF-8 (with or without its BOM), cp1252 /
 Latin-1 when the result reads as Western text (most older exports), then charset-normalizer's best
-guess (Cyrillic, Greek, CJK code pages...). The encoding used is recorded in `ReadPaper.encoding`. Only bytes that no encoding explains as text are rejected.
+guess (Cyrillic, Greek, CJK code pages...). The encoding used is recorded in `ReadPaper.encoding`.
+Only bytes that no encoding explains as text are rejected.
 
 The text itself is only normalised (`normalise_text`: NFC, LF, no trailing spaces), never reflowed,
 so a text file's cache identity does not change with this reader. Sections are found at heading
 lines: Markdown `#` headings, and short lines standing alone that name a known section
-('Abstract', 'Methods', 'References', '2. Results'...). The sections cover the whole text; the
-lead text before the first heading (usually the title) is its first section.
+(`is_known_heading`: 'Abstract', 'Methods', 'References'...) or are numbered ('2. Results'). The
+sections cover the whole text; the lead text before the first heading (usually the title) is its
+first section.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from methyl_distill.readers.document import (
     ReadPaper,
     Section,
     UnreadablePaperError,
-    heading_key,
     identifiers_in_text,
+    is_known_heading,
     normalise_text,
     role_of_heading,
 )
@@ -36,28 +38,6 @@ _MAX_CHAOS = 0.2
 
 _MARKDOWN_HEADING = re.compile(r"^(#{1,6})\s+(\S.*?)\s*#*\s*$")
 _NUMBERED_HEADING = re.compile(r"^(?:\d+(?:\.\d+)*\.?|[IVX]+\.)\s+[A-Z][^.!?]*$")
-_BODY_HEADINGS = frozenset(
-    {
-        "introduction",
-        "background",
-        "methods",
-        "materials and methods",
-        "material and methods",
-        "patients and methods",
-        "methods and materials",
-        "results",
-        "results and discussion",
-        "discussion",
-        "conclusion",
-        "conclusions",
-        "limitations",
-        "statistical analysis",
-        "supplementary material",
-        "supplementary information",
-        "data availability",
-        "abbreviations",
-    }
-)
 _MAX_HEADING_CHARS = 80
 
 
@@ -143,8 +123,7 @@ def is_heading_line(line: str, *, markdown: bool) -> str | None:
         match = _MARKDOWN_HEADING.match(stripped)
         if match:
             return match.group(2)
-    key = heading_key(stripped)
-    if role_of_heading(stripped) != "body" or key in _BODY_HEADINGS:
+    if is_known_heading(stripped):
         return stripped.rstrip(":")
     if _NUMBERED_HEADING.match(stripped) and len(stripped.split()) <= 8:
         return stripped
