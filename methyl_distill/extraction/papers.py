@@ -207,7 +207,9 @@ def discover_papers(input_directory: str | Path, options: ReadingOptions | None 
     ids = assign_file_ids([relative for _, relative in listing.files] + [rel for rel, _ in listing.refused])
 
     readable: list[_Readable] = []
-    rejected = [RejectedFile(file_id=ids[rel], source_path=rel, reason=reason) for rel, reason in listing.refused]
+    rejected = [
+        RejectedFile(file_id=ids[rel], source_path=rel, reason=reason) for rel, reason in listing.refused
+    ]
     for rel, reason in listing.refused:
         logger.warning("Skipping %s: %s", rel, reason)
     for path, rel in listing.files:

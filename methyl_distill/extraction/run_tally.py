@@ -47,7 +47,8 @@ class ExtractionSummary(BaseModel):
         "undecodable...): each is in failures.jsonl with its reason."
     )
     back_matter_tokens_left_out: int = Field(
-        default=0, description="Estimated tokens of reference lists and acknowledgements the teacher did not read."
+        default=0,
+        description="Estimated tokens of reference lists and acknowledgements the teacher did not read.",
     )
     usage: TokenUsage = Field(description="Tokens and requests spent in this run (cached papers cost none).")
     estimated_cost_usd: float = Field(description="Estimated cost of this run's teacher calls.")
@@ -107,7 +108,9 @@ class RunTally:
         self.usage = self.usage + failure.usage
         cost = self.teacher.estimate_cost_usd(failure.usage)
         status = f"failed ({failure.stage})"
-        self._row(paper.file_id, len(paper.file_ids), status, failure.usage, cost, failure.reason[:300], paper)
+        self._row(
+            paper.file_id, len(paper.file_ids), status, failure.usage, cost, failure.reason[:300], paper
+        )
 
     def finish(self, paper: Paper, record: PaperRecord, *, from_cache: bool) -> PaperRecord:
         """Count a paper's record (renamed to this run's files, which it returns)."""
