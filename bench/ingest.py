@@ -1,4 +1,4 @@
-"""PDF ingestion: our reader against plain text extraction by three libraries, for speed and fidelity.
+"""Ingestion: our PDF reader against three libraries for speed and fidelity; back matter left out.
 
 Prints numbers; it is not a test. Speed: a corpus of generated two-column pages (default 300: ten
 30-page papers from tests/pdf_fixtures.py, running headers and footers on every page) is read, one
@@ -18,8 +18,12 @@ header and footer lines that leaked into the text (of 4 on 2 pages); and the sha
 again for the same paper drawn word by word in a random order ('shuffled'), where the order of the
 content stream says nothing.
 
-Run from the repository root: `.venv/bin/python bench/ingest_pdf.py [--pages 300]` (about a
-minute on 2 cores, most of it pdfminer).
+Back matter: for each sample paper in data/papers (every format), the estimated tokens of the text
+the teacher reads with and without its reference list and acknowledgements, and the share saved,
+per paper and over all of them; and the wall time of reading the whole folder (`discover_papers`).
+
+Run from the repository root: `.venv/bin/python bench/ingest.py [--pages 300]` (`make bench-ingest`;
+about a minute on 2 cores, most of it pdfminer).
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from methyl_distill.extraction.papers import discover_papers  # noqa: E402
+from methyl_distill.readers.formats import ReadingOptions, read_paper_file  # noqa: E402
 from methyl_distill.readers.pdf import read_pdf  # noqa: E402
 from methyl_distill.text.sentences import split_sentences  # noqa: E402
+from methyl_distill.text.token_count import estimate_tokens  # noqa: E402
 from tests import pdf_fixtures  # noqa: E402
 
 PAGES_PER_PAPER = 30
@@ -153,6 +160,50 @@ def measure_pdf_libraries(pages: int = 300) -> dict[str, object]:
     return results
 
 
+def measure_back_matter(folder: Path = REPO / "data" / "papers") -> dict[str, object]:
+    """Tokens of each sample paper with and without its back matter, and the folder's read time."""
+    papers = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        whole = read_paper_file(path, ReadingOptions(keep_back_matter=True)).paper
+        read = read_paper_file(path)
+        tokens_whole, tokens_read = estimate_tokens(whole.text), estimate_tokens(read.paper.text)
+        papers.append(
+            {
+                "file": path.name,
+                "format": whole.format,
+                "tokens_with_back_matter": tokens_whole,
+                "tokens_read": tokens_read,
+                "saved_share": round(1 - tokens_read / tokens_whole, 3),
+                "left_out": list(read.omitted.sections),
+            }
+        )
+    total_whole = sum(int(paper["tokens_with_back_matter"]) for paper in papers)  # type: ignore[call-overload]
+    total_read = sum(int(paper["tokens_read"]) for paper in papers)  # type: ignore[call-overload]
+    started = time.perf_counter()
+    discovery = discover_papers(folder)
+    return {
+        "papers": papers,
+        "saved_share_all": round(1 - total_read / total_whole, 3),
+        "folder_read_seconds": round(time.perf_counter() - started, 3),
+        "folder_files": discovery.file_count,
+    }
+
+
+def _back_matter_table(results: dict[str, object]) -> str:
+    papers: list[dict[str, object]] = results["papers"]  # type: ignore[assignment]
+    width = max(len(str(paper["file"])) for paper in papers) + 2
+    lines = [f"{'sample paper':<{width}}{'format':>9}{'tokens':>9}{'read':>9}{'saved':>8}  left out"]
+    for paper in papers:
+        lines.append(
+            f"{paper['file']!s:<{width}}{paper['format']!s:>9}{paper['tokens_with_back_matter']!s:>9}"
+            f"{paper['tokens_read']!s:>9}{float(paper['saved_share']):>8.1%}  "  # type: ignore[arg-type]
+            + (", ".join(paper["left_out"]) or "-")  # type: ignore[arg-type]
+        )
+    return "\n".join(lines)
+
+
 def _table(results: dict[str, object]) -> str:
     libraries: dict[str, dict[str, float]] = results["libraries"]  # type: ignore[assignment]
     columns = [
@@ -183,8 +234,16 @@ def main() -> int:
     print(f"{results['corpus']}: {results['pages']} pages, {results['cpus']} CPUs")
     print(_table(results))
     print(f"load average (1 min) at the end: {results['load_average_1min']}")
+    back_matter = measure_back_matter()
+    print()
+    print(_back_matter_table(back_matter))
+    saved = float(back_matter["saved_share_all"])  # type: ignore[arg-type]
+    print(
+        f"back matter left out: {saved:.1%} of the tokens of all sample papers; the "
+        f"{back_matter['folder_files']} files of data/papers read in {back_matter['folder_read_seconds']} s"
+    )
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({**results, "back_matter": back_matter}, indent=2))
     return 0
 
 
