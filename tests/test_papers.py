@@ -241,3 +241,17 @@ def test_bundled_sample_papers_are_usable() -> None:
         if paper.source.format != "text":  # the PDF and the JATS paper have reference lists, left out
             assert "References" in paper.source.omitted_sections and paper.source.omitted_tokens > 100
             assert paper.source.doi and paper.source.doi.startswith("10.5555/")
+
+
+@pytest.mark.parametrize("keep_back_matter", [False, True])
+def test_the_dataset_stage_reads_the_text_the_teacher_read(keep_back_matter: bool) -> None:
+    from methyl_distill.sft_dataset.paper_text import PaperLibrary, PaperText
+
+    options = ReadingOptions(keep_back_matter=keep_back_matter)
+    library = PaperLibrary(SAMPLE_PAPERS)
+    for paper in discover_papers(SAMPLE_PAPERS, options).papers:
+        loaded = library.load(list(paper.source_paths), paper.content_sha256)
+        assert loaded.status == "ok", (paper.file_id, loaded.detail)
+        assert loaded.text is not None and loaded.text.text == PaperText(paper.text).text
+        if paper.source.format in ("pdf", "jats"):
+            assert ("References" in paper.text) is keep_back_matter
