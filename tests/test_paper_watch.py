@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from methyl_distill.extraction.papers import content_sha256
-from methyl_distill.readers.document import normalise_text
 from methyl_distill.ops.paper_watch import (
     INPUT_DIRECTORY_LABEL,
     PAPER_ADDED_EVENT,
@@ -21,6 +20,7 @@ from methyl_distill.ops.paper_watch import (
     load_watch_state,
     watch_once,
 )
+from methyl_distill.readers.document import normalise_text
 
 
 class RecordingEmitter:
@@ -179,3 +179,20 @@ def test_default_state_path_is_per_folder_under_the_cache(
     assert first != second
     assert first.parent == tmp_path / "cache" / "methyl-distill" / "watch"
     assert default_state_path(os.path.relpath(tmp_path / "a")) == first
+
+
+def test_papers_in_every_format_are_announced(papers: Path, tmp_path: Path) -> None:
+    import shutil
+
+    samples = Path(__file__).resolve().parent.parent / "data" / "papers"
+    for name in ("sdc2_stool_colorectal_adenoma.pdf", "pax1_cervical_screening.xml"):
+        shutil.copy(samples / name, papers / name)
+    emit = RecordingEmitter()
+    report = watch_once(papers, tmp_path / "state.json", emit=emit)
+    assert sorted(emit.paths) == [
+        "lung/shox2.md",
+        "mgmt.txt",
+        "pax1_cervical_screening.xml",
+        "sdc2_stool_colorectal_adenoma.pdf",
+    ]
+    assert report.unreadable == []
