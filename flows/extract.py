@@ -33,6 +33,7 @@ from methyl_distill.extraction.progress import ThrottledProgress
 from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.extraction.run_tally import ExtractionSummary, RunTally, files_by_format
+from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.openai_client import build_teacher
 
@@ -54,6 +55,7 @@ def extract_flow(
     cache_dir: str | None = None,
     teacher_config: TeacherConfig | None = None,
     keep_back_matter: bool = False,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
 ) -> ExtractionSummary:
     """Extract every paper under `input_directory` into `output_directory`; cached papers cost nothing.
 

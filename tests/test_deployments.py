@@ -218,8 +218,8 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
     summary = json.loads((output / "pipeline_summary.json").read_text(encoding="utf-8"))
     assert Path(summary["adapter_path"], "adapter_config.json").is_file()
     assert summary["evaluation_report_path"] and Path(summary["evaluation_report_path"]).is_file()
-    assert summary["stages"]["extraction"]["extracted"] == 8
-    assert stack["teacher"].stats().requests >= 8
+    assert summary["stages"]["extraction"]["extracted"] == 10  # eight text files, a PDF, a JATS article
+    assert stack["teacher"].stats().requests >= 10
     assert "Completed" in run.stdout + run.stderr
     (completed,) = _pipeline_runs(stack, pipeline_id)
     assert completed["state_type"] == "COMPLETED"
@@ -232,7 +232,7 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
         command = [str(BIN / "methyl-distill"), "watch", flag, "--input_directory", str(papers)]
         return services.run(name, [*command, "--state_file", str(state_file)], timeout=120).stdout
 
-    assert "8 known paper(s)" in watch("watch-baseline", "--baseline")
+    assert "10 known paper(s)" in watch("watch-baseline", "--baseline")
     requests_before = stack["teacher"].stats().requests
     (papers / "rassf1a_followup.txt").write_text(
         "RASSF1A promoter methylation in serum DNA distinguished 40 breast cancer patients from 20 healthy "
@@ -261,5 +261,5 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
     assert 1 <= new_requests <= 3
     summary = json.loads((output / "pipeline_summary.json").read_text(encoding="utf-8"))
     assert (
-        summary["stages"]["extraction"]["cached"] == 8 and summary["stages"]["extraction"]["extracted"] == 1
+        summary["stages"]["extraction"]["cached"] == 10 and summary["stages"]["extraction"]["extracted"] == 1
     )

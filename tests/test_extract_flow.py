@@ -205,14 +205,17 @@ def test_failures_are_reported_and_not_cached(server: ServerHandle, tmp_path: Pa
         + f"\n{FAIL_MARKER}\n",
         encoding="utf-8",
     )
+    shutil.copy(papers / "broken.txt", papers / "broken copy.md")  # the same paper in a second file
     server.inject("invalid_json", marker=FAIL_MARKER)
     try:
         first = _run(server, papers, tmp_path)
         assert (first.extracted, first.failed) == (1, 1)
-        [failure] = _failures(first)
-        assert failure.file_id == "broken-txt" and failure.stage == "validate"
+        failure, copy = _failures(first)  # every file that holds the failed paper is listed
+        assert failure.file_id == "broken-copy-md" and failure.stage == "validate"
         assert "invalid" in failure.reason.lower() and failure.raw_output
         assert failure.usage.requests == 2  # the first answer and one re-ask
+        assert (copy.file_id, copy.source_path, copy.stage) == ("broken-txt", "broken.txt", "validate")
+        assert copy.reason.endswith("(same content as broken copy.md)") and copy.usage.requests == 0
 
         before = server.stats().requests
         second = _run(server, papers, tmp_path)

@@ -131,3 +131,17 @@ def test_processed_files_and_all_results_say_where_each_paper_came_from(tmp_path
     assert {entry["doi"] for entry in entries.values()} == {"10.5555/md.sample.0002"}
     assert entries["sdc2-pdf"]["format"] == "pdf" and entries["sdc2-pdf"]["pmcid"] is None
     assert PaperRecord.model_validate(entries["sdc2-pdf"]["record"]).source == source
+
+
+def test_extract_refuses_an_output_folder_inside_its_input_folder(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from methyl_distill.extraction.parameters import ExtractParameters
+
+    papers = tmp_path / "papers"
+    papers.mkdir()
+    for output in (papers, papers / "out", papers / "a" / ".." / "b"):
+        with pytest.raises(ValidationError, match="is inside input_directory .* read its own outputs"):
+            ExtractParameters(input_directory=str(papers), output_directory=str(output))
+    # Beside the input folder (even with a name that starts the same) is fine.
+    ExtractParameters(input_directory=str(papers), output_directory=str(tmp_path / "papers-out"))

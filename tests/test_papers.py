@@ -255,3 +255,19 @@ def test_the_dataset_stage_reads_the_text_the_teacher_read(keep_back_matter: boo
         assert loaded.text is not None and loaded.text.text == PaperText(paper.text).text
         if paper.source.format in ("pdf", "jats"):
             assert ("References" in paper.text) is keep_back_matter
+
+
+def test_files_without_readable_text_or_too_large_are_rejected(tmp_path: Path) -> None:
+    (tmp_path / "invisible.txt").write_text("\u200b\u200c\u2060\ufeff \u200b\n" * 50, encoding="utf-8")
+    (tmp_path / "dots.md").write_text("... --- ***\n", encoding="utf-8")
+    (tmp_path / "big.txt").write_text("MGMT promoter methylation. " * 40_000, encoding="utf-8")  # 1.08 MB
+    (tmp_path / "ok.txt").write_text("GSTP1 hypermethylation in prostate cancer.", encoding="utf-8")
+
+    discovery = discover_papers(tmp_path, ReadingOptions(max_file_mb=1))
+
+    assert [paper.source_path for paper in discovery.papers] == ["ok.txt"]
+    reasons = {item.source_path: item.reason for item in discovery.rejected}
+    assert reasons["invisible.txt"].startswith("no readable text in this text file: no letters or digits")
+    assert reasons["dots.md"].startswith("no readable text in this markdown file")
+    assert reasons["big.txt"] == "file too large: 1.1 MB, over the limit of 1 MB (max_file_mb)"
+    assert [paper.source_path for paper in discover_papers(tmp_path).papers] == ["big.txt", "ok.txt"]

@@ -30,7 +30,7 @@ def test_parameters_reject_missing_input_and_outputs_inside_inputs(tmp_path: Pat
     with pytest.raises(ValidationError, match="does not exist"):
         PipelineParameters(input_directory=str(tmp_path / "nope"), output_directory=str(tmp_path / "out"))
     (tmp_path / "papers").mkdir()
-    with pytest.raises(ValidationError, match="must not be inside"):
+    with pytest.raises(ValidationError, match="is inside input_directory"):
         PipelineParameters(
             input_directory=str(tmp_path / "papers"), output_directory=str(tmp_path / "papers/out")
         )

@@ -61,16 +61,18 @@ def test_counts_costs_renames_and_redaction() -> None:
         raw_output=f"echo {KEY}",
         usage=TokenUsage(prompt_tokens=10, requests=1),
     )
-    tally.fail(_paper("c"), failure)
+    tally.fail(_paper("c", "c-copy"), failure)
 
     assert (tally.extracted, tally.cached, tally.failed, tally.rejected) == (1, 1, 1, 1)
     assert tally.counts() == "1 extracted, 1 cached, 1 failed, 1 rejected"
     # Cached papers cost nothing in this run; failed ones cost what they spent.
     assert tally.usage == TokenUsage(prompt_tokens=1_000_010, completion_tokens=100_000, requests=3)
     assert tally.cost_usd == (1_000_010 * 2.5 + 100_000 * 10.0) / 1_000_000
-    kept = tally.failures[-1]
+    kept, copy = tally.failures[-2:]  # a failed paper held by two files: both are listed
     assert (kept.file_id, kept.source_path) == ("c", "c.txt")
     assert KEY not in kept.reason and KEY not in (kept.raw_output or "") and "***" in kept.reason
+    assert (copy.file_id, copy.source_path, copy.stage) == ("c-copy", "c-copy.txt", "request")
+    assert copy.reason == f"{kept.reason} (same content as c.txt)" and copy.usage == TokenUsage()
     assert [row["file_id"] for row in tally.table()] == ["a", "b", "c", "empty-txt"]
     assert {row["status"] for row in tally.table()} == {"extracted", "cached", "failed (request)", "rejected"}
     rows = {row["file_id"]: row for row in tally.table()}
@@ -79,12 +81,13 @@ def test_counts_costs_renames_and_redaction() -> None:
     assert (rows["empty-txt"]["format"], rows["empty-txt"]["note"]) == ("", "empty file")
 
     discovery = PaperDiscovery(
-        papers=[_paper("a", source=pdf), _paper("b", "b-copy"), _paper("c")],
+        papers=[_paper("a", source=pdf), _paper("b", "b-copy"), _paper("c", "c-copy")],
         rejected=[RejectedFile(file_id="empty-txt", source_path="empty.txt", reason="empty file")],
         hidden_skipped=2,
     )
     summary = tally.summary(discovery, ExtractionOutputPaths.under(Path("/tmp/out")))
-    assert (summary.files_found, summary.papers, summary.duplicate_files) == (5, 3, 1)
+    assert (summary.files_found, summary.papers, summary.duplicate_files) == (6, 3, 2)
+    assert (summary.failed, summary.rejected) == (1, 1)
     assert summary.estimated_cost_usd == tally.cost_usd
-    assert summary.files_by_format == {"pdf": 1, "text": 3}
+    assert summary.files_by_format == {"pdf": 1, "text": 4}
     assert (summary.hidden_skipped, summary.back_matter_tokens_left_out, summary.rejected) == (2, 900, 1)

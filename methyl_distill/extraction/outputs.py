@@ -56,6 +56,20 @@ class ExtractionOutputPaths(BaseModel):
         )
 
 
+def refuse_output_inside_input(
+    input_directory: str | Path, output_directory: str | Path, input_name: str = "input_directory"
+) -> None:
+    """Raise `ValueError` when the output folder is the input folder or lies inside it: the next run
+    would read its own outputs (processed files, a dataset card) as papers."""
+    source = Path(input_directory).expanduser().resolve()
+    output = Path(output_directory).expanduser().resolve()
+    if output == source or source in output.parents:
+        raise ValueError(
+            f"output_directory {output} is inside {input_name} {source}: the next run would read its own "
+            f"outputs as papers; choose an output folder outside {source}"
+        )
+
+
 def _fsync_directory(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
         fd = os.open(directory, os.O_RDONLY)

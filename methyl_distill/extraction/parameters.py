@@ -15,11 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from methyl_distill.extraction.chunking import MIN_CHUNK_TOKENS, ChunkingConfig
+from methyl_distill.extraction.outputs import refuse_output_inside_input
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
-from methyl_distill.readers.formats import ReadingOptions
+from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB, ReadingOptions
 from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
 
 if TYPE_CHECKING:  # the extraction core (numpy, the prompts) stays out of `methyl-distill --help`
@@ -86,8 +87,19 @@ class ExtractParameters(BaseModel):
         "the tokens saved are counted per paper).",
     )
 
+    max_file_mb: float = Field(
+        default=DEFAULT_MAX_FILE_MB,
+        gt=0,
+        description="Largest paper file read, in MB; a larger one is listed in failures.jsonl, not read.",
+    )
+
+    @model_validator(mode="after")
+    def _output_outside_input(self) -> ExtractParameters:
+        refuse_output_inside_input(self.input_directory, self.output_directory)
+        return self
+
     def reading_options(self) -> ReadingOptions:
-        return ReadingOptions(keep_back_matter=self.keep_back_matter)
+        return ReadingOptions(keep_back_matter=self.keep_back_matter, max_file_mb=self.max_file_mb)
 
     def resolved_teacher(self) -> TeacherConfig:
         """The teacher configuration of this run: `teacher_config` or the environment's, with the

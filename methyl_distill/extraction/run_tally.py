@@ -90,6 +90,7 @@ class RunTally:
     usage: TokenUsage = field(default_factory=TokenUsage)
     cached: int = 0
     rejected: int = 0
+    failed_papers: int = 0
 
     def reject(self, item: RejectedFile) -> None:
         self.rejected += 1
@@ -101,10 +102,24 @@ class RunTally:
         self._row(item.file_id, 1, "rejected", TokenUsage(), 0.0, item.reason, None)
 
     def fail(self, paper: Paper, failure: FailureRecord) -> None:
+        """Count a paper's failure: one line in failures.jsonl for each file that holds the paper (the
+        first carries the tokens spent, the others say whose content they share)."""
         failure = self._redacted(
             failure.model_copy(update={"file_id": paper.file_id, "source_path": paper.source_path})
         )
+        self.failed_papers += 1
         self.failures.append(failure)
+        for file_id, source_path in zip(paper.file_ids[1:], paper.source_paths[1:], strict=True):
+            self.failures.append(
+                failure.model_copy(
+                    update={
+                        "file_id": file_id,
+                        "source_path": source_path,
+                        "reason": f"{failure.reason} (same content as {paper.source_path})",
+                        "usage": TokenUsage(),
+                    }
+                )
+            )
         self.usage = self.usage + failure.usage
         cost = self.teacher.estimate_cost_usd(failure.usage)
         status = f"failed ({failure.stage})"
@@ -164,7 +179,7 @@ class RunTally:
 
     @property
     def failed(self) -> int:
-        return len(self.failures) - self.rejected
+        return self.failed_papers
 
     @property
     def cost_usd(self) -> float:

@@ -53,11 +53,19 @@ _NAMED_UNSUPPORTED = {
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*", b"BM")
 
 
+DEFAULT_MAX_FILE_MB = 256.0
+
+
 class ReadingOptions(BaseModel):
     """How papers are read."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    max_file_mb: float = Field(
+        default=DEFAULT_MAX_FILE_MB,
+        gt=0,
+        description="Largest file read, in MB (10^6 bytes); a larger one is reported, not read into memory.",
+    )
     keep_back_matter: bool = Field(
         default=False,
         description="Let the teacher read reference lists, acknowledgements, funding and competing-interest "
@@ -134,8 +142,11 @@ def read_paper_bytes(name: str, data: bytes, options: ReadingOptions | None = No
         from methyl_distill.readers.html import read_html
 
         paper = read_html(data)
-    if not paper.text.strip():
-        raise UnreadablePaperError(f"no text found in this {paper_format} file")
+    if not any(char.isalnum() for char in paper.text):
+        raise UnreadablePaperError(
+            f"no readable text in this {paper_format} file: no letters or digits, only spaces, "
+            "punctuation, invisible or control characters"
+        )
     if options.keep_back_matter:
         omitted = OmittedText()
     else:
@@ -146,4 +157,11 @@ def read_paper_bytes(name: str, data: bytes, options: ReadingOptions | None = No
 def read_paper_file(path: str | Path, options: ReadingOptions | None = None) -> ReadResult:
     """Read one paper file; `OSError` if it cannot be opened, `UnreadablePaperError` if not usable."""
     target = Path(path)
+    options = options or ReadingOptions()
+    size = target.stat().st_size
+    if size > options.max_file_mb * 1_000_000:
+        raise UnreadablePaperError(
+            f"file too large: {size / 1_000_000:,.1f} MB, over the limit of {options.max_file_mb:g} MB "
+            "(max_file_mb)"
+        )
     return read_paper_bytes(target.name, target.read_bytes(), options)
