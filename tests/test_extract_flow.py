@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from methyl_distill.flows.extract import ExtractionSummary, extract_flow
 
+from methyl_distill.extraction.papers import file_id_of
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.teacher.config import TeacherConfig
 from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
@@ -125,7 +126,7 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     records = {record.file_id: record for record in _records(first)}
     assert set(records) == {"gstp1-prostate-cancer-txt", "mgmt-glioblastoma-temozolomide-txt"}
     gstp1 = records["gstp1-prostate-cancer-txt"]
-    assert gstp1.file_ids == ["gstp1-prostate-cancer-txt", "nested-gstp1-copy-md"]
+    assert gstp1.file_ids == ["gstp1-prostate-cancer-txt", file_id_of("nested/gstp1 copy.md")]
     assert gstp1.source_paths == ["gstp1_prostate_cancer.txt", "nested/gstp1 copy.md"]
     assert any(marker.gene == "GSTP1" for marker in gstp1.markers)
     assert all(
@@ -144,12 +145,13 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     assert [entry["file_id"] for entry in entries] == [
         "gstp1-prostate-cancer-txt",
         "mgmt-glioblastoma-temozolomide-txt",
-        "nested-gstp1-copy-md",
+        file_id_of("nested/gstp1 copy.md"),
     ]
     assert len(entries[0]["input_questions"]) == len(entries[0]["generated_answers"]) == len(gstp1.answers)
     processed = sorted(path.name for path in Path(first.processed_files_dir).iterdir())
     assert processed == [f"{entry['file_id']}.txt" for entry in entries]
-    readable = (Path(first.processed_files_dir) / "nested-gstp1-copy-md.txt").read_text(encoding="utf-8")
+    copy_id = file_id_of("nested/gstp1 copy.md")
+    readable = (Path(first.processed_files_dir) / f"{copy_id}.txt").read_text(encoding="utf-8")
     assert readable.count("Question: ") >= len(gstp1.answers) and "Answer: " in readable
 
     # The run shows a per-paper table and a finished progress bar in the Prefect UI.
@@ -184,8 +186,8 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     fifth = _run(server, papers, tmp_path)
     assert (fifth.extracted, fifth.cached) == (0, 3)
     renamed = next(record for record in _records(fifth) if "GSTP1 renamed.txt" in record.source_paths)
-    assert renamed.file_ids == ["gstp1-renamed-txt", "nested-gstp1-copy-md"]
-    assert (Path(fifth.processed_files_dir) / "gstp1-renamed-txt.txt").exists()
+    assert renamed.file_ids == [file_id_of("GSTP1 renamed.txt"), file_id_of("nested/gstp1 copy.md")]
+    assert (Path(fifth.processed_files_dir) / f"{file_id_of('GSTP1 renamed.txt')}.txt").exists()
 
     # The API key is nowhere on disk (cache, outputs, Prefect's database); no temporary files are left behind.
     assert _files_contain(tmp_path / "cache", API_KEY) == []
@@ -211,7 +213,7 @@ def test_failures_are_reported_and_not_cached(server: ServerHandle, tmp_path: Pa
         first = _run(server, papers, tmp_path)
         assert (first.extracted, first.failed) == (1, 1)
         failure, copy = _failures(first)  # every file that holds the failed paper is listed
-        assert failure.file_id == "broken-copy-md" and failure.stage == "validate"
+        assert failure.file_id == file_id_of("broken copy.md") and failure.stage == "validate"
         assert "invalid" in failure.reason.lower() and failure.raw_output
         assert failure.usage.requests == 2  # the first answer and one re-ask
         assert (copy.file_id, copy.source_path, copy.stage) == ("broken-txt", "broken.txt", "validate")
@@ -443,7 +445,7 @@ def test_a_mixed_folder_every_format_read_every_bad_file_accounted_for(
     assert pdf.source.title and pdf.source.title.startswith("SDC2 promoter hypermethylation in stool DNA")
     jats = records["pax1-cervical-screening-xml"]
     assert (jats.source.format, jats.source.doi) == ("jats", "10.5555/md.sample.0001")
-    assert records["saved-page-html"].source.format == "html"
+    assert records[file_id_of("saved page.html")].source.format == "html"
     # The teacher did not read the reference lists; the tokens saved are counted per paper and in total.
     assert "References" in pdf.source.omitted_sections and "References" in jats.source.omitted_sections
     assert summary.back_matter_tokens_left_out == sum(r.source.omitted_tokens for r in records.values()) > 300

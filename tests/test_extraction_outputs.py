@@ -141,7 +141,7 @@ def test_extract_refuses_an_output_folder_inside_its_input_folder(tmp_path: Path
     papers = tmp_path / "papers"
     papers.mkdir()
     for output in (papers, papers / "out", papers / "a" / ".." / "b"):
-        with pytest.raises(ValidationError, match="is inside input_directory .* read its own outputs"):
+        with pytest.raises(ValidationError, match=r"is inside input_directory .* read its own outputs"):
             ExtractParameters(input_directory=str(papers), output_directory=str(output))
     # Beside the input folder (even with a name that starts the same) is fine.
     ExtractParameters(input_directory=str(papers), output_directory=str(tmp_path / "papers-out"))

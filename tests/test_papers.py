@@ -11,6 +11,7 @@ from methyl_distill.extraction.papers import (
     assign_file_ids,
     content_sha256,
     discover_papers,
+    file_id_of,
     slugify_path,
 )
 from methyl_distill.readers.document import UnreadablePaperError, normalise_text
@@ -135,15 +136,21 @@ def test_format_follows_content_before_suffix() -> None:
 
 def test_file_ids_are_stable_readable_and_never_collide() -> None:
     assert slugify_path("Lung/SHOX2 study.txt") == "lung-shox2-study-txt"
-    ids = assign_file_ids(["a b.txt", "a-b.txt", "x/MGMT.md", "Ünïcode.txt"])
-    assert ids["x/MGMT.md"] == "x-mgmt-md"
-    assert len(set(ids.values())) == 4
-    assert ids["a b.txt"].startswith("a-b-txt-") and ids["a-b.txt"].startswith("a-b-txt-")
-    assert ids["Ünïcode.txt"].startswith("unicode-txt-")  # lossy slug: hash of the exact path added
-    # Stable: the same paths give the same ids, in any order.
-    assert assign_file_ids(reversed(list(ids))) == ids
-    long_ids = assign_file_ids(["a" * 300 + ".txt", "a" * 300 + ".md"])
-    assert len(set(long_ids.values())) == 2 and all(len(value) < 140 for value in long_ids.values())
+    # Plain paths keep their plain slugs (the sample papers' ids did not change).
+    assert file_id_of("mgmt_glioblastoma_temozolomide.txt") == "mgmt-glioblastoma-temozolomide-txt"
+    assert file_id_of("lung/shox2_lavage.md") == "lung--shox2-lavage-md"
+    # Anything else gets a hash of its exact path: `a b.txt` and `a-b.txt` never meet `a_b.txt`.
+    paths = ["a b.txt", "a-b.txt", "a_b.txt", "a/b.txt", "a.b.txt", "x/MGMT.md", "Ünïcode.txt", "A_B.txt"]
+    ids = assign_file_ids(paths)
+    assert len(set(ids.values())) == len(paths)
+    assert ids["a_b.txt"] == "a-b-txt" and ids["a/b.txt"] == "a--b-txt"
+    assert ids["a b.txt"].startswith("a-b-txt-") and len(ids["a b.txt"]) == len("a-b-txt-") + 8
+    assert ids["x/MGMT.md"].startswith("x-mgmt-md-") and ids["Ünïcode.txt"].startswith("unicode-txt-")
+    # A file's id depends on its own path only: adding or removing other files changes nothing.
+    for path, file_id in ids.items():
+        assert assign_file_ids([path]) == {path: file_id}
+    long_ids = assign_file_ids(["a" * 300 + ".txt", "a" * 300 + ".md", "b" * 130 + ".txt"])
+    assert len(set(long_ids.values())) == 3 and all(len(value) < 140 for value in long_ids.values())
 
 
 def test_discovery_reports_bad_files_and_groups_identical_content(tmp_path: Path) -> None:
@@ -196,7 +203,7 @@ def test_discovery_reports_bad_files_and_groups_identical_content(tmp_path: Path
     assert by_id["latin1-txt"].source.encoding == "latin-1"
     assert by_id["alias-txt"].file_ids == ("alias-txt", "other-md")
     duplicated = by_id["b-first-txt"]
-    assert duplicated.file_ids == ("b-first-txt", "nested-deeper-copy-md")
+    assert duplicated.file_ids == ("b-first-txt", "nested--deeper--copy-md")
     assert duplicated.source_paths == ("b_first.txt", "nested/deeper/copy.md")
     assert duplicated.content_sha256 == content_sha256(normalise_text(paper))
 

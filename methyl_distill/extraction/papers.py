@@ -29,6 +29,10 @@ from methyl_distill.text.hashing import sha256_of_text
 logger = logging.getLogger(__name__)
 
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9]+")
+_PLAIN_NAME = r"[a-z0-9]+(?:_[a-z0-9]+)*"
+_PLAIN_PATH = re.compile(
+    rf"(?:{_PLAIN_NAME}/)*{_PLAIN_NAME}\.(?:txt|text|md|markdown|pdf|xml|nxml|html|htm|xhtml)"
+)
 _MAX_SLUG_CHARS = 120
 
 
@@ -85,31 +89,23 @@ def slugify_path(relative_path: str) -> str:
     return slug or "paper"
 
 
-def assign_file_ids(relative_paths: Iterable[str]) -> dict[str, str]:
-    """Stable, unique file ids for relative paths.
+def file_id_of(relative_path: str) -> str:
+    """A file's id: readable, stable across runs and machines, and a function of its own path only.
 
-    Ids are slugs of the path, so they are readable and stable across runs and machines. A path
-    whose slug loses information (non-ASCII letters, cut short) gets a short hash of the exact path
-    appended; paths whose slugs collide (`a b.txt` and `a-b.txt`) all get one, so no two files ever
-    share an id. Ids are only used for output names: the extraction cache is keyed by content.
-    """
-    paths = sorted(set(relative_paths))
-    slugs = {path: slugify_path(path) for path in paths}
-    counts: dict[str, int] = {}
-    for slug in slugs.values():
-        counts[slug] = counts.get(slug, 0) + 1
-    ids: dict[str, str] = {}
-    taken: set[str] = set()
-    for path, slug in slugs.items():
-        exact = slug == _SLUG_UNSAFE.sub("-", path.lower()).strip("-")
-        if counts[slug] > 1 or not exact:
-            digest = sha256_of_text(path)[:8]
-            slug = f"{slug}-{digest}"
-        while slug in taken:  # a plain slug that happens to look like a hashed one
-            slug = f"{slug}-{sha256_of_text(slug)[:4]}"
-        taken.add(slug)
-        ids[path] = slug
-    return ids
+    A plain path (lower-case letters and digits joined by '_', folders by '/', one paper suffix:
+    `lung/shox2_lavage.md`) becomes its slug with '/' as '--' (`lung--shox2-lavage-md`), which no
+    other plain path shares. Any other path gets its lossy slug and a short hash of the exact path
+    (`Lung/SHOX2 study.txt` -> `lung-shox2-study-txt-<8 hex>`). A plain id ends in a paper suffix and
+    a hashed one in 8 hex digits, so the two kinds never meet; adding or removing other files never
+    changes an id. Ids name output files only: the extraction cache is keyed by content."""
+    if _PLAIN_PATH.fullmatch(relative_path) and len(relative_path) <= _MAX_SLUG_CHARS:
+        return relative_path.replace("/", "--").replace("_", "-").replace(".", "-")
+    return f"{slugify_path(relative_path)}-{sha256_of_text(relative_path)[:8]}"
+
+
+def assign_file_ids(relative_paths: Iterable[str]) -> dict[str, str]:
+    """`file_id_of` each path."""
+    return {path: file_id_of(path) for path in relative_paths}
 
 
 @dataclass(frozen=True)
