@@ -25,7 +25,11 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
-from methyl_distill.extraction.outputs import write_extraction_outputs, write_processed_files
+from methyl_distill.extraction.outputs import (
+    claim_output_directory,
+    write_extraction_outputs,
+    write_processed_files,
+)
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE, map_in_batches
 from methyl_distill.extraction.papers import Paper, discover_papers
 from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY, ExtractParameters
@@ -70,6 +74,7 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     teacher_config = parameters.resolved_teacher()
     bank = load_question_bank(parameters.question_bank)
     config = parameters.extraction_config(teacher_config)
+    claim_output_directory(parameters.output_directory)  # before any work: a foreign folder is refused
     discovery = discover_papers(parameters.input_directory, parameters.reading_options())
     papers = discovery.papers
     teacher = build_teacher(teacher_config) if papers else None
@@ -127,7 +132,8 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     logger.info(
         "Extraction done: %s; %s; outputs in %s", tally.counts(), tally.spent(), paths.output_directory
     )
-    return tally.summary(discovery, paths)
+    output_mode = teacher.settled_output_mode if teacher else None
+    return tally.summary(discovery, paths).model_copy(update={"output_mode": output_mode})
 
 
 def _progress_artifact(total: int) -> Any:

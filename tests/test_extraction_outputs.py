@@ -145,3 +145,39 @@ def test_extract_refuses_an_output_folder_inside_its_input_folder(tmp_path: Path
             ExtractParameters(input_directory=str(papers), output_directory=str(output))
     # Beside the input folder (even with a name that starts the same) is fine.
     ExtractParameters(input_directory=str(papers), output_directory=str(tmp_path / "papers-out"))
+
+
+def test_an_output_folder_is_claimed_and_a_foreign_one_refused(tmp_path: Path) -> None:
+    from methyl_distill.extraction.outputs import (
+        OUTPUT_MARKER_FILE,
+        ForeignOutputDirectoryError,
+        claim_output_directory,
+        remove_stale_temporaries,
+    )
+
+    fresh = claim_output_directory(tmp_path / "new" / "out")
+    assert (fresh / OUTPUT_MARKER_FILE).is_file()
+
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.docx").write_bytes(b"PK")
+    (foreign / "records.jsonl").write_text("mine\n", encoding="utf-8")
+    with pytest.raises(ForeignOutputDirectoryError, match=r"did not write \(chapter1\.docx\)"):
+        write_extraction_outputs(foreign, [_record()], [])
+    assert (foreign / "records.jsonl").read_text(encoding="utf-8") == "mine\n"  # untouched
+    assert not (foreign / OUTPUT_MARKER_FILE).exists()
+
+    # The outputs of an earlier version (no marker, only our files) are adopted.
+    earlier = tmp_path / "earlier"
+    (earlier / "processed_files").mkdir(parents=True)
+    for name in ("records.jsonl", "all_results.json", "failures.jsonl", ".records.jsonl.k3j2.tmp"):
+        (earlier / name).write_text("", encoding="utf-8")
+    (earlier / "processed_files" / ".mgmt-txt.txt.a1b2.tmp").write_text("half", encoding="utf-8")
+    (earlier / "processed_files" / ".notes.tmp").write_text("a user's", encoding="utf-8")
+    paths = write_extraction_outputs(earlier, [_record()], [])
+    assert (earlier / OUTPUT_MARKER_FILE).is_file()
+    # Only our own temporaries were deleted.
+    assert sorted(path.name for path in Path(paths.processed_files).iterdir()) == [".notes.tmp", "mgmt-txt.txt"]
+    assert not (earlier / ".records.jsonl.k3j2.tmp").exists()
+    (earlier / ".user-data.tmp").write_text("keep", encoding="utf-8")
+    assert remove_stale_temporaries(earlier) == 0 and (earlier / ".user-data.tmp").exists()

@@ -50,6 +50,9 @@ def run_extract(args: argparse.Namespace) -> int:
         logger.warning(PROGRESS_FILE_WARNING)
     # Validated here, before a Prefect run (and its temporary server) starts for a bad flag.
     parameters = ExtractParameters(**given_options(args, args.parameter_names))
+    from methyl_distill.extraction.outputs import claim_output_directory
+
+    claim_output_directory(parameters.output_directory)  # a foreign folder is refused before Prefect starts
     from methyl_distill.flows.extract import extract_flow
 
     summary = extract_flow(**{name: getattr(parameters, name) for name in parameters.model_fields_set})

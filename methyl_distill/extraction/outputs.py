@@ -14,6 +14,11 @@ Every file is written to a temporary file in the same directory, flushed, fsynce
 the target, so a crash (even `kill -9`) leaves either the old or the new file, never half of one;
 the temporary file such a crash may leave behind is removed by the next run (a run owns its output
 directory: two runs writing to one directory at the same time is not supported).
+
+An output directory is ours when it holds `OUTPUT_MARKER_FILE`, written when a run first claims it
+(`claim_output_directory`). A run refuses a non-empty folder that is not ours, unless it holds
+nothing but the files an extraction writes (an output folder of an earlier version, adopted), so a
+mistyped path never has its files overwritten; and only our own temporary files are ever deleted.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ PROCESSED_FILES_DIR = "processed_files"
 ALL_RESULTS_FILE = "all_results.json"
 RECORDS_FILE = "records.jsonl"
 FAILURES_FILE = "failures.jsonl"
+OUTPUT_MARKER_FILE = ".methyl-distill-extraction"
+_AGGREGATE_FILES = (RECORDS_FILE, ALL_RESULTS_FILE, FAILURES_FILE)
+_OUR_ENTRIES = frozenset((*_AGGREGATE_FILES, PROCESSED_FILES_DIR, OUTPUT_MARKER_FILE))
+
+
+class ForeignOutputDirectoryError(ValueError):
+    """The output directory holds files that an extraction did not write."""
 
 
 class ExtractionOutputPaths(BaseModel):
@@ -79,14 +91,44 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
+def _our_temporaries(directory: Path) -> list[Path]:
+    """Temporary files `atomic_write_bytes` makes for our outputs in `directory` (`.<name>.<random>.tmp`)."""
+    if directory.name == PROCESSED_FILES_DIR:
+        return list(directory.glob(".*.txt.*.tmp"))
+    return [path for name in _AGGREGATE_FILES for path in directory.glob(f".{name}.*.tmp")]
+
+
 def remove_stale_temporaries(directory: str | Path) -> int:
-    """Delete temporary files a killed writer left in `directory`; returns how many."""
+    """Delete the temporary files of our outputs that a killed writer left in `directory` (nothing
+    else); returns how many."""
     removed = 0
-    for leftover in Path(directory).glob(".*.tmp"):
+    for leftover in _our_temporaries(Path(directory)):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
             removed += 1
     return removed
+
+
+def claim_output_directory(output_directory: str | Path) -> Path:
+    """Make `output_directory` ours (create it, write the marker) or raise
+    `ForeignOutputDirectoryError` if it holds files an extraction did not write."""
+    root = Path(output_directory).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise ForeignOutputDirectoryError(f"output_directory {root} exists and is not a folder")
+    if (root / OUTPUT_MARKER_FILE).is_file():
+        return root
+    if root.is_dir():
+        ours = {path.name for path in _our_temporaries(root)} | _OUR_ENTRIES
+        foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in ours)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ForeignOutputDirectoryError(
+                f"output_directory {root} holds files that methyl-distill extract did not write ({shown}); "
+                "choose a new or empty folder, or the folder of an earlier extract run"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / OUTPUT_MARKER_FILE, "written by methyl-distill extract: its outputs live here\n")
+    return root
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -219,7 +261,7 @@ def write_extraction_outputs(
     `processed_files=False` skips the per-paper files, for callers that wrote them as each paper
     finished.
     """
-    paths = ExtractionOutputPaths.under(output_directory)
+    paths = ExtractionOutputPaths.under(claim_output_directory(output_directory))
     Path(paths.processed_files).mkdir(parents=True, exist_ok=True)
     for directory in (paths.output_directory, paths.processed_files):
         remove_stale_temporaries(directory)
