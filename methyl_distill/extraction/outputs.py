@@ -221,6 +221,17 @@ def write_processed_files(output_directory: str | Path, record: PaperRecord) -> 
     return paths
 
 
+def prune_processed_files(output_directory: str | Path, keep_file_ids: set[str]) -> int:
+    """Delete `processed_files/<file_id>.txt` of every file id not in `keep_file_ids`; returns how many."""
+    removed = 0
+    for path in (Path(output_directory) / PROCESSED_FILES_DIR).glob("*.txt"):
+        if path.stem not in keep_file_ids:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def all_results_entries(records: Iterable[PaperRecord]) -> list[dict[str, object]]:
     """One entry per paper file, in the original script's layout plus the structured record."""
     entries: list[dict[str, object]] = []
