@@ -5,8 +5,8 @@ all of them sharing one teacher client and one token bucket, so the whole run st
 TPM/RPM budget (a Prefect global concurrency limit with `bucket_backend="prefect"`, shared with every
 other process using it). Results land in the Prefect cache as each task finishes, and each paper's
 readable Q&A file is written then; the aggregate files (records.jsonl, all_results.json,
-failures.jsonl) are rewritten atomically at the end from the cached and fresh results, so a run
-killed half way loses nothing and its rerun repeats no finished paper.
+failures.jsonl) are rewritten atomically as papers finish (`LiveAggregates`) and at the end, so a
+run killed half way shows what it finished, loses nothing, and its rerun repeats no finished paper.
 
 The parameters are `ExtractParameters` (methyl_distill/extraction/parameters.py). The API key is
 never a parameter: it is resolved where the client is built (environment, `.env` or a Prefect
@@ -25,11 +25,8 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
-from methyl_distill.extraction.outputs import (
-    claim_output_directory,
-    write_extraction_outputs,
-    write_processed_files,
-)
+from methyl_distill.extraction.aggregates import LiveAggregates
+from methyl_distill.extraction.outputs import claim_output_directory, write_processed_files
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE, map_in_batches
 from methyl_distill.extraction.papers import Paper, discover_papers
 from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY, ExtractParameters
@@ -89,6 +86,7 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
         teacher_config.describe(key_set=teacher.has_key if teacher else None),
     )
     tally = RunTally(teacher_config, redact=teacher.redact) if teacher else RunTally(teacher_config)
+    aggregates = LiveAggregates(parameters.output_directory, papers)
     for item in discovery.rejected:
         logger.warning("Not read: %s: %s", item.source_path, item.reason)
         tally.reject(item)
@@ -117,15 +115,14 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
                     tally.fail(paper, outcome)
                 else:
                     record, from_cache = outcome
-                    # Visible at once (written atomically), before the aggregates at the end.
+                    # Visible at once (written atomically), and in the aggregates below.
                     write_processed_files(
                         parameters.output_directory, tally.finish(paper, record, from_cache=from_cache)
                     )
+                aggregates.paper_done(paper, tally)
                 progress.advance()
 
-    paths = write_extraction_outputs(
-        parameters.output_directory, tally.records, tally.failures, processed_files=False
-    )
+    paths = aggregates.finish(tally)
     create_table_artifact(
         table=tally.table(), key="extraction-papers", description=f"{tally.counts()}; {tally.spent()}"
     )

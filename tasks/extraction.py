@@ -1,8 +1,9 @@
 """The extraction task: `extract_paper` with Prefect caching and retries around it.
 
-Caching replaces the original script's progress file. The cache key is the paper's content hash,
-the question-bank version, the prompt version, the teacher model, the record schema version and
-whatever of the chunking configuration shapes the paper's requests
+Caching replaces the original script's progress file. The cache key is made of what shapes the
+paper's answer, by content: the paper's text and reader, the questions, the prompt's wording and the
+output schema as sent, the teacher's model, endpoint, configured output mode and grammar, max_tokens
+and whatever of the chunking shapes the paper's requests
 (`methyl_distill.extraction.extract.extraction_cache_key`). Results are persisted as JSON to a local
 folder (METHYL_DISTILL_CACHE_DIR, default ~/.cache/methyl-distill) or to a Prefect storage block
 (METHYL_DISTILL_CACHE_STORAGE_BLOCK), one file per paper, as soon as the task finishes.
@@ -81,10 +82,11 @@ class PaperExtractionFailed(Exception):
 
 
 def extraction_task_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Cache key from the paper and the settings that shape its answer: never the teacher object."""
+    """Cache key from the paper and the settings that shape its answer: the teacher's configuration
+    (which holds no key), never the teacher object."""
     teacher: Teacher = parameters["teacher"]
     return extraction_cache_key(
-        parameters["paper"], parameters["question_bank"], teacher.model, parameters["config"]
+        parameters["paper"], parameters["question_bank"], teacher.config, parameters["config"]
     )
 
 

@@ -385,18 +385,26 @@ def test_rerun_after_kill_9_loses_nothing_and_repeats_no_finished_paper(tmp_path
         process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=Path(__file__).parent.parent)
         try:
             deadline = time.monotonic() + 120
-            while len(list(cache.glob("extract-*"))) < 2:
+            records_file = output / "records.jsonl"
+            # The aggregate files follow the run: the kill comes once two papers show in records.jsonl.
+            while not records_file.exists() or len(records_file.read_text(encoding="utf-8").splitlines()) < 2:
                 assert process.poll() is None, "the flow ended before it could be killed"
-                assert time.monotonic() < deadline, "no paper finished within 2 minutes"
+                assert time.monotonic() < deadline, "records.jsonl did not show 2 papers within 2 minutes"
                 time.sleep(0.05)
             process.send_signal(signal.SIGKILL)
         finally:
             process.wait(timeout=30)
         finished = len(list(cache.glob("extract-*")))
         assert 2 <= finished < 8
-        # Whatever the killed run had written is whole.
+        # Whatever the killed run had written is whole, and shows what it finished.
         for written in (output / "processed_files").glob("*.txt"):
             assert written.read_text(encoding="utf-8").startswith("# ")
+        shown = [
+            PaperRecord.model_validate_json(line) for line in records_file.read_text("utf-8").splitlines()
+        ]
+        assert 2 <= len(shown) <= finished
+        all_results = json.loads((output / "all_results.json").read_text(encoding="utf-8"))
+        assert {entry["file_id"] for entry in all_results} == {record.file_id for record in shown}
         requests_before = server.stats().requests
 
         with pytest.MonkeyPatch.context() as patch:

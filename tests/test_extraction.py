@@ -12,7 +12,6 @@ import pytest
 from methyl_distill.extraction.chunking import ChunkingConfig
 from methyl_distill.extraction.extract import ExtractionConfig, extract_paper, extraction_cache_key
 from methyl_distill.extraction.papers import Paper, content_sha256
-from methyl_distill.readers.document import normalise_text
 from methyl_distill.extraction.prompts import NOT_REPORTED, paper_text_in
 from methyl_distill.extraction.question_bank import Question, QuestionBank
 from methyl_distill.extraction.records import (
@@ -25,6 +24,10 @@ from methyl_distill.extraction.records import (
     TeacherExtraction,
     TokenUsage,
 )
+from methyl_distill.readers.document import normalise_text
+from methyl_distill.teacher.config import TeacherConfig
+from methyl_distill.teacher.grammar import GrammarLimits
+from methyl_distill.teacher.llama_cpp_server import embedded_teacher_config
 from methyl_distill.teacher.protocol import (
     TRUNCATED_OUTPUT,
     ChatMessage,
@@ -33,6 +36,7 @@ from methyl_distill.teacher.protocol import (
     TeacherError,
     TeacherReply,
 )
+from methyl_distill.teacher.structured_output import MODES
 
 Reply = TeacherExtraction | TeacherReply[Any] | Exception | Callable[[str], TeacherExtraction]
 
@@ -279,25 +283,90 @@ def test_no_room_for_paper_text_fails_without_a_request() -> None:
     assert "max_tokens reserves 4000" in failure.reason and teacher.papers_seen == []
 
 
+TEACHER = TeacherConfig(model="gpt-4o")
+
+
 def test_cache_key_covers_what_shapes_the_answer_and_nothing_else() -> None:
     paper = _paper(PAPER)
-    key = extraction_cache_key(paper, BANK, "gpt-4o", CONFIG)
-    assert key == extraction_cache_key(paper, BANK, "gpt-4o", CONFIG)
-    assert key != extraction_cache_key(_paper(PAPER + " More."), BANK, "gpt-4o", CONFIG)
-    assert key != extraction_cache_key(paper, BANK.model_copy(update={"version": "test-2"}), "gpt-4o", CONFIG)
-    assert key != extraction_cache_key(paper, BANK, "gpt-4o-mini", CONFIG)
+    key = extraction_cache_key(paper, BANK, TEACHER, CONFIG)
+    assert key == extraction_cache_key(paper, BANK, TEACHER, CONFIG)
+    assert key != extraction_cache_key(_paper(PAPER + " More."), BANK, TEACHER, CONFIG)
+    assert key != extraction_cache_key(
+        paper, BANK, TEACHER.model_copy(update={"model": "gpt-4o-mini"}), CONFIG
+    )
     # Renaming a file does not change its key; prices and a higher TPM do not change a short paper's key.
     renamed = paper.model_copy(update={"file_id": "other", "file_ids": ("other",)})
-    assert key == extraction_cache_key(renamed, BANK, "gpt-4o", CONFIG)
+    assert key == extraction_cache_key(renamed, BANK, TEACHER, CONFIG)
     richer = CONFIG.model_copy(update={"request_token_limit": 800_000, "input_price_per_million": 5.0})
-    assert key == extraction_cache_key(paper, BANK, "gpt-4o", richer)
+    assert key == extraction_cache_key(paper, BANK, TEACHER, richer)
+    # Nor do the teacher's budget, retries and prices.
+    patient = TEACHER.model_copy(update={"tpm": 30_000, "max_retries": 1, "price_input_per_mtok": 9.0})
+    assert key == extraction_cache_key(paper, BANK, patient, CONFIG)
     # A paper that is chunked is re-extracted when the chunking changes.
     long_paper = _paper(LONG_PAPER)
     small = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=400))
     smaller = ExtractionConfig(chunking=ChunkingConfig(max_chunk_tokens=500))
-    assert extraction_cache_key(long_paper, BANK, "m", small) != extraction_cache_key(
-        long_paper, BANK, "m", smaller
+    assert extraction_cache_key(long_paper, BANK, TEACHER, small) != extraction_cache_key(
+        long_paper, BANK, TEACHER, smaller
     )
+
+
+def test_the_cache_key_follows_the_questions_not_the_bank_version() -> None:
+    """An edited question is asked again though nobody bumped the version; a bump alone asks nothing."""
+    paper = _paper(PAPER)
+    key = extraction_cache_key(paper, BANK, TEACHER, CONFIG)
+    markers, *others = BANK.questions
+    reworded = BANK.model_copy(
+        update={"questions": (markers.model_copy(update={"text": "Which DNA methylation markers?"}), *others)}
+    )
+    guided = BANK.model_copy(
+        update={"questions": (markers.model_copy(update={"guidance": "Gene symbols only."}), *others)}
+    )
+    assert reworded.version == guided.version == BANK.version
+    assert (
+        len({key, *(extraction_cache_key(paper, bank, TEACHER, CONFIG) for bank in (reworded, guided))}) == 3
+    )
+    assert key == extraction_cache_key(paper, BANK.model_copy(update={"version": "test-2"}), TEACHER, CONFIG)
+
+
+def test_the_cache_key_names_the_endpoint_output_mode_grammar_prompt_and_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import methyl_distill.extraction.extract as extract_module
+    import methyl_distill.extraction.prompts as prompts_module
+
+    paper = _paper(PAPER)
+
+    def key(teacher: TeacherConfig = TEACHER) -> str:
+        return extraction_cache_key(paper, BANK, teacher, CONFIG)
+
+    openai_key = key()
+    # The project's test server answers for "gpt-4o" too: its answers never fill OpenAI's entries.
+    assert key(TEACHER.model_copy(update={"base_url": "http://127.0.0.1:8800/v1"})) != openai_key
+    # The endpoint without credentials, query or a trailing slash: rotating a key re-extracts nothing.
+    spelled = "https://user:sk-secret@API.openai.com/v1/?api-version=2024-10-21"
+    assert key(TEACHER.model_copy(update={"base_url": spelled})) == openai_key
+    assert len({openai_key, *(key(TEACHER.model_copy(update={"output_mode": mode})) for mode in MODES)}) == 4
+    with_grammar = key(TEACHER.model_copy(update={"grammar": GrammarLimits()}))
+    tighter = key(TEACHER.model_copy(update={"grammar": GrammarLimits(max_string_length=64)}))
+    assert len({openai_key, with_grammar, tighter}) == 3
+    # An address that changes from run to run (the embedded teacher's free port) is not the endpoint.
+    assert extraction_cache_key(
+        paper, BANK, embedded_teacher_config("http://127.0.0.1:40001/v1"), CONFIG
+    ) == extraction_cache_key(paper, BANK, embedded_teacher_config("http://127.0.0.1:40002/v1"), CONFIG)
+
+    # The prompt's wording and the output schema as sent, without anybody bumping a version.
+    monkeypatch.setattr(prompts_module, "SYSTEM_PROMPT", prompts_module.SYSTEM_PROMPT + " Be brief.")
+    reworded_prompt = key()
+    monkeypatch.undo()
+
+    class WiderExtraction(TeacherExtraction):
+        note: str
+
+    monkeypatch.setattr(extract_module, "TeacherExtraction", WiderExtraction)
+    wider_schema = key()
+    monkeypatch.undo()
+    assert len({openai_key, reworded_prompt, wider_schema}) == 3 and key() == openai_key
 
 
 def _truncated_reply() -> TeacherReply[Any]:
@@ -454,9 +523,10 @@ def test_papers_are_mapped_in_bounded_batches_and_handed_over_as_they_finish() -
 
 
 def test_cache_keys_of_the_sample_papers_are_pinned() -> None:
-    """The keys the cache is filled under (they changed once, on purpose, when the reader and its
-    version joined the key): a refactor that changes them would re-extract, and pay for, every paper
-    of every user."""
+    """The keys the cache is filled under: a refactor that changes them would re-extract, and pay for,
+    every paper of every user. They changed on purpose when the reader and its version joined the key,
+    and once more when the key came to be made of content (the questions, the prompt and the schema as
+    sent) and of the teacher's endpoint, output mode and grammar instead of hand-bumped versions."""
     from methyl_distill.extraction.papers import discover_papers
     from methyl_distill.extraction.question_bank import load_question_bank
 
@@ -468,9 +538,10 @@ def test_cache_keys_of_the_sample_papers_are_pinned() -> None:
         request_token_limit=1_000_000,
         chunking=ChunkingConfig(max_chunk_tokens=2048, overlap_tokens=200),
     )
-    assert extraction_cache_key(papers["cdkn2a-p16-head-neck-txt"], bank, "gpt-4o", ExtractionConfig()) == (
-        "extract-0223cab6c48bd796c829de23c959273579eaa86aebaf489f16dda23f5ff7b3cc"
+    embedded = embedded_teacher_config("http://127.0.0.1:8080/v1", question_ids=bank.ids)
+    openai = extraction_cache_key(
+        papers["cdkn2a-p16-head-neck-txt"], bank, TeacherConfig(), ExtractionConfig()
     )
-    assert extraction_cache_key(papers["shox2-ptger4-lung-cancer-txt"], bank, "gpt-4o", embedded_like) == (
-        "extract-837e696b14b4ecf2746566e5757896ace7166216ed0dbc1e7b63fea0fca53a47"
-    )
+    assert openai == "extract-da1d0760f1580ac89a2b19d31705aa4a2eb44571df6ee1e120355b0d5be45bd0"
+    smollm2 = extraction_cache_key(papers["shox2-ptger4-lung-cancer-txt"], bank, embedded, embedded_like)
+    assert smollm2 == "extract-e8c5bb79922cc1d7dc3e8788a70d66296c4d96a06ced50b6c208f53fef2f2bad"

@@ -22,6 +22,8 @@ from methyl_distill.teacher.openai_client import OpenAITeacher, TeacherRequestEr
 from methyl_distill.teacher.protocol import RequestTooLargeError, TeacherError
 from methyl_distill.teacher.token_bucket import LocalTokenBucket
 from tests.fake_openai.server import OpenAITestServerConfig, ServerHandle, running_test_server
+from tests.fake_openai.state import FaultRule
+from tests.tracked_bucket import TrackedBucket
 
 SECRET = "sk-proj-THIS-KEY-MUST-NEVER-BE-LOGGED-0123456789"
 
@@ -96,11 +98,163 @@ def test_falls_back_to_json_object_and_remembers_it(support: str) -> None:
         teacher = make_teacher(handle)
         first = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
         assert first.parsed is not None and first.mode == "json_object"
-        # The rejected attempts are counted: 1 for a 400, 2 for a 500 (retried once in case it was transient).
-        assert first.usage.requests == (2 if support == "rejected_400" else 3)
+        # The endpoint's "not supported" answer (OpenAI's 400, llama-cpp-python's 500) is counted and
+        # believed at once: it says why, so it is not retried.
+        assert first.usage.requests == 2
         second = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
         assert second.mode == "json_object" and second.usage.requests == 1
-        assert teacher.mode == "json_object"
+        assert teacher.mode == "json_object" and teacher.settled_output_mode == "json_object"
+        assert handle.stats().response_formats == ["json_schema", "json_object", "json_object"]
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "mode"),
+    [
+        # OpenAI, a model without structured outputs
+        (
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+            "json_schema",
+        ),
+        # llama-cpp-python's server: the request model's validation error, as a 500
+        (
+            500,
+            "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+            "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]",
+            "json_schema",
+        ),
+        # llama.cpp's own server (older builds)
+        (
+            400,
+            'response_format type must be one of "text" or "json_object", but got: json_schema',
+            "json_schema",
+        ),
+        # vLLM (older builds), FastAPI's 400 for an unknown response_format type
+        (
+            400,
+            "1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input should be "
+            "'text' or 'json_object' [type=literal_error, input_value='json_schema']",
+            "json_schema",
+        ),
+        # LM Studio, which knows json_schema but not json_object
+        (400, "'response_format.type' must be 'json_schema' or 'text'", "json_object"),
+        (422, "json_schema response format is unsupported by this backend", "json_schema"),
+        (400, "This server does not support response_format", "json_object"),
+    ],
+)
+def test_explicit_unsupported_response_format_answers_are_recognised(
+    status: int, message: str, mode: str
+) -> None:
+    from methyl_distill.teacher.output_mode import says_output_mode_unsupported
+
+    assert says_output_mode_unsupported(status, message, mode)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "mode"),
+    [
+        (
+            400,
+            "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+            "json_schema",
+        ),
+        (500, "Internal Server Error", "json_schema"),
+        (503, "The engine is currently overloaded, please try again later.", "json_schema"),
+        (
+            400,
+            "This model's maximum context length is 128000 tokens. Please reduce the length of the messages.",
+            "json_schema",
+        ),
+        # A schema the endpoint rejects is the schema's fault, not the mode's: moving down would hide it.
+        (
+            400,
+            "Invalid schema for response_format 'TeacherExtraction': In context=(), "
+            "'additionalProperties' is required to be supplied and to be false.",
+            "json_schema",
+        ),
+        (400, "Invalid parameter: 'temperature' is not supported with this model.", "json_schema"),
+        (
+            400,
+            "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.",
+            "prompt",
+        ),
+    ],
+)
+def test_other_errors_are_not_taken_for_an_unsupported_output_mode(
+    status: int, message: str, mode: str
+) -> None:
+    from methyl_distill.teacher.output_mode import says_output_mode_unsupported
+
+    assert not says_output_mode_unsupported(status, message, mode)  # type: ignore[arg-type]
+
+
+def test_a_refused_request_before_any_success_leaves_the_output_mode_alone(server: ServerHandle) -> None:
+    """One request's content refused (400) and server errors before the first success say nothing
+    about the endpoint's structured outputs: every request stays in json_schema."""
+    teacher = make_teacher(server)
+    server.inject("content_rejected", count=1)
+    with pytest.raises(TeacherRequestError, match="HTTP 400"):
+        teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert teacher.mode == "json_schema" and teacher.settled_output_mode is None
+    server.inject("server_error", count=2)
+    reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+    assert reply.parsed is not None and reply.mode == "json_schema" and reply.usage.requests == 3
+    assert teacher.settled_output_mode == "json_schema"
+    assert server.stats().response_formats == ["json_schema"] * 4
+
+
+def test_a_200_that_is_not_a_completion_is_retried_and_settled() -> None:
+    with running_test_server(OpenAITestServerConfig()) as handle:
+        sleeps = Sleeps()
+        bucket = TrackedBucket(200_000)
+        config = TeacherConfig(base_url=handle.base_url, max_retries=2, timeout_s=5.0)
+        teacher = OpenAITeacher(config, api_key=SecretStr(SECRET), budget=bucket, sleep=sleeps)
+        handle.inject("html_200", count=1)
+        reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert reply.parsed is not None and reply.mode == "json_schema"
+        assert reply.usage.requests == 2 and len(sleeps.calls) == 1
+        handle.inject("html_200")  # every request, until the retries run out
+        with pytest.raises(TeacherRequestError, match="not a chat completion") as caught:
+            teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)
+        assert "502 Bad Gateway" in str(caught.value) and caught.value.usage.requests == 3
+    assert len(bucket.reservations) == 5 and bucket.unsettled() == []
+
+
+def test_under_a_quarter_of_faults_every_request_stays_strict_and_every_reservation_is_settled() -> None:
+    """Concurrent requests, a quarter of them answered by an HTML page with status 200, and one whose
+    content is refused: every other request is answered, all in json_schema, and the bucket holds no
+    reservation that was never settled."""
+    config = OpenAITestServerConfig(
+        seed=11,
+        faults=[
+            FaultRule(kind="content_rejected", count=1),
+            FaultRule(kind="html_200", probability=0.25),
+            FaultRule(kind="server_error", probability=0.05),
+        ],
+    )
+    with running_test_server(config) as handle:
+        bucket = TrackedBucket(200_000)
+        teacher = OpenAITeacher(
+            TeacherConfig(base_url=handle.base_url, max_retries=8, retry_max_wait_s=0.05),
+            api_key=SecretStr(SECRET),
+            budget=bucket,
+            sleep=Sleeps(),
+        )
+
+        def ask(_: int) -> str:
+            try:
+                return teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000).mode
+            except TeacherRequestError as exc:
+                return str(exc)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(ask, range(24)))
+        stats = handle.stats()
+    refused = [outcome for outcome in outcomes if outcome != "json_schema"]
+    assert len(refused) == 1 and "HTTP 400" in refused[0]
+    assert stats.faults["html_200"] >= 4 and set(stats.response_formats) == {"json_schema"}
+    assert teacher.settled_output_mode == "json_schema"
+    assert bucket.unsettled() == [] and len(bucket.reservations) == stats.requests
 
 
 def test_concurrent_first_requests_agree_on_the_fallback() -> None:
@@ -135,6 +289,7 @@ def test_prompt_mode_parses_fenced_json_and_can_send_a_grammar(server: ServerHan
         ("invalid_json", False),
         ("truncated", False),
         ("empty_content", False),
+        ("html_200", True),  # a proxy's error page with status 200: a transport fault, like a 502
     ],
 )
 def test_each_fault_recovers(fault: str, retried: bool) -> None:

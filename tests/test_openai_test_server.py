@@ -20,6 +20,7 @@ from tests.fake_openai.server import (
     running_test_server,
     strict_schema_problem,
 )
+from tests.fake_openai.state import TEST_SERVER_MODEL
 
 PAPER = """\
 Promoter methylation of MGMT in glioblastoma
@@ -68,6 +69,8 @@ def ask(client: openai.OpenAI, **overrides: object) -> openai.types.chat.ChatCom
 def test_models_and_a_grounded_structured_answer(server: ServerHandle) -> None:
     client = client_for(server)
     assert [model.id for model in client.models.list()] == ["gpt-4o"]
+    # A request may name gpt-4o; the answer says the test server wrote it, never a real model.
+    assert ask(client).model == TEST_SERVER_MODEL != "gpt-4o"
     schema = strict_json_schema(TeacherExtraction)
     completion = ask(
         client,
@@ -193,6 +196,8 @@ def test_json_schema_can_be_rejected_like_llama_cpp(support: str) -> None:
                 },
             )
         assert caught.value.status_code == (400 if support == "rejected_400" else 500)
+        # Either way the answer says what is not supported.
+        assert "response_format" in caught.value.message and "json_schema" in caught.value.message
         reply = ask(
             client,
             response_format={"type": "json_object", "schema": schema},
@@ -232,9 +237,19 @@ def test_each_fault_shows_as_the_client_would_see_it(server: ServerHandle) -> No
     assert truncated.finish_reason == "length"
     server.inject("empty_content", count=1)
     assert ask(client).choices[0].message.content == ""
+    server.inject("html_200", count=1)
+    page = client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=paper_messages(), max_tokens=2000
+    )
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert isinstance(page.parse(), str)  # the SDK hands back the text: no completion to read
+    server.inject("content_rejected", count=1)
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(client, response_format={"type": "json_object"})
+    assert refused.value.code == "invalid_prompt" and "response_format" not in refused.value.message
     assert ask(client).choices[0].finish_reason == "stop"  # every count used up
-    faults = server.stats().faults
-    assert faults == {
+    stats = server.stats()
+    assert stats.faults == {
         "rate_limit": 1,
         "service_unavailable": 1,
         "drop_connection": 1,
@@ -242,7 +257,10 @@ def test_each_fault_shows_as_the_client_would_see_it(server: ServerHandle) -> No
         "invalid_json": 1,
         "truncated": 1,
         "empty_content": 1,
+        "html_200": 1,
+        "content_rejected": 1,
     }
+    assert stats.response_formats.count("json_object") == 3 and len(stats.response_formats) == 10
 
 
 def test_small_max_tokens_truncates_like_a_real_model(server: ServerHandle) -> None:

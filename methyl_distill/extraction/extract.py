@@ -14,6 +14,7 @@ record can be found in its paper.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,10 +31,9 @@ from methyl_distill.extraction.chunking import (
 from methyl_distill.extraction.grounding import EvidenceChecker
 from methyl_distill.extraction.merge import merge_additional_qa, merge_answers, merge_markers
 from methyl_distill.extraction.papers import Paper
-from methyl_distill.extraction.prompts import PROMPT_VERSION, build_messages
+from methyl_distill.extraction.prompts import PROMPT_VERSION, build_messages, prompt_template
 from methyl_distill.extraction.question_bank import QuestionBank
 from methyl_distill.extraction.records import (
-    SCHEMA_VERSION,
     FailureRecord,
     FailureStage,
     PaperRecord,
@@ -146,23 +146,39 @@ def chunking_fingerprint(text: str, bank: QuestionBank, config: ExtractionConfig
     return f"chunks:{budget}:{config.chunking.overlap_tokens}"
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def extraction_cache_key(
-    paper: Paper, bank: QuestionBank, teacher_model: str, config: ExtractionConfig
+    paper: Paper, bank: QuestionBank, teacher: TeacherConfig, config: ExtractionConfig
 ) -> str:
-    """Everything that shapes a paper's extraction: content and the reader that produced it, questions,
-    prompt, model, schema, chunking. (A better reader re-extracts even where the text came out the same.)"""
+    """Everything that shapes a paper's extraction, by content rather than by hand-bumped versions.
+
+    The paper's text and the reader (and its version) that produced it (a better reader re-extracts
+    even where the text came out the same); the questions as the teacher reads them (id, text,
+    guidance: not the bank's version); the prompt's wording (`prompts.prompt_template`); the output
+    schema as it is sent; the teacher's model, endpoint, configured output mode and grammar
+    (`TeacherConfig.answer_identity`, which says why the configured mode); max_tokens and the
+    chunking. So an edited question or prompt is asked again though nobody bumped a version, and a
+    test server answering for "gpt-4o" never fills the entries of OpenAI's gpt-4o.
+    """
+    questions = [
+        {"id": question.id, "text": question.text, "guidance": question.guidance}
+        for question in bank.questions
+    ]
+    schema = strict_json_schema(TeacherExtraction)
     parts = [
         f"content={paper.content_sha256}",
         f"reader={paper.source.reader}",
-        f"bank={bank.version}",
-        f"prompt={PROMPT_VERSION}",
-        f"model={teacher_model}",
-        f"schema={SCHEMA_VERSION}",
+        f"questions={_digest(json.dumps(questions, sort_keys=True))}",
+        f"prompt={_digest(prompt_template())}",
+        f"schema={_digest(json.dumps(schema, sort_keys=True))}",
+        f"teacher={json.dumps(teacher.answer_identity(), sort_keys=True)}",
         f"max_tokens={config.max_output_tokens}",
         f"chunking={chunking_fingerprint(paper.text, bank, config)}",
     ]
-    digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
-    return f"extract-{digest}"
+    return "extract-" + _digest("\n".join(parts))
 
 
 # --- the core ---------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ between a line `<paper>` and a line `</paper>`, and the questions as lines `- [q
 `records.TeacherExtraction`, which the teacher client sends as a structured-output schema or, for
 endpoints without one, spells out itself.
 
-Bump `PROMPT_VERSION` on any change to the wording: it is part of the extraction cache key.
+The extraction cache key digests the wording itself (`prompt_template`), so a change to it
+re-extracts every paper without anybody bumping a version; `PROMPT_VERSION` is a label recorded in
+each record.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from methyl_distill.extraction.question_bank import QuestionBank
+from methyl_distill.extraction.question_bank import Question, QuestionBank
 from methyl_distill.teacher.protocol import ChatMessage
 from methyl_distill.text.not_reported import NOT_REPORTED
 
@@ -28,6 +30,7 @@ __all__ = [
     "format_question_line",
     "format_questions",
     "paper_text_in",
+    "prompt_template",
     "questions_in",
 ]
 
@@ -104,6 +107,20 @@ def build_messages(
             "content": build_user_prompt(paper_text, bank, chunk_index=chunk_index, chunk_count=chunk_count),
         },
     ]
+
+
+def prompt_template() -> str:
+    """The prompt with placeholders for the paper and the questions, in the wording of a whole paper
+    and of a chunk: everything of a request that is neither the paper nor the question bank."""
+    placeholder = QuestionBank(
+        version="template",
+        questions=(Question(id="question_id", text="{question text}", guidance="{guidance}"),),
+    )
+    wordings = [
+        build_messages("{paper}", placeholder),
+        build_messages("{paper}", placeholder, chunk_index=0, chunk_count=2),
+    ]
+    return "\n\n".join(message["content"] for messages in wordings for message in messages)
 
 
 _PAPER_BLOCK = re.compile(r"^<paper>\n(.*?)\n</paper>$", re.DOTALL | re.MULTILINE)

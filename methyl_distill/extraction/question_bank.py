@@ -1,7 +1,9 @@
 """The question bank: the versioned questions the teacher answers for every paper.
 
 The bank is a TOML file (the bundled one is `question_bank.toml` next to this module) with a
-`version` string and a list of `[[questions]]`. Its version is part of the extraction cache key.
+`version` string and a list of `[[questions]]`. The extraction cache key digests the questions as the
+teacher reads them (id, text, guidance), not the version: an edited question is asked again even
+where nobody bumped the version, which is recorded in each record as a label.
 `load_question_bank` validates the file and names it in every error, so a user editing the bank
 sees what to fix.
 """
@@ -52,7 +54,10 @@ class Question(BaseModel):
 class QuestionBank(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str = Field(min_length=1, description="Bump on every change: part of the extraction cache key.")
+    version: str = Field(
+        min_length=1,
+        description="A label recorded in each record (the cache key follows the questions themselves).",
+    )
     questions: tuple[Question, ...] = Field(min_length=1, description="The questions, in the order asked.")
 
     @field_validator("version")

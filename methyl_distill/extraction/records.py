@@ -4,8 +4,9 @@
 schema is sent to the teacher as a structured-output schema. `PaperRecord` is one line of
 `records.jsonl`; `FailureRecord` is one line of `failures.jsonl`.
 
-Bump `SCHEMA_VERSION` whenever a change to these models changes what the teacher is asked for:
-it is part of the extraction cache key.
+The extraction cache key digests the JSON schema of `TeacherExtraction` as it is sent, so a change
+to what the teacher is asked for re-extracts every paper by itself; `SCHEMA_VERSION` is a label
+recorded in each record.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from methyl_distill.extraction.outputs import ExtractionOutputPaths
 from methyl_distill.extraction.papers import Paper, PaperDiscovery, RejectedFile
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.teacher.config import TeacherConfig
-from methyl_distill.teacher.protocol import TokenUsage
+from methyl_distill.teacher.protocol import OutputMode, TokenUsage
 
 
 class ExtractionSummary(BaseModel):
@@ -52,6 +52,11 @@ class ExtractionSummary(BaseModel):
     )
     usage: TokenUsage = Field(description="Tokens and requests spent in this run (cached papers cost none).")
     estimated_cost_usd: float = Field(description="Estimated cost of this run's teacher calls.")
+    output_mode: OutputMode | None = Field(
+        default=None,
+        description="Structured-output mode of this run's requests: the configured one, or with auto the "
+        "one the endpoint answered in (None when it answered none: every paper cached, or no paper).",
+    )
 
 
 def record_for_files_of(record: PaperRecord, paper: Paper) -> PaperRecord:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,8 +78,9 @@ class TeacherConfig(BaseModel):
     )
     output_mode: OutputModeSetting = Field(
         default="auto",
-        description="Structured-output mode: auto tries json_schema, then json_object with the schema, "
-        "then prompt-only, and remembers what the endpoint accepts.",
+        description="Structured-output mode: auto uses json_schema and moves to json_object with the "
+        "schema, then to prompt-only, only when the endpoint answers that it does not support the "
+        "response_format; the first answered request settles it for the run.",
     )
     max_reasks: int = Field(
         default=2,
@@ -106,6 +108,12 @@ class TeacherConfig(BaseModel):
         description="Prefect global-concurrency-limit name of the token budget (the request budget uses "
         "the same name with '-requests' appended).",
     )
+    cache_endpoint: str | None = Field(
+        default=None,
+        description="The endpoint as the extraction cache key names it; unset: the base URL without "
+        "credentials, query or fragment. For a server whose address changes from run to run while its "
+        "answers do not (the embedded teacher on a free port).",
+    )
 
     @property
     def is_openai_public_endpoint(self) -> bool:
@@ -114,6 +122,23 @@ class TeacherConfig(BaseModel):
     @property
     def endpoint(self) -> str:
         return self.base_url or f"https://{OPENAI_PUBLIC_HOST}/v1"
+
+    def answer_identity(self) -> dict[str, Any]:
+        """What of this configuration shapes the answers, for the extraction cache key: the model, the
+        endpoint (`cache_endpoint`, else the URL without credentials, query or fragment, so a rotated
+        key reuses every answer), the configured output mode and the grammar. Not the budget, retries,
+        timeouts or prices.
+
+        The configured mode, not the one an `auto` endpoint settles on: that is known only after the
+        first reply, so a rerun whose papers are all cached would never learn it. It is the same for
+        a given endpoint and model anyway: `auto` moves down only when the endpoint says it does not
+        support a mode (`teacher.output_mode`), never because of one request's fate."""
+        return {
+            "model": self.model,
+            "endpoint": self.cache_endpoint or endpoint_without_credentials(self.endpoint),
+            "output_mode": self.output_mode,
+            "grammar": self.grammar.model_dump(mode="json") if self.grammar is not None else None,
+        }
 
     def estimate_cost_usd(self, usage: TokenUsage) -> float:
         """Cost of `usage` at the configured per-million-token prices."""
@@ -130,6 +155,17 @@ class TeacherConfig(BaseModel):
             f"teacher {self.model} at {self.endpoint}{key}; budget {self.tpm} TPM, {rpm} RPM, "
             f"bucket {self.bucket_backend}; output mode {self.output_mode}"
         )
+
+
+def endpoint_without_credentials(url: str) -> str:
+    """`url` without user, password, query or fragment, scheme and host in lower case, no trailing
+    slash: `https://user:key@API.openai.com/v1/?api-version=1` -> `https://api.openai.com/v1`."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
 
 
 # -- the environment, read at the edges only ---------------------------------------------------------

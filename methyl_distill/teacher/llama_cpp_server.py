@@ -237,6 +237,8 @@ def embedded_teacher_config(
         bucket_backend="local",
         timeout_s=600,
         max_reasks=1,
+        # The server listens on a free port, another one every run: the cache key names the model file.
+        cache_endpoint=f"embedded llama.cpp: {(config.model_path or Path(SMOLLM2_GGUF_NAME)).name}",
         price_input_per_mtok=0,
         price_output_per_mtok=0,
     )

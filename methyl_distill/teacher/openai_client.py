@@ -1,21 +1,24 @@
 """`OpenAITeacher`: the `Teacher` protocol over the official openai SDK, for any compatible endpoint.
 
 One retry layer: the SDK's own retries are off (`max_retries=0`); tenacity retries 429, 5xx,
-timeouts and dropped connections with exponential backoff and full jitter, honouring `retry-after`
-(which also holds the shared token bucket). Other 4xx are not retried.
+timeouts, dropped connections and a 200 whose body is no chat completion (a proxy's HTML error
+page) with exponential backoff and full jitter, honouring `retry-after` (which also holds the shared
+token bucket). Other 4xx are not retried.
 
 Every HTTP attempt reserves estimated prompt tokens + max_tokens on the shared budget first and is
-reconciled afterwards: with `usage` when a completion came back, with 0 after a 429 (the request
-was refused, nothing was consumed), with the estimated prompt otherwise (failed requests count).
+always reconciled afterwards: with `usage` when a completion came back, with 0 after a 429 (the
+request was refused, nothing was consumed), with the estimated prompt after any other failure
+(failed requests count), with the whole reservation when something unforeseen was raised.
 
 Structured output, most to least strict: `json_schema` (strict), then `json_object` with the schema
 in the prompt (and llama.cpp's `{"type": "json_object", "schema": ...}` extension), then the schema
-in the prompt only. In `auto` mode an endpoint that rejects a mode (HTTP 400/422, or 500 twice,
-which is how llama.cpp answers `json_schema`) moves the client one step down, and the client
-remembers the mode that worked. Every reply is validated with pydantic; invalid JSON, schema errors,
-empty content or a truncated reply (`finish_reason=length`) are re-asked a bounded number of times,
-telling the model what was wrong. When all re-asks fail, the `TeacherReply` keeps the raw text and
-the error. Thread-safe: one teacher and one budget serve every extraction task of a run.
+in the prompt only. The mode is a property of the endpoint, shared by every request of the run
+(`teacher.output_mode.EndpointOutputMode`): in `auto` it moves one step down only when the endpoint
+answers that it does not support the response_format sent, and the first answered request settles
+it. Every reply is validated with pydantic; invalid JSON, schema errors, empty content or a
+truncated reply (`finish_reason=length`) are re-asked a bounded number of times, telling the model
+what was wrong. When all re-asks fail, the `TeacherReply` keeps the raw text and the error.
+Thread-safe: one teacher and one budget serve every extraction task of a run.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from collections.abc import Callable
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from methyl_distill.teacher.config import TeacherConfig, resolve_api_key
+from methyl_distill.teacher.output_mode import EndpointOutputMode, says_output_mode_unsupported
 from methyl_distill.teacher.protocol import (
     TRUNCATED_OUTPUT,
     ChatMessage,
@@ -45,7 +50,6 @@ from methyl_distill.teacher.protocol import (
 )
 from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
 from methyl_distill.teacher.structured_output import (
-    MODES,
     json_text,
     outline_instruction,
     schema_instruction,
@@ -74,11 +78,12 @@ class TeacherRequestError(TeacherError):
 
 
 class _ModeRejected(Exception):
-    """The endpoint does not accept this structured-output mode."""
+    """The endpoint does not support the structured-output mode sent: send the request again."""
 
-    def __init__(self, mode: OutputMode, detail: str) -> None:
-        super().__init__(f"endpoint rejected output mode {mode}: {detail}")
-        self.mode = mode
+
+class NotAChatCompletionError(Exception):
+    """A 2xx reply whose body is not a chat completion (a proxy's error page, an error object): a
+    transport fault, retried like a 502."""
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
@@ -99,10 +104,45 @@ def _retry_after_s(exc: BaseException) -> float | None:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """429 (but not quota or request size), 408, 5xx, timeouts and dropped connections."""
+    """429 (but not quota or request size), 408, 5xx, timeouts, dropped connections and a reply that
+    is no chat completion."""
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 429) or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)  # APITimeoutError is a subclass
+    # APITimeoutError is a subclass of APIConnectionError
+    return isinstance(exc, (openai.APIConnectionError, NotAChatCompletionError))
+
+
+def _chat_completion(raw: Any) -> ChatCompletion:
+    """The completion of a raw 2xx response, or NotAChatCompletionError saying what came instead.
+
+    The SDK hands back the text of a non-JSON body as it is, and builds a JSON body that is no
+    completion into a ChatCompletion without its fields (it does not validate responses)."""
+    content_type = raw.headers.get("content-type", "unknown content type")
+    try:
+        parsed = raw.parse()
+    except Exception as exc:  # a body the SDK cannot even read (e.g. JSON that does not parse)
+        raise NotAChatCompletionError(
+            f"HTTP {raw.status_code} with a body that is not a chat completion ({content_type}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    choices = getattr(parsed, "choices", None) if isinstance(parsed, ChatCompletion) else None
+    if isinstance(choices, list) and all(getattr(choice, "message", None) for choice in choices):
+        return parsed
+    body = parsed if isinstance(parsed, str) else str(getattr(raw, "text", "") or parsed)
+    excerpt = " ".join(body.split())[:200]
+    raise NotAChatCompletionError(
+        f"HTTP {raw.status_code} with a body that is not a chat completion ({content_type}): {excerpt!r}"
+    )
+
+
+def _reported_tokens(completion: ChatCompletion) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of the reply's `usage`, or None when it reports none."""
+    usage = getattr(completion, "usage", None)
+    prompt = getattr(usage, "prompt_tokens", None)
+    output = getattr(usage, "completion_tokens", None)
+    if isinstance(prompt, int) and isinstance(output, int):
+        return prompt, output
+    return None
 
 
 def _error_code(exc: openai.APIStatusError) -> str:
@@ -117,6 +157,8 @@ def _describe(exc: BaseException) -> str:
         return "request timed out"
     if isinstance(exc, openai.APIConnectionError):
         return f"connection failed: {exc.__cause__ or exc}"
+    if isinstance(exc, NotAChatCompletionError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -163,23 +205,26 @@ class OpenAITeacher:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
-        fixed = config.output_mode
-        self._auto = fixed == "auto"
-        self._mode: OutputMode = "json_schema" if fixed == "auto" else fixed
-        self._mode_confirmed = not self._auto
+        # One per endpoint: this client is the run's only client of it.
+        self.output_mode = EndpointOutputMode(config.output_mode)
         self._grammars: dict[type[BaseModel], str] = {}
 
     def __repr__(self) -> str:
         return (
             f"OpenAITeacher(model={self.model!r}, base_url={self.config.base_url!r}, "
-            f"mode={self._mode!r}, budget={self.budget!r})"
+            f"mode={self.output_mode.current!r}, budget={self.budget!r})"
         )
 
     @property
     def mode(self) -> OutputMode:
         """The structured-output mode the next request will use."""
-        with self._lock:
-            return self._mode
+        return self.output_mode.current
+
+    @property
+    def settled_output_mode(self) -> OutputMode | None:
+        """The mode of this run's requests: the configured one, or in `auto` the one the endpoint
+        answered in (None while it has answered none). What a run's summary reports."""
+        return self.output_mode.settled
 
     @property
     def has_key(self) -> bool:
@@ -243,23 +288,14 @@ class OpenAITeacher:
         source_text: str | None,
         log: _CallLog,
     ) -> tuple[Any, OutputMode]:
-        while True:
-            with self._lock:
-                mode, confirmed = self._mode, self._mode_confirmed
+        while True:  # ends: every refusal moves the mode down, and the prompt mode is never refused
+            mode = self.output_mode.current
+            arguments = self._request_arguments(messages, response_model, max_tokens, mode, source_text)
             try:
-                arguments = self._request_arguments(messages, response_model, max_tokens, mode, source_text)
-                completion = self._complete(arguments, max_tokens, mode, confirmed, log)
-            except _ModeRejected as exc:
-                with self._lock:
-                    if self._mode == mode and not self._mode_confirmed:
-                        following = MODES[MODES.index(mode) + 1]
-                        logger.warning("%s; falling back to %s", self.redact(str(exc)), following)
-                        self._mode = following
+                completion = self._complete(arguments, max_tokens, mode, log)
+            except _ModeRejected:
                 continue
-            with self._lock:
-                if self._mode == mode and not self._mode_confirmed:
-                    self._mode_confirmed = True
-                    logger.info("%s accepts output mode %s", self.model, mode)
+            self.output_mode.answered(mode)
             return completion, mode
 
     def _request_arguments(
@@ -320,13 +356,8 @@ class OpenAITeacher:
 
     # -- one request, with retries ------------------------------------------------------------
     def _complete(
-        self,
-        arguments: dict[str, Any],
-        max_tokens: int,
-        mode: OutputMode,
-        mode_confirmed: bool,
-        log: _CallLog,
-    ) -> Any:
+        self, arguments: dict[str, Any], max_tokens: int, mode: OutputMode, log: _CallLog
+    ) -> ChatCompletion:
         prompt_estimate = estimate_chat_tokens(arguments["messages"])
         requested = prompt_estimate + max_tokens
         if requested > self.config.context_tokens:
@@ -337,13 +368,13 @@ class OpenAITeacher:
                 requested_tokens=requested,
                 limit_tokens=self.config.context_tokens,
             )
-        server_errors = 0
 
-        def attempt() -> Any:
-            nonlocal server_errors
+        def attempt() -> ChatCompletion:
             reservation = self.budget.reserve(requested)
             try:
                 raw = self.client.chat.completions.with_raw_response.create(**arguments)
+                completion = _chat_completion(raw)
+                reported = _reported_tokens(completion)
             except openai.APIStatusError as exc:
                 log.add()
                 refused = exc.status_code == 429
@@ -351,18 +382,19 @@ class OpenAITeacher:
                 self.budget.observe_headers(exc.response.headers)
                 if refused and (retry_after := _retry_after_s(exc)) is not None:
                     self.budget.penalize(retry_after)
-                self._raise_for_status(exc, mode, mode_confirmed, requested, server_errors)
-                server_errors += exc.status_code >= 500
+                self._raise_for_status(exc, mode, requested)
                 raise
-            except openai.APIConnectionError:
+            except (openai.APIConnectionError, NotAChatCompletionError):
                 log.add()
                 self.budget.reconcile(reservation, prompt_estimate)
                 raise
-            completion = raw.parse()
-            usage = completion.usage
-            if usage is not None:
-                log.add(usage.prompt_tokens, usage.completion_tokens)
-                self.budget.reconcile(reservation, usage.prompt_tokens + usage.completion_tokens)
+            except BaseException:  # unforeseen: settle on the safe side, never leak the reservation
+                log.add()
+                self.budget.reconcile(reservation, requested)
+                raise
+            if reported is not None:
+                log.add(*reported)
+                self.budget.reconcile(reservation, sum(reported))
             else:  # no usage reported: keep the whole reservation, the safe side
                 log.add()
                 self.budget.reconcile(reservation, requested)
@@ -382,21 +414,14 @@ class OpenAITeacher:
             return retrying(attempt)
         except (RequestTooLargeError, _ModeRejected):
             raise
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+        except (openai.APIStatusError, openai.APIConnectionError, NotAChatCompletionError) as exc:
             attempts = retrying.statistics.get("attempt_number", 1)
             raise TeacherRequestError(
                 self.redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}"),
                 log.usage,
             ) from None
 
-    def _raise_for_status(
-        self,
-        exc: openai.APIStatusError,
-        mode: OutputMode,
-        mode_confirmed: bool,
-        requested: int,
-        server_errors: int,
-    ) -> None:
+    def _raise_for_status(self, exc: openai.APIStatusError, mode: OutputMode, requested: int) -> None:
         """Turn the errors no retry can fix into their own exceptions."""
         message = self.redact(exc.message)
         if exc.status_code == 429 and "request too large" in message.lower():
@@ -414,9 +439,12 @@ class OpenAITeacher:
                 requested_tokens=requested,
                 limit_tokens=self.config.context_tokens,
             ) from None
-        rejects_mode = exc.status_code in (400, 422) or (exc.status_code == 500 and server_errors >= 1)
-        if self._auto and not mode_confirmed and mode != "prompt" and rejects_mode:
-            raise _ModeRejected(mode, f"HTTP {exc.status_code}: {message}") from None
+        param = getattr(exc, "param", None)
+        answer = f"{message} (param: {param})" if isinstance(param, str) else message
+        if says_output_mode_unsupported(exc.status_code, answer, mode) and self.output_mode.refused(
+            mode, f"HTTP {exc.status_code}: {message}"
+        ):
+            raise _ModeRejected() from None
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -7,9 +7,12 @@ OpenAI-compatible endpoint); tests pass fakes where they need one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from methyl_distill.teacher.config import TeacherConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 OutputMode = Literal["json_schema", "json_object", "prompt"]
@@ -71,6 +74,9 @@ class TeacherReply(Generic[ModelT]):
 
 class Teacher(Protocol):
     model: str
+    # The endpoint, model, output mode and grammar the answers come from: the extraction cache key
+    # is made of them (`TeacherConfig.answer_identity`).
+    config: TeacherConfig
 
     def complete_structured(
         self,

@@ -7,7 +7,9 @@ is refused outright ("Request too large"), the charge is settled to the actual u
 response completes, the buckets refill continuously, and every response carries
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (429s also `retry-after`).
 
-Its answers are grounded `TeacherExtraction` JSON (`tests.fake_openai.extractive_answers`). Faults are
+Its answers are grounded `TeacherExtraction` JSON (`tests.fake_openai.extractive_answers`), and every
+completion names the server itself as the model that answered (`reported_model`), whichever of its
+model aliases the request named: its replies never pass for a real model's. Faults are
 injected on demand, by count, by seeded probability or by a marker string in the request text:
 see `FaultRule`. Stats (requests, 429s, tokens charged over time, faults) are readable in-process
 from `ServerHandle.stats()` or over HTTP at `GET /control/stats`.
@@ -33,7 +35,7 @@ from typing import Any, get_args
 import uvicorn
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from methyl_distill.teacher.token_bucket import format_reset_duration
 from tests.fake_openai.extractive_answers import extract_grounded, parse_prompt
@@ -45,6 +47,12 @@ from tests.fake_openai.state import (
     TestServerState,
     cut_to_tokens,
     server_count_tokens,
+)
+
+# What a reverse proxy in front of a model server may send, with status 200, when the upstream fails.
+PROXY_ERROR_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    "<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>\n"
 )
 
 # Every fault but a 429, which is decided before admission: these hit requests the limits let in.
@@ -232,10 +240,25 @@ class TestServerApp:
             )
         response_format = body.get("response_format") or {"type": "text"}
         format_type = response_format.get("type") if isinstance(response_format, dict) else None
+        state.stats.request_format(str(format_type))
         if format_type == "json_schema":
             if config.json_schema == "rejected_500":
+                # What llama-cpp-python's server answers: its request model knows text and json_object
+                # only, and its error handler turns the validation error into a 500.
+                message = (
+                    "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                    "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]"
+                )
                 return self._json(
-                    {"error": {"message": "Internal Server Error", "type": "server_error"}}, 500
+                    {
+                        "error": {
+                            "message": message,
+                            "type": "internal_server_error",
+                            "param": None,
+                            "code": None,
+                        }
+                    },
+                    500,
                 )
             if config.json_schema == "rejected_400":
                 return self._json(
@@ -313,6 +336,17 @@ class TestServerApp:
             if fault:
                 state.stats.fault(fault)
             await self._sleep(config.slow_s if fault == "slow" else state.latency())
+            if fault == "content_rejected":
+                state.settle(charge, 0)
+                message = (
+                    "Invalid prompt: your prompt was flagged as potentially violating our usage policy. "
+                    "Please try again with a different prompt."
+                )
+                return self._json(_error_body(message, "invalid_request_error", "invalid_prompt"), 400)
+            if fault == "html_200":
+                state.settle(charge, prompt_tokens)  # a failed request still costs its prompt
+                state.stats.response(200)
+                return HTMLResponse(PROXY_ERROR_PAGE, 200)
             if fault in ("server_error", "service_unavailable", "drop_connection"):
                 state.settle(charge, prompt_tokens)  # failed requests still cost their prompt
                 if fault == "drop_connection":
@@ -326,7 +360,7 @@ class TestServerApp:
                 )
                 return self._json(_error_body(message, "server_error"), status)
             return self._completion(
-                body, model, messages, format_type, int(max_tokens), prompt_tokens, charge, fault
+                body, messages, format_type, int(max_tokens), prompt_tokens, charge, fault
             )
         finally:
             state.stats.leave()
@@ -334,7 +368,6 @@ class TestServerApp:
     def _completion(
         self,
         body: dict,
-        model: str,
         messages: list[dict[str, Any]],
         format_type: str | None,
         max_tokens: int,
@@ -365,7 +398,7 @@ class TestServerApp:
                 "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": model,
+                "model": self.state.config.reported_model,
                 "system_fingerprint": "fp_methyl_distill_test",
                 "choices": [
                     {
@@ -476,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rpm", type=int, default=None, help="Requests-per-minute limit.")
     parser.add_argument("--latency", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", action="append", default=None, help="Model id served (repeatable).")
+    parser.add_argument(
+        "--model", action="append", default=None, help="Model id a request may name (repeatable)."
+    )
     parser.add_argument(
         "--json-schema", choices=["supported", "rejected_400", "rejected_500"], default="supported"
     )

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.teacher.token_bucket import RefillingBucket, format_reset_duration
 
+# html_200: a proxy's HTML error page with status 200 (a body that is no chat completion);
+# content_rejected: a 400 for this request's content (OpenAI's invalid_prompt), whatever its format.
 FaultKind = Literal[
     "rate_limit",
     "server_error",
@@ -31,8 +33,14 @@ FaultKind = Literal[
     "invalid_json",
     "truncated",
     "empty_content",
+    "html_200",
+    "content_rejected",
 ]
 SchemaSupport = Literal["supported", "rejected_400", "rejected_500"]
+
+# What the server says answered, whatever alias the request named: a test server's replies must
+# never pass for a real model's.
+TEST_SERVER_MODEL = "methyl-distill-test-server"
 
 
 _PIECE = re.compile(r"\w+|[^\w\s]+")
@@ -73,9 +81,17 @@ class OpenAITestServerConfig(BaseModel):
     retry_after_s: float = Field(default=1.0, ge=0, description="retry-after of injected 429s.")
     slow_s: float = Field(default=30.0, ge=0, description="Delay of the `slow` fault.")
     seed: int = Field(default=0, description="Seed of latencies and probabilistic faults.")
-    models: list[str] = Field(default_factory=lambda: ["gpt-4o"], description="Model ids served.")
+    models: list[str] = Field(
+        default_factory=lambda: ["gpt-4o"], description="Model ids a request may name (aliases)."
+    )
+    reported_model: str = Field(
+        default=TEST_SERVER_MODEL,
+        description="The model every completion says answered: the server's own name, never a real model's.",
+    )
     json_schema: SchemaSupport = Field(
-        default="supported", description="How response_format json_schema is met (llama.cpp: rejected_500)."
+        default="supported",
+        description="How response_format json_schema is met: rejected_400 as OpenAI answers a model "
+        "without structured outputs, rejected_500 as llama-cpp-python's server answers it.",
     )
     prompt_mode_fences: bool = Field(
         default=True, description="Wrap JSON in ```json fences when no response_format is given."
@@ -95,6 +111,14 @@ class StatsSnapshot(BaseModel):
     faults: dict[str, int] = Field(description="Injected faults by kind.")
     grammar_requests: int
     completed: int = Field(description="Requests answered with a completion.")
+    response_formats: list[str] = Field(
+        default_factory=list,
+        description="response_format type of every well-formed chat request, in arrival order (text: none).",
+    )
+    requests_before_first_completion: int | None = Field(
+        default=None,
+        description="How many of `response_formats` had arrived when the first completion was answered.",
+    )
     prompt_tokens: int
     completion_tokens: int
     max_in_flight: int
@@ -103,6 +127,12 @@ class StatsSnapshot(BaseModel):
     @property
     def responses_429(self) -> int:
         return self.responses_by_status.get("429", 0)
+
+    def formats_after_first_completion(self) -> list[str]:
+        """response_format types of the requests that arrived after the first success was answered."""
+        if self.requests_before_first_completion is None:
+            return []
+        return self.response_formats[self.requests_before_first_completion :]
 
     def tokens_charged(self, start_s: float, end_s: float) -> int:
         """Net tokens charged to the bucket between two times (seconds since the server started)."""
@@ -144,6 +174,12 @@ class ServerStats:
         self._in_flight = 0
         self._max_in_flight = 0
         self._ledger: list[tuple[float, int]] = []
+        self._formats: list[str] = []
+        self._before_first_completion: int | None = None
+
+    def request_format(self, format_type: str) -> None:
+        with self._lock:
+            self._formats.append(format_type)
 
     def request(self) -> None:
         with self._lock:
@@ -185,6 +221,8 @@ class ServerStats:
     def completed(self, prompt_tokens: int, completion_tokens: int) -> None:
         with self._lock:
             self._completed += 1
+            if self._before_first_completion is None:
+                self._before_first_completion = len(self._formats)
             self._prompt_tokens += prompt_tokens
             self._completion_tokens += completion_tokens
 
@@ -200,6 +238,8 @@ class ServerStats:
                 faults=dict(self._faults),
                 grammar_requests=self._grammar,
                 completed=self._completed,
+                response_formats=list(self._formats),
+                requests_before_first_completion=self._before_first_completion,
                 prompt_tokens=self._prompt_tokens,
                 completion_tokens=self._completion_tokens,
                 max_in_flight=self._max_in_flight,
