@@ -49,13 +49,18 @@ def build_dataset_flow(
     create_markdown_artifact(
         key="dataset-statistics",
         markdown=f"# Dataset in `{summary.output_directory}`\n\n{statistics_markdown(summary)}",
-        description="Dataset statistics: splits, tokens, drops by reason, flags",
+        description="Dataset statistics: splits, tokens, marker coverage, drops by reason, flags",
     )
+    coverage = summary.marker_coverage
     logger.info(
-        "Dataset: %d train / %d validation / %d test samples in %s",
+        "Dataset: %d train / %d validation / %d test samples in %s; %d of %d grounded markers covered",
         summary.splits["train"].samples,
         summary.splits["validation"].samples,
         summary.splits["test"].samples,
         summary.output_directory,
+        coverage.covered,
+        coverage.grounded,
     )
+    if (warning := coverage.warning()) is not None:  # also for a cached build, whose core did not run
+        logger.warning("%s", warning)
     return summary

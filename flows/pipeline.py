@@ -40,6 +40,7 @@ from methyl_distill.pipeline.run_outputs import (
     run_finetune_deployment,
     training_run_name,
 )
+from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.sft_dataset import DatasetConfig
 from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer
@@ -69,6 +70,7 @@ def pipeline_flow(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     finetune_timeout_s: float | None = None,
     keep_back_matter: bool = False,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
 ) -> PipelineSummary:
     """Papers in `input_directory` → a LoRA-tuned student and its evaluation, in `output_directory`.
 
@@ -83,17 +85,22 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     get_preset(parameters.student_preset)  # an unknown preset fails now, not after the extraction
     configured = parameters.configured_teacher()  # None: the embedded teacher answers
     embedded = configured is None
+    dataset_config = parameters.dataset_config(embedded)  # max_length: the student's, unless set
     logger.info("Stage 1/4: extraction (%s teacher)", "embedded" if embedded else "configured")
     extraction, teacher_name = _extract(parameters, configured)
     if extraction.papers == 0:
         raise RuntimeError(f"no readable papers in {parameters.input_directory}: nothing to distil")
 
-    logger.info("Stage 2/4: dataset from %s", extraction.records_path)
+    logger.info(
+        "Stage 2/4: dataset from %s (samples up to %d tokens)",
+        extraction.records_path,
+        dataset_config.max_length,
+    )
     dataset = build_dataset_flow(
         records=[extraction.records_path],
         output_directory=parameters.stage_directory("dataset"),
         papers_directory=parameters.input_directory,
-        config=parameters.dataset or (DatasetConfig(grounding="flag") if embedded else DatasetConfig()),
+        config=dataset_config,
     )
 
     logger.info("Stage 3/4: LoRA fine-tune of %s", parameters.student_preset)
@@ -139,6 +146,7 @@ def _extract(parameters: PipelineParameters, teacher: TeacherConfig | None) -> t
         "refresh": parameters.refresh_extraction,
         "question_bank": parameters.question_bank,
         "keep_back_matter": parameters.keep_back_matter,
+        "max_file_mb": parameters.max_file_mb,
     }
     if teacher is not None:
         summary = extract_flow(
@@ -149,7 +157,7 @@ def _extract(parameters: PipelineParameters, teacher: TeacherConfig | None) -> t
             max_chunk_tokens=parameters.max_chunk_tokens,
             **common,
         )
-        return summary, f"{teacher.model} at {teacher.base_url or 'api.openai.com'}"
+        return summary, f"{teacher.model} at {teacher.shown_endpoint}"
     question_ids = [question.id for question in load_question_bank(parameters.question_bank).questions]
     with EmbeddedTeacherServer(parameters.embedded_server) as server:
         get_run_logger().info("Embedded teacher %s serving at %s", server.model, server.base_url)

@@ -177,7 +177,8 @@ def test_an_output_folder_is_claimed_and_a_foreign_one_refused(tmp_path: Path) -
     paths = write_extraction_outputs(earlier, [_record()], [])
     assert (earlier / OUTPUT_MARKER_FILE).is_file()
     # Only our own temporaries were deleted.
-    assert sorted(path.name for path in Path(paths.processed_files).iterdir()) == [".notes.tmp", "mgmt-txt.txt"]
+    left = sorted(path.name for path in Path(paths.processed_files).iterdir())
+    assert left == [".notes.tmp", "mgmt-txt.txt"]
     assert not (earlier / ".records.jsonl.k3j2.tmp").exists()
     (earlier / ".user-data.tmp").write_text("keep", encoding="utf-8")
     assert remove_stale_temporaries(earlier) == 0 and (earlier / ".user-data.tmp").exists()

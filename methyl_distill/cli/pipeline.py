@@ -87,7 +87,8 @@ def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
         "--dataset_config",
         default=None,
         help="Dataset stage TOML (a copy of methyl_distill/sft_dataset/dataset.toml); default: the "
-        "built-in defaults, with grounding='flag' for the embedded teacher.",
+        "built-in defaults, with grounding='flag' for the embedded teacher. Unless the file sets "
+        "max_length, samples fit the student's training length.",
     )
     parser.add_argument(
         "--max_steps",

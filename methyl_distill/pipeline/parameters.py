@@ -13,11 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from methyl_distill.extraction.outputs import refuse_output_inside_input
 from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY
+from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.sft_dataset import DatasetConfig
 from methyl_distill.teacher.config import TeacherConfig, api_key_in_environment, resolve_teacher_config
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig
 from methyl_distill.training.finetune import FinetuneConfig
+from methyl_distill.training.presets import get_preset
 
 TeacherChoice = Literal["auto", "embedded", "configured"]
 PIPELINE_SUMMARY_FILE = "pipeline_summary.json"
@@ -95,7 +98,8 @@ class PipelineParameters(BaseModel):
     dataset: DatasetConfig | None = Field(
         default=None,
         description="Dataset stage configuration; default: DatasetConfig(), with grounding='flag' for the "
-        "embedded teacher (SmolLM2 rarely quotes verbatim).",
+        "embedded teacher (SmolLM2 rarely quotes verbatim). Its max_length, unless set, is the student's "
+        "training length (finetune.max_length, else the student preset's).",
     )
     student_preset: str = Field(
         default=DEFAULT_STUDENT_PRESET, description="Student model preset of the fine-tune."
@@ -137,16 +141,18 @@ class PipelineParameters(BaseModel):
         default=False,
         description="Let the teacher read reference lists and acknowledgements too (left out by default).",
     )
+    max_file_mb: float = Field(
+        default=DEFAULT_MAX_FILE_MB,
+        gt=0,
+        description="Largest paper file read, in MB; a larger one is listed in failures.jsonl, not read.",
+    )
 
     @model_validator(mode="after")
     def _check_paths(self) -> PipelineParameters:
         source = Path(self.input_directory).expanduser()
         if not source.is_dir():
             raise ValueError(f"input_directory {self.input_directory!r} does not exist or is not a directory")
-        output = Path(self.output_directory).expanduser().resolve()
-        if output == source.resolve() or source.resolve() in output.parents:
-            # Outputs inside the input folder would be read as papers on the next run.
-            raise ValueError("output_directory must not be inside input_directory")
+        refuse_output_inside_input(source, self.output_directory)
         return self
 
     def stage_directory(self, stage: str) -> str:
@@ -155,6 +161,19 @@ class PipelineParameters(BaseModel):
     @property
     def finetune_run(self) -> FinetuneConfig:
         return self.finetune or short_lora_run()
+
+    @property
+    def training_max_length(self) -> int:
+        """Tokens per sample the fine-tune trains on: the run's max_length, else the student preset's."""
+        return self.finetune_run.max_length or get_preset(self.student_preset).max_length
+
+    def dataset_config(self, embedded: bool) -> DatasetConfig:
+        """The dataset stage's configuration: `dataset`, or the default for the teacher; its max_length
+        is the student's training length unless it was set (in the object or its TOML file)."""
+        config = self.dataset or (DatasetConfig(grounding="flag") if embedded else DatasetConfig())
+        if "max_length" in config.model_fields_set:
+            return config
+        return DatasetConfig.model_validate({**config.model_dump(), "max_length": self.training_max_length})
 
     @property
     def embedded_server(self) -> EmbeddedTeacherConfig:

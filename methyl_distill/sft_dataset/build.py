@@ -32,6 +32,7 @@ from methyl_distill.sft_dataset.dataset_writer import (
     write_jsonl,
 )
 from methyl_distill.sft_dataset.deduplication import DuplicateFinder
+from methyl_distill.sft_dataset.marker_coverage import CoverageTally, MarkerCoverage
 from methyl_distill.sft_dataset.paper_text import PaperLibrary
 from methyl_distill.sft_dataset.record_reader import scan_records
 from methyl_distill.sft_dataset.sample_store import SampleStore
@@ -83,6 +84,11 @@ class DatasetSummary(BaseModel):
     drops: dict[str, int] = Field(description="Samples (or markers) left out, by reason.")
     flags: dict[str, int] = Field(description="Samples kept with a flag, by flag.")
     markers_covered: dict[str, int] = Field(description="Samples per marker in the written dataset.")
+    marker_coverage: MarkerCoverage = Field(
+        default_factory=MarkerCoverage,
+        description="Grounded markers of the records and how many are in a written sample, overall and "
+        "per paper (methyl_distill/sft_dataset/marker_coverage.py).",
+    )
     token_counting: str
     config: DatasetConfig
     build_seconds: float
@@ -154,6 +160,7 @@ def build_sft_dataset(
     drops: Counter[str] = Counter()
     paper_status: Counter[str] = Counter()
     missing: list[str] = []
+    coverage_tally = CoverageTally()
     shards = scan.shards(_SHARD_PAPERS)
     workers = min(config.workers or min(os.cpu_count() or 1, _MAX_AUTO_WORKERS), len(shards))
     staging = make_staging_directory(output)
@@ -161,6 +168,7 @@ def build_sft_dataset(
     try:
         papers_used = 0
         for shard_output in build_shards(shards, papers_directory, config, workers):
+            coverage_tally.add(shard_output.coverage, first_sample=len(store))
             store.add_shard(shard_output)
             if shard_output.signatures is not None:
                 finder.add_signed(shard_output.signatures)
@@ -197,6 +205,7 @@ def build_sft_dataset(
             )
 
         phases["deduplication"] = time.monotonic() - started - sum(phases.values())
+        coverage = coverage_tally.measure(keep)
         kept = np.flatnonzero(keep).tolist()
         assignment = split_by_paper(
             (store.papers[index] for index in kept), config.val_fraction, config.test_fraction, config.seed
@@ -244,6 +253,7 @@ def build_sft_dataset(
             drops=dict(sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: (-kv[1], kv[0]))),
             flags=dict(sorted(flags.items(), key=lambda kv: (-kv[1], kv[0]))),
             markers_covered=dict(sorted(markers.items(), key=lambda kv: (-kv[1], kv[0]))),
+            marker_coverage=coverage,
             token_counting=token_counting,
             config=config,
             build_seconds=round(time.monotonic() - started, 3),
@@ -259,11 +269,15 @@ def build_sft_dataset(
     if config.push_to_hub:
         push_dataset_to_hub(summary)
     logger.info(
-        "Dataset: %s samples (train/val/test), %d dropped, in %.1f s",
+        "Dataset: %s samples (train/val/test), %d dropped, %d of %d grounded markers covered, in %.1f s",
         "/".join(str(split_stats[s].samples) for s in SPLITS),
         sum(drops.values()),
+        coverage.covered,
+        coverage.grounded,
         summary.build_seconds,
     )
+    if (warning := coverage.warning()) is not None:
+        logger.warning("%s", warning)
     return summary
 
 

@@ -98,7 +98,8 @@ class DatasetConfig(BaseModel):
     extraction_excerpt_chars: int = Field(
         default=3000,
         ge=200,
-        description="Budget in characters of one structured-extraction excerpt; markers are packed in order.",
+        description="Budget in characters of one structured-extraction excerpt; markers are packed in order "
+        "(a marker whose evidence is longer gets an excerpt of its evidence alone).",
     )
     not_reported_share: float = Field(
         default=0.1,
@@ -130,12 +131,16 @@ class DatasetConfig(BaseModel):
     length_policy: Literal["drop", "truncate"] = Field(
         default="drop",
         description=(
-            "Samples longer than max_length tokens: 'drop' them, or 'truncate' their excerpt around the "
-            "evidence until they fit (samples without an excerpt that are too long are dropped)."
+            "Q&A samples longer than max_length tokens: 'drop' them, or 'truncate' their excerpt around the "
+            "evidence until they fit (samples without an excerpt that are too long are dropped). Extraction "
+            "samples are always split into fewer markers and shorter excerpts until they fit."
         ),
     )
     max_length: int = Field(
-        default=2048, ge=64, description="The student's training max length in tokens (whole conversation)."
+        default=2048,
+        ge=64,
+        description="The student's training max length in tokens (whole conversation); the pipeline sets "
+        "the student's training length unless this is set.",
     )
     student_tokenizer: str | None = Field(
         default=None,

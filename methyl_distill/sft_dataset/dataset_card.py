@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 _SPLIT_TITLES = {"train": "train", "validation": "validation", "test": "test"}
 _TOP_MARKERS = 40
+_COVERAGE_PAPERS = 20
 
 
 def _size_category(samples: int) -> str:
@@ -31,8 +32,29 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[object, ...]]) -> str:
     return "\n".join(lines)
 
 
+def coverage_markdown(summary: DatasetSummary) -> str:
+    """How many grounded markers of the records are in a written sample, and the papers missing some."""
+    coverage = summary.marker_coverage
+    if coverage.grounded == 0:
+        return "No marker of the records is grounded in its paper."
+    lines = [
+        f"{coverage.covered} of {coverage.grounded} grounded markers ({coverage.share:.1%}) are in at least "
+        f"one sample (an extraction target or named in an answer); {coverage.complete_papers} of "
+        f"{coverage.papers} papers have all their grounded markers in samples."
+    ]
+    if coverage.incomplete:
+        shown = list(coverage.incomplete.items())[:_COVERAGE_PAPERS]
+        rows = [
+            (file_id, paper.grounded, paper.covered, ", ".join(paper.missing)) for file_id, paper in shown
+        ]
+        lines.append(_table(("paper", "grounded", "covered", "missing markers"), rows))
+        if len(coverage.incomplete) > len(shown):
+            lines.append(f"... and {len(coverage.incomplete) - len(shown)} more papers (stats.json).")
+    return "\n\n".join(lines)
+
+
 def statistics_markdown(summary: DatasetSummary) -> str:
-    """Splits, drops and flags as markdown tables (also the Prefect artifact)."""
+    """Splits, marker coverage, drops and flags as markdown tables (also the Prefect artifact)."""
     split_rows: list[tuple[object, ...]] = []
     for split, stats in summary.splits.items():
         mean = stats.tokens / stats.samples if stats.samples else 0
@@ -44,6 +66,8 @@ def statistics_markdown(summary: DatasetSummary) -> str:
         "## Splits",
         _table(("split", "papers", "samples", "tokens", "mean tokens", "max tokens", "styles"), split_rows),
         f"Tokens are {summary.token_counting}; max length {summary.config.max_length}.",
+        "## Marker coverage",
+        coverage_markdown(summary),
         "## Left out",
         _table(("reason", "count"), list(summary.drops.items()))
         if summary.drops
@@ -118,9 +142,9 @@ around the evidence + the question -> the answer), **extraction** (an excerpt ->
 
 {statistics_markdown(summary)}
 
-## Markers covered
+## Samples per marker
 
-{len(markers)} distinct markers.
+{len(markers)} distinct markers named in samples.
 
 {marker_lines}
 

@@ -111,12 +111,7 @@ class PaperText:
         """
         if not spans:
             return self.opening(budget)
-        merged: list[list[int]] = []
-        for start, end in sorted(spans):
-            if merged and start <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], end)
-            else:
-                merged.append([start, end])
+        merged = merge_spans(spans)
         evidence_chars = sum(end - start for start, end in merged)
         if evidence_chars > budget:
             return None
@@ -184,6 +179,25 @@ class PaperText:
         newline = self.text.rfind("\n", evidence_end, right)
         cut = max(space, newline)
         return cut if cut > evidence_end else evidence_end
+
+
+def merge_spans(spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """`spans` sorted, with overlapping or touching spans merged: [[start, end], ...]."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def evidence_chars(spans: Sequence[tuple[int, int]]) -> int:
+    """Characters of the text that `spans` cover (overlaps counted once): the least excerpt budget
+    that holds them."""
+    if len(spans) == 1:
+        return spans[0][1] - spans[0][0]
+    return sum(end - start for start, end in merge_spans(spans))
 
 
 def _display_text(text: str) -> str:

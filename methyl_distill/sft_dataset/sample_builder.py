@@ -4,9 +4,12 @@
   name a marker of the paper (gene symbol, marker name or CpG id) and do not refer to "the paper",
   "this study" or "the authors".
 - grounded: an excerpt of the paper around the answer's evidence + the question -> the answer.
-- extraction: an excerpt around markers' evidence -> `{"markers": [...]}` with those marker records.
+- extraction: an excerpt around markers' evidence -> `{"markers": [...]}` with those marker records
+  (which markers, and how they are packed into samples: `extraction_packing.py`).
 
-Every Q&A pair or marker that does not become a sample is counted under a reason in `drops`.
+Every Q&A pair or marker that does not become a sample is counted under a reason in `drops`. Each
+sample records which of the paper's markers its assistant content holds (`covers`: an extraction
+sample's target records, the markers a Q&A answer names), for marker coverage.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 import hashlib
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,7 +26,14 @@ import orjson
 
 from methyl_distill.extraction.records import MarkerRecord, PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
-from methyl_distill.sft_dataset.paper_text import Excerpt, LoadedPaper, PaperText
+from methyl_distill.sft_dataset.extraction_packing import (
+    LocatedMarker,
+    balanced_ranges,
+    extraction_identity,
+    locate_markers,
+    pack_by_evidence,
+)
+from methyl_distill.sft_dataset.paper_text import Excerpt, LoadedPaper, PaperText, evidence_chars
 from methyl_distill.text.not_reported import is_not_reported
 
 Style = Literal["closed_book", "grounded", "extraction"]
@@ -60,12 +71,15 @@ class Sample:
     not_reported: bool = False
     excerpt_pieces: int | None = None  # token-estimate pieces of the excerpt in `user`, when known
     tokens: int = 0
+    covers: tuple[int, ...] = ()  # indices (in the record) of the markers in the assistant content
+    targets: tuple[LocatedMarker, ...] = ()  # an extraction sample's markers, to re-pack it
 
 
 @dataclass
 class PaperSamples:
     samples: list[Sample] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
+    grounded: list[LocatedMarker] = field(default_factory=list)  # the paper's grounded markers
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +90,36 @@ class _QA:
     origin: str
 
 
-def _marker_terms(markers: list[MarkerRecord]) -> dict[str, str]:
-    """Single-word names by which a question can name a marker of the paper: term -> display name."""
-    terms: dict[str, str] = {}
-    for marker in markers:
-        display = marker.gene or marker.marker
-        for term in (marker.gene, marker.marker, *marker.cpg_sites):
-            if term and len(term) >= 3 and " " not in term.strip():
-                terms[term.strip().casefold()] = display
-    return terms
+class _MarkerTerms:
+    """Single-word names by which a text can name a marker of the paper (gene symbol, marker name,
+    CpG id), case-folded: term -> display name, and term -> the indices of the markers it names."""
+
+    __slots__ = ("indices", "names")
+
+    def __init__(self, markers: list[MarkerRecord]) -> None:
+        self.names: dict[str, str] = {}
+        self.indices: dict[str, set[int]] = {}
+        for index, marker in enumerate(markers):
+            display = marker.gene or marker.marker
+            for term in (marker.gene, marker.marker, *marker.cpg_sites):
+                if term and len(term) >= 3 and " " not in term.strip():
+                    key = term.strip().casefold()
+                    self.names[key] = display
+                    self.indices.setdefault(key, set()).add(index)
+
+    def displays(self, words: set[str]) -> tuple[str, ...]:
+        """The display names of the markers named among `words` (stripped `_WORDS`)."""
+        names = self.names
+        return tuple(sorted({names[word] for word in words if word in names}))
+
+    def markers(self, words: set[str]) -> tuple[int, ...]:
+        """The indices of the markers named among `words` (stripped `_WORDS`)."""
+        indices = self.indices
+        return tuple(sorted(set().union(*(indices[word] for word in words if word in indices))))
 
 
-def _mentioned(words: list[str], terms: dict[str, str]) -> tuple[str, ...]:
-    """The markers named among `words` (`_WORDS` of a case-folded text)."""
-    stripped = {word.strip(".-") for word in words}
-    return tuple(sorted({terms[word] for word in stripped if word in terms}))
+def _stripped(words: list[str]) -> set[str]:
+    return {word.strip(".-") for word in words}
 
 
 class SampleBuilder:
@@ -104,7 +133,7 @@ class SampleBuilder:
 
     def build(self, record: PaperRecord, paper: LoadedPaper) -> PaperSamples:
         out = PaperSamples()
-        terms = _marker_terms(record.markers)
+        terms = _MarkerTerms(record.markers)
         items = [
             _QA(a.question, a.answer, tuple(a.evidence), f"bank:{a.question_id}") for a in record.answers
         ]
@@ -114,10 +143,25 @@ class SampleBuilder:
                 sample = self._qa_sample(record, paper, item, index, terms, out.drops)
                 if sample is not None:
                     out.samples.append(sample)
+        ungrounded = 0
+        if record.markers and paper.text is not None:
+            # Located for every paper, drawn for extraction or not: coverage counts its grounded markers.
+            out.grounded, ungrounded = locate_markers(record.markers, paper.text, self.config)
         if record.markers and unit_draw(self.config.seed, record.content_sha256, "extraction") < (
             self.config.mix.extraction
         ):
-            out.samples.extend(self._extraction_samples(record, paper, out.drops))
+            if paper.text is None:
+                out.drops[f"paper_{paper.status}"] += 1
+            else:
+                if ungrounded:
+                    out.drops["marker_ungrounded"] += ungrounded
+                changed = paper.status == "changed"
+                for group in pack_by_evidence(out.grounded, self.config.extraction_excerpt_chars):
+                    out.samples.append(
+                        extraction_sample(
+                            record.content_sha256, record.file_id, paper.text, group, self.config, changed
+                        )
+                    )
         return out
 
     # --- Q&A --------------------------------------------------------------------------------------
@@ -128,7 +172,7 @@ class SampleBuilder:
         paper: LoadedPaper,
         item: _QA,
         index: int,
-        terms: dict[str, str],
+        terms: _MarkerTerms,
         drops: Counter[str],
     ) -> Sample | None:
         config = self.config
@@ -158,8 +202,10 @@ class SampleBuilder:
                 return None
             return self._grounded(record, text, question, answer, (), (), index, not_reported=True)
 
-        self_contained = not _REFERS_TO_SOURCE.search(question) and bool(_mentioned(question_words, terms))
-        markers = _mentioned(question_words + answer_words, terms)
+        question_terms, answer_terms = _stripped(question_words), _stripped(answer_words)
+        self_contained = not _REFERS_TO_SOURCE.search(question) and bool(terms.displays(question_terms))
+        markers = terms.displays(question_terms | answer_terms)
+        covers = terms.markers(answer_terms)  # the markers the answer (the assistant content) names
         flags: list[str] = []
         spans: list[tuple[int, int]] = []
         if paper.status == "changed":
@@ -201,6 +247,7 @@ class SampleBuilder:
                 dedup_text=f"{question}\n{answer}",
                 flags=tuple(flags),
                 markers=markers,
+                covers=covers,
             )
         if config.mix.grounded == 0:
             drops["needs_context_but_grounded_off"] += 1
@@ -214,6 +261,7 @@ class SampleBuilder:
             drops["evidence_exceeds_excerpt"] += 1
             return None
         sample.dedup_text = f"{question}\n{answer}\n" + "\n".join(item.evidence)
+        sample.covers = covers
         return sample
 
     def _grounded(
@@ -252,76 +300,62 @@ class SampleBuilder:
             excerpt_pieces=excerpt.pieces,
         )
 
-    # --- structured extraction --------------------------------------------------------------------
 
-    def _extraction_samples(
-        self, record: PaperRecord, paper: LoadedPaper, drops: Counter[str]
-    ) -> list[Sample]:
-        config = self.config
-        text = paper.text
-        if text is None:
-            drops[f"paper_{paper.status}"] += 1
-            return []
-        located: list[tuple[int, MarkerRecord, tuple[tuple[int, int], ...], bool]] = []
-        for marker in record.markers:
-            spans: list[tuple[int, int]] = []
-            missing = 0
-            for quote in marker.evidence:
-                found = text.locate(quote, config.min_quote_chars)
-                if found.status == "found":
-                    spans.extend(found.spans)
-                elif found.status == "missing":
-                    missing += 1
-            if not spans or (missing and config.grounding == "drop"):
-                drops["marker_ungrounded"] += 1
-                continue
-            located.append((min(start for start, _ in spans), marker, tuple(spans), missing > 0))
-        located.sort(key=lambda entry: entry[0])
+# --- structured extraction (which markers, and how they are packed: extraction_packing.py) ---------
 
-        # Pack markers in document order while their evidence fills at most 60% of the excerpt budget.
-        budget = config.extraction_excerpt_chars
-        groups: list[list[tuple[int, MarkerRecord, tuple[tuple[int, int], ...], bool]]] = []
-        used = 0
-        for entry in located:
-            chars = sum(end - start for start, end in entry[2])
-            if chars > budget:
-                drops["evidence_exceeds_excerpt"] += 1
-                continue
-            if groups and used + chars <= 0.6 * budget:
-                groups[-1].append(entry)
-                used += chars
-            else:
-                groups.append([entry])
-                used = chars
-        samples = []
-        for group in groups:
-            group_spans = tuple(span for entry in group for span in entry[2])
-            excerpt = text.excerpt(list(group_spans), budget)
-            if excerpt is None:
-                drops["evidence_exceeds_excerpt"] += 1
-                continue
-            target = orjson.dumps({"markers": [entry[1].model_dump(mode="json") for entry in group]}).decode()
-            flags = ["ungrounded"] if any(entry[3] for entry in group) else []
-            if paper.status == "changed":
-                flags.append("paper_changed")
-            samples.append(
-                Sample(
-                    paper=record.content_sha256,
-                    file_id=record.file_id,
-                    style="extraction",
-                    user=config.extraction_template.format(excerpt=excerpt.text),
-                    assistant=target,
-                    dedup_text="\n".join(
-                        f"{entry[1].marker}\n" + "\n".join(entry[1].evidence) for entry in group
-                    ),
-                    flags=tuple(flags),
-                    markers=tuple(sorted({entry[1].gene or entry[1].marker for entry in group})),
-                    spans=group_spans,
-                    excerpt_budget=budget,
-                    excerpt_pieces=excerpt.pieces,
-                )
-            )
-        return samples
+
+def extraction_sample(
+    paper: str,
+    file_id: str,
+    text: PaperText,
+    markers: Sequence[LocatedMarker],
+    config: DatasetConfig,
+    changed: bool,
+) -> Sample:
+    """The extraction sample of `markers` (in order): an excerpt around their evidence -> their
+    records. The excerpt budget is `extraction_excerpt_chars`, or the evidence itself if longer."""
+    spans = tuple(span for marker in markers for span in marker.spans)
+    budget = config.extraction_excerpt_chars
+    if sum(marker.evidence_chars for marker in markers) > budget:  # else their union fits too
+        budget = max(budget, evidence_chars(spans))
+    excerpt = text.excerpt(list(spans), budget)
+    assert excerpt is not None  # the budget holds the evidence
+    flags = ["ungrounded"] if any(marker.partly_missing for marker in markers) else []
+    if changed:
+        flags.append("paper_changed")
+    return Sample(
+        paper=paper,
+        file_id=file_id,
+        style="extraction",
+        user=config.extraction_template.format(excerpt=excerpt.text),
+        assistant=orjson.dumps(
+            {"markers": [marker.record.model_dump(mode="json") for marker in markers]}
+        ).decode(),
+        dedup_text=extraction_identity(markers),
+        flags=tuple(flags),
+        markers=tuple(sorted({marker.record.gene or marker.record.marker for marker in markers})),
+        spans=spans,
+        excerpt_budget=budget,
+        excerpt_pieces=excerpt.pieces,
+        covers=tuple(sorted(marker.position for marker in markers)),
+        targets=tuple(markers),
+    )
+
+
+def split_extraction_sample(
+    sample: Sample, text: PaperText, config: DatasetConfig, parts: int
+) -> list[Sample]:
+    """An extraction sample's markers as `parts` samples (fewer if it has fewer markers) of
+    consecutive markers, balanced by the size of their records and evidence."""
+    weights = [
+        len(orjson.dumps(marker.record.model_dump(mode="json"))) + marker.evidence_chars
+        for marker in sample.targets
+    ]
+    changed = "paper_changed" in sample.flags
+    return [
+        extraction_sample(sample.paper, sample.file_id, text, sample.targets[start:end], config, changed)
+        for start, end in balanced_ranges(weights, parts)
+    ]
 
 
 def sample_messages(sample: Sample, system_prompt: str) -> list[dict[str, str]]:

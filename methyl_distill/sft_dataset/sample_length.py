@@ -1,4 +1,6 @@
-"""Sample length in tokens, with the student's tokenizer or estimated, and the drop/truncate rule.
+"""Sample length in tokens, with the student's tokenizer or estimated, and the rules that make
+samples fit `max_length`: Q&A samples are dropped or truncated (`length_policy`); extraction samples
+are always re-packed into smaller ones until they fit (`extraction_packing.py`).
 
 `EstimatedTokenCounter` gives exactly `methyl_distill.text.token_count.estimate_chat_tokens`, computed
 with numpy over many texts at once (the regex version runs at ~15 MB/s, too slow for hundreds of
@@ -17,8 +19,13 @@ from typing import Protocol
 import numpy as np
 
 from methyl_distill.sft_dataset.config import DatasetConfig
-from methyl_distill.sft_dataset.paper_text import PaperText
-from methyl_distill.sft_dataset.sample_builder import Sample, sample_messages, with_excerpt
+from methyl_distill.sft_dataset.paper_text import PaperText, evidence_chars
+from methyl_distill.sft_dataset.sample_builder import (
+    Sample,
+    sample_messages,
+    split_extraction_sample,
+    with_excerpt,
+)
 from methyl_distill.sft_dataset.token_estimate import estimate_pieces_many, estimate_tokens_many, run_class
 from methyl_distill.text.token_count import CHARS_PER_TOKEN, TOKENS_PER_MESSAGE, TOKENS_REPLY_PRIMING
 
@@ -132,6 +139,7 @@ def make_token_counter(config: DatasetConfig) -> TokenCounter:
 
 
 _MAX_SHRINKS = 6
+_MIN_EXCERPT_CHARS = 50
 
 
 def enforce_max_length(
@@ -141,7 +149,10 @@ def enforce_max_length(
     config: DatasetConfig,
     drops: Counter[str],
 ) -> list[Sample]:
-    """Set `tokens` on every sample; drop or truncate the ones over `config.max_length`."""
+    """Set `tokens` on every sample; make the ones over `config.max_length` fit or drop them.
+
+    Extraction samples are split and shortened until they fit (`fit_extraction`); the others are
+    dropped, or with `length_policy = "truncate"` their excerpt is cut around the evidence."""
     kept: list[Sample] = []
     for sample, tokens in zip(samples, counter.count(samples, config.system_prompt), strict=True):
         sample.tokens = tokens
@@ -149,6 +160,9 @@ def enforce_max_length(
             kept.append(sample)
             continue
         paper = papers.get(sample.paper)
+        if sample.style == "extraction" and sample.targets and paper is not None:
+            kept.extend(fit_extraction(sample, paper, counter, config, drops))
+            continue
         truncatable = config.length_policy == "truncate" and sample.spans is not None and paper is not None
         if truncatable and _shrink_excerpt(sample, paper, counter, config):  # type: ignore[arg-type]
             kept.append(sample)
@@ -157,14 +171,44 @@ def enforce_max_length(
     return kept
 
 
+def fit_extraction(
+    sample: Sample, paper: PaperText, counter: TokenCounter, config: DatasetConfig, drops: Counter[str]
+) -> list[Sample]:
+    """An extraction sample over max_length (its `tokens` counted) as samples that fit, in order: its
+    markers split into balanced groups, recursively; one marker's excerpt shortened around its
+    evidence. A marker that does not fit with its evidence alone is dropped
+    (`marker_evidence_too_long`)."""
+    if len(sample.targets) == 1:
+        if _shrink_excerpt(sample, paper, counter, config):
+            return [sample]
+        drops["marker_evidence_too_long"] += 1
+        return []
+    parts = split_extraction_sample(sample, paper, config, max(2, -(-sample.tokens // config.max_length)))
+    fitted: list[Sample] = []
+    for part, tokens in zip(parts, counter.count(parts, config.system_prompt), strict=True):
+        part.tokens = tokens
+        if tokens <= config.max_length:
+            fitted.append(part)
+        else:
+            fitted.extend(fit_extraction(part, paper, counter, config, drops))
+    return fitted
+
+
 def _shrink_excerpt(sample: Sample, paper: PaperText, counter: TokenCounter, config: DatasetConfig) -> bool:
-    """Cut the excerpt around the evidence until the sample fits; False if even the evidence is too long."""
+    """Cut the excerpt around the evidence until the sample fits, at the last try to the evidence
+    alone; False if even that is too long."""
+    spans = list(sample.spans or ())
+    floor = max(_MIN_EXCERPT_CHARS, evidence_chars(spans))
     budget = sample.excerpt_budget
     tokens = sample.tokens
-    for _ in range(_MAX_SHRINKS):
-        budget = int(budget * min(0.95, config.max_length / tokens * 0.95))
-        excerpt = paper.excerpt(list(sample.spans or ()), budget)
-        if excerpt is None or budget < 50:
+    for attempt in range(_MAX_SHRINKS + 1):
+        if budget <= floor:
+            return False  # the excerpt is already as short as it can be
+        budget = max(floor, int(budget * min(0.95, config.max_length / tokens * 0.95)))
+        if attempt == _MAX_SHRINKS:
+            budget = floor
+        excerpt = paper.excerpt(spans, budget)
+        if excerpt is None:
             return False
         trial = with_excerpt(sample, config, excerpt)
         tokens = counter.count([trial], config.system_prompt)[0]

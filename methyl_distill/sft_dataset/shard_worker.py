@@ -2,7 +2,8 @@
 
 A shard is a few hundred papers' record locations. The worker validates their records, reads their
 papers, builds the samples, applies the length rule and returns them as finished JSON lines with the
-small metadata the rest of the build needs (paper, style, tokens, flags, markers, dedup text).
+small metadata the rest of the build needs (paper, style, tokens, flags, markers, the markers each
+covers, dedup text), and each paper's grounded markers.
 Results come back in shard order, so the dataset does not depend on the number of workers.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -21,6 +22,7 @@ from methyl_distill.extraction.records import PaperRecord
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_writer import sample_line
 from methyl_distill.sft_dataset.deduplication import Signatures, sign_texts
+from methyl_distill.sft_dataset.marker_coverage import ShardCoverage
 from methyl_distill.sft_dataset.paper_text import LoadedPaper, PaperLibrary, PaperText
 from methyl_distill.sft_dataset.record_reader import RecordShard
 from methyl_distill.sft_dataset.sample_builder import Sample, SampleBuilder, sample_messages, unit_draw
@@ -42,6 +44,7 @@ class ShardOutput:
     tokens: list[int] = field(default_factory=list)
     flags: list[tuple[str, ...]] = field(default_factory=list)
     markers: list[tuple[str, ...]] = field(default_factory=list)
+    coverage: ShardCoverage = field(default_factory=ShardCoverage)
     dedup_texts: list[str] = field(default_factory=list)  # signed, then emptied, before leaving the worker
     signatures: Signatures | None = None
     not_reported_draws: dict[int, float] = field(default_factory=dict)  # local index -> seeded draw
@@ -51,7 +54,11 @@ class ShardOutput:
     corrupt: list[str] = field(default_factory=list)
     papers_used: int = 0
 
-    def add(self, samples: Iterable[Sample], config: DatasetConfig) -> None:
+    def add(
+        self, samples: Iterable[Sample], config: DatasetConfig, markers: Mapping[str, Mapping[int, int]]
+    ) -> None:
+        """Add finished samples; `markers` numbers the grounded markers of their papers (paper ->
+        position in the record -> number in `coverage`)."""
         for sample in samples:
             messages = sample_messages(sample, config.system_prompt)
             meta = None
@@ -67,6 +74,8 @@ class ShardOutput:
                 self.not_reported_draws[len(self.lines)] = unit_draw(
                     config.seed, sample.paper, "not_reported", sample.question
                 )
+            if sample.covers and sample.paper in markers:
+                self.coverage.add_sample(len(self.lines), sample.covers, markers[sample.paper])
             self.lines.append(sample_line(messages, meta))
             self.papers.append(sample.paper)
             self.styles.append(sample.style)
@@ -107,6 +116,7 @@ def build_shard(
     counter = token_counter(config)
     batch: list[Sample] = []
     batch_papers: dict[str, PaperText] = {}
+    batch_markers: dict[str, dict[int, int]] = {}
     for record, paper in _with_papers(shard.iter_records(), library):
         out.papers_used += 1
         out.paper_status[paper.status] += 1
@@ -116,13 +126,19 @@ def build_shard(
             logger.warning("%s: %s; grounding checks the current text", record.file_id, paper.detail)
         built = builder.build(record, paper)
         out.drops.update(built.drops)
+        if built.grounded:
+            batch_markers[record.content_sha256] = out.coverage.add_paper(
+                record.file_id, ((marker.position, marker.name) for marker in built.grounded)
+            )
         batch.extend(built.samples)
         if paper.text is not None:
             batch_papers[record.content_sha256] = paper.text
         if len(batch_papers) >= _LENGTH_BATCH_PAPERS:
-            out.add(enforce_max_length(batch, batch_papers, counter, config, out.drops), config)
-            batch, batch_papers = [], {}
-    out.add(enforce_max_length(batch, batch_papers, counter, config, out.drops), config)
+            out.add(
+                enforce_max_length(batch, batch_papers, counter, config, out.drops), config, batch_markers
+            )
+            batch, batch_papers, batch_markers = [], {}, {}
+    out.add(enforce_max_length(batch, batch_papers, counter, config, out.drops), config, batch_markers)
     out.corrupt = shard.corrupt
     # Deduplication's per-text work happens here, in parallel; the main process only decides.
     out.signatures = sign_texts(out.dedup_texts, config.minhash_permutations, config.seed)

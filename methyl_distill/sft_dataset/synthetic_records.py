@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from methyl_distill.extraction.papers import content_sha256
-from methyl_distill.readers.document import normalise_text
 from methyl_distill.extraction.records import (
     AnsweredQuestion,
     MarkerPerformance,
@@ -23,6 +22,7 @@ from methyl_distill.extraction.records import (
     QAPair,
     TokenUsage,
 )
+from methyl_distill.readers.document import normalise_text
 from methyl_distill.text.not_reported import NOT_REPORTED
 
 GENES = (
