@@ -29,7 +29,10 @@ def build_dataset_flow(
     task = build_dataset.with_options(result_storage=resolve_cache_storage(), refresh_cache=refresh)
     summary = task(records, output_directory, papers_directory, config)
     if not summary.files_exist():
-        logger.info("The cached dataset's files are gone from %s: rebuilding", summary.output_directory)
+        logger.info(
+            "The cached dataset's files in %s are gone or were rewritten since: rebuilding",
+            summary.output_directory,
+        )
         summary = task.with_options(refresh_cache=True)(records, output_directory, papers_directory, config)
     create_table_artifact(
         key="dataset-splits",

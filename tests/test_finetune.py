@@ -301,3 +301,18 @@ def test_tiny_fine_tune_on_cuda_uses_bf16(workspace: dict[str, Path], tmp_path: 
     )
     assert summary.torch_dtype == "bfloat16" and summary.global_step == 2
     assert summary.final_train_loss is not None and math.isfinite(summary.final_train_loss)
+
+
+def test_torn_request_and_summary_files_do_not_block_a_rerun(tmp_path: Path) -> None:
+    """Files an earlier version wrote non-atomically may be torn: they are read as absent."""
+    from methyl_distill.training.finetune import _read_json_object, _read_summary
+
+    torn = tmp_path / "finetune_request.json"
+    torn.write_text('{"preset": "tiny-mis', encoding="utf-8")
+    assert _read_json_object(torn) is None
+    torn.write_text('["not", "an", "object"]', encoding="utf-8")
+    assert _read_json_object(torn) is None
+    summary = tmp_path / "finetune_summary.json"
+    assert _read_summary(summary) is None  # none yet
+    summary.write_text('{"adapter_path": "/x", "global_st', encoding="utf-8")
+    assert _read_summary(summary) is None

@@ -414,6 +414,58 @@ def test_a_failure_while_writing_leaves_the_previous_dataset_intact(
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
 
 
+def test_a_dataset_is_swapped_in_whole_and_killed_builds_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+
+    from methyl_distill.sft_dataset import dataset_writer
+
+    papers_dir, records_path, _ = _corpus(tmp_path, 6)
+    output = tmp_path / "out"
+    first = build_sft_dataset([records_path], output, papers_dir)
+    # Leftovers of builds killed mid-way: one whose owner is gone, one without an owner file, and
+    # one of a build still running (its pid alive): only that one is kept.
+    gone_owner = tmp_path / ".out.staging-dead"
+    gone_owner.mkdir()
+    (gone_owner / ".owner-pid").write_text("2147480000", encoding="utf-8")  # above any pid_max
+    (tmp_path / ".out.old-1a2b3c4d").mkdir()
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        live = tmp_path / ".out.staging-live"
+        live.mkdir()
+        (live / ".owner-pid").write_text(str(running.pid), encoding="utf-8")
+
+        renames: list[tuple[str, str]] = []
+        real_rename = os.rename
+        monkeypatch.setattr(
+            dataset_writer.os, "rename", lambda a, b: (renames.append((str(a), str(b))), real_rename(a, b))[1]
+        )
+        second = build_sft_dataset([records_path], output, papers_dir, DatasetConfig(seed=99))
+        assert renames == []  # swapped in one step (RENAME_EXCHANGE), never a moment with no folder
+        assert second.files_exist() and not first.files_exist()  # the first summary's files were replaced
+        siblings = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".out."))
+        assert siblings == [".out.staging-live"]
+        assert not (output / ".owner-pid").exists()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_a_summary_whose_split_files_were_rewritten_is_stale(tmp_path: Path) -> None:
+    papers_dir, records_path, _ = _corpus(tmp_path, 6)
+    summary = build_sft_dataset([records_path], tmp_path / "out", papers_dir)
+    assert summary.files_exist() and set(summary.split_sha256) == {
+        summary.train_jsonl,
+        summary.val_jsonl,
+        summary.test_jsonl,
+    }
+    with Path(summary.val_jsonl).open("a", encoding="utf-8") as handle:
+        handle.write('{"messages": []}\n')
+    assert not summary.files_exist()
+
+
 # --- configuration and CLI -----------------------------------------------------------------------
 
 

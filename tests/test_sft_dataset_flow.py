@@ -48,11 +48,16 @@ def test_flow_builds_caches_and_rebuilds_when_files_are_gone(
     third = build_dataset_flow([str(records_path)], str(output), str(papers_dir), config)
     assert len(builds) == 2 and Path(third.train_jsonl).read_bytes() == train_before
 
+    # The files were rewritten since (another build into the folder, an edit): rebuilt too.
+    Path(third.val_jsonl).write_text("", encoding="utf-8")
+    fourth = build_dataset_flow([str(records_path)], str(output), str(papers_dir), config)
+    assert len(builds) == 3 and fourth.files_exist()
+
     # A changed records file changes the cache key.
     with records_path.open("a", encoding="utf-8") as handle:
         handle.write("\n")
     build_dataset_flow([str(records_path)], str(output), str(papers_dir), config)
-    assert len(builds) == 3
+    assert len(builds) == 4
 
     async def artifacts() -> list[str]:
         async with get_client() as client:

@@ -73,6 +73,9 @@ class DatasetSummary(BaseModel):
         description="Per split (train, validation, test): counts and tokens."
     )
     records_files: dict[str, str] = Field(description="Each records file read and its sha256.")
+    split_sha256: dict[str, str] = Field(
+        default_factory=dict, description="sha256 of train.jsonl, val.jsonl and test.jsonl as written."
+    )
     records_read: int
     corrupt_lines: list[str]
     superseded_records: int
@@ -101,6 +104,8 @@ class DatasetSummary(BaseModel):
         return sum(stats.samples for stats in self.splits.values())
 
     def files_exist(self) -> bool:
+        """Every file is there and the split files are the ones this build wrote (another build into
+        the same folder, or an edit, changes their sha256: a cached summary of them is stale)."""
         paths = (
             self.train_jsonl,
             self.val_jsonl,
@@ -109,7 +114,9 @@ class DatasetSummary(BaseModel):
             self.card,
             self.stats_json,
         )
-        return all(Path(path).exists() for path in paths)
+        if not all(Path(path).exists() for path in paths):
+            return False
+        return all(sha256_of_file(path) == sha for path, sha in self.split_sha256.items())
 
 
 def _cap_not_reported(
@@ -244,6 +251,10 @@ def build_sft_dataset(
             stats_json=str(output / STATS_FILE),
             splits=split_stats,
             records_files={str(path): sha256_of_file(path) for path in records_paths},
+            split_sha256={
+                str(output / SPLIT_FILES[split]): sha256_of_file(staging / SPLIT_FILES[split])
+                for split in SPLITS
+            },
             records_read=scan.lines_read,
             corrupt_lines=scan.corrupt,
             superseded_records=scan.superseded,

@@ -1,16 +1,21 @@
 """Writing the dataset: JSON lines per split, the same as a DatasetDict on disk, atomically.
 
-Everything is written into a staging folder beside the output directory and renamed into place at
-the end, so readers see the old dataset or the new one, never half of one. An existing output
+Everything is written into a staging folder beside the output directory and swapped into place at
+the end in one step (renameat2's RENAME_EXCHANGE on Linux; two renames elsewhere), so readers see
+the old dataset or the new one, never half of one and never none. Staging folders that a killed
+build left behind are removed by the next build (each names its owner's pid). An existing output
 directory is replaced only if it is a dataset this stage wrote (it holds `MARKER_FILE`); any other
 non-empty folder is refused, so a mistyped path never deletes someone's files.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterable
@@ -44,11 +49,69 @@ def check_output_directory(output_directory: Path) -> None:
         )
 
 
+_OWNER_FILE = ".owner-pid"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_staging(output_directory: Path) -> int:
+    """Delete staging and retired folders beside `output_directory` that no live build owns (a killed
+    build leaves them); returns how many."""
+    removed = 0
+    for prefix in (f".{output_directory.name}.staging-", f".{output_directory.name}.old-"):
+        for folder in output_directory.parent.glob(f"{prefix}*"):
+            try:
+                owner = int((folder / _OWNER_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                owner = None
+            if owner is not None and owner != os.getpid() and _process_alive(owner):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info(
+            "Removed %d staging folder(s) that killed builds left beside %s", removed, output_directory
+        )
+    return removed
+
+
 def make_staging_directory(output_directory: Path) -> Path:
     output_directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(output_directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_directory.name}.staging-", dir=output_directory.parent))
     staging.chmod(0o755)
+    (staging / _OWNER_FILE).write_text(str(os.getpid()), encoding="utf-8")
     return staging
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE): readers see the old
+    folder or the new one, never neither. False where the system cannot (then nothing happened)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # this filesystem cannot exchange
+        return False
+    raise OSError(error, os.strerror(error), str(first), None, str(second))
 
 
 def write_jsonl(path: Path, lines: Iterable[bytes]) -> int:
@@ -134,11 +197,14 @@ def publish(staging: Path, output_directory: Path) -> None:
     """Move the finished staging folder into place (replacing an earlier dataset there)."""
     (staging / MARKER_FILE).write_text("written by methyl-distill build-dataset\n", encoding="utf-8")
     check_output_directory(output_directory)  # again: it may have changed while we built
-    if output_directory.exists():
+    (staging / _OWNER_FILE).unlink(missing_ok=True)
+    if not output_directory.exists():
+        os.rename(staging, output_directory)
+    elif exchange_paths(staging, output_directory):
+        shutil.rmtree(staging, ignore_errors=True)  # the old dataset, now at the staging path
+    else:  # two renames: a moment with no directory, where the system cannot exchange
         retired = output_directory.with_name(f".{output_directory.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(output_directory, retired)
         os.rename(staging, output_directory)
         shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, output_directory)
     logger.info("Dataset written to %s", output_directory)

@@ -28,8 +28,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from methyl_distill.extraction.outputs import atomic_write_text
 from methyl_distill.text.hashing import sha256_of_file
 from methyl_distill.training.chat_jsonl import count_training_samples
 from methyl_distill.training.model_spec import ArchitectureShape, count_parameters, resolve_target_modules
@@ -42,6 +43,29 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "additional
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Where the outputs of an earlier run with a different request go when a new one starts in its folder.
 SUPERSEDED_DIR = "superseded"
+
+
+def _read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None (with a warning) when it is torn or not an object: written by an
+    earlier version that did not write atomically, or damaged."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        logger.warning("%s cannot be read (%s): ignoring it", path, exc)
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_summary(path: Path) -> FinetuneSummary | None:
+    """The finished run's summary, or None when there is none or it cannot be read (then the run
+    resumes from its last checkpoint and writes it again)."""
+    if not path.is_file():
+        return None
+    try:
+        return FinetuneSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValidationError) as exc:
+        logger.warning("%s cannot be read (%s): finishing the run again from its last checkpoint", path, exc)
+        return None
 
 
 class FinetuneConfig(BaseModel):
@@ -204,9 +228,9 @@ class LoraFinetuneRecipe:
         self._check_memory_fits()
         request = self._request()
         if self.request_path.is_file():
-            previous = json.loads(self.request_path.read_text(encoding="utf-8"))
+            previous = _read_json_object(self.request_path)
             if previous != request:
-                changed = sorted(k for k in request if previous.get(k) != request[k])
+                changed = sorted(k for k in request if (previous or {}).get(k) != request[k]) or ["request"]
                 kept = self._supersede_previous_run()
                 logger.warning(
                     "%s held a fine-tune with a different %s: moved it to %s and starting afresh",
@@ -214,8 +238,7 @@ class LoraFinetuneRecipe:
                     ", ".join(changed),
                     kept,
                 )
-            elif self.summary_path.is_file():
-                summary = FinetuneSummary.model_validate_json(self.summary_path.read_text(encoding="utf-8"))
+            elif (summary := _read_summary(self.summary_path)) is not None:
                 if not (Path(summary.adapter_path) / "adapter_model.safetensors").is_file():
                     raise FileNotFoundError(
                         f"{self.summary_path}: the finished run's adapter {summary.adapter_path} is gone; "
@@ -237,7 +260,7 @@ class LoraFinetuneRecipe:
         if self.resume_checkpoint is not None:
             logger.info("Resuming the interrupted fine-tune from %s", self.resume_checkpoint)
         self.output_directory.mkdir(parents=True, exist_ok=True)
-        self.request_path.write_text(json.dumps(request, indent=2, sort_keys=True), encoding="utf-8")
+        atomic_write_text(self.request_path, json.dumps(request, indent=2, sort_keys=True))
         return None
 
     def _supersede_previous_run(self) -> Path:
@@ -363,9 +386,7 @@ class LoraFinetuneRecipe:
                 shutil.copy2(Path(last) / name, adapter_dir / name)
         log_history = self._full_log_history(Path(last))
         training_log = self.output_directory / "training_log.jsonl"
-        with training_log.open("w", encoding="utf-8") as handle:
-            for entry in log_history:
-                handle.write(json.dumps(entry) + "\n")
+        atomic_write_text(training_log, "".join(json.dumps(entry) + "\n" for entry in log_history))
         loss_curve = plot_loss_curve(
             log_history,
             self.output_directory / "loss_curve.png",
@@ -399,7 +420,7 @@ class LoraFinetuneRecipe:
         )
         if summary.final_train_loss is not None and not math.isfinite(summary.final_train_loss):
             raise RuntimeError(f"training diverged: final loss {summary.final_train_loss}")
-        self.summary_path.write_text(summary.model_dump_json(indent=2), encoding="utf-8")
+        atomic_write_text(self.summary_path, summary.model_dump_json(indent=2))
         return summary
 
     def _full_log_history(self, last_checkpoint: Path) -> list[dict[str, Any]]:
