@@ -30,9 +30,11 @@ from methyl_distill.pipeline.parameters import (
     DEFAULT_EVALUATION_MAX_NEW_TOKENS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_STUDENT_PRESET,
+    INPUT_ROOTS_VARIABLE,
     PIPELINE_SUMMARY_FILE,
     PipelineParameters,
     TeacherChoice,
+    check_input_root,
 )
 from methyl_distill.pipeline.run_outputs import (
     PipelineSummary,
@@ -71,6 +73,7 @@ def pipeline_flow(
     finetune_timeout_s: float | None = None,
     keep_back_matter: bool = False,
     max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    allowed_input_roots: list[str] | None = None,
 ) -> PipelineSummary:
     """Papers in `input_directory` → a LoRA-tuned student and its evaluation, in `output_directory`.
 
@@ -82,6 +85,7 @@ def pipeline_flow(
 def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     """The stages in order (call inside a flow run: the stages are subflows)."""
     logger = get_run_logger()
+    _check_input_roots(parameters)
     get_preset(parameters.student_preset)  # an unknown preset fails now, not after the extraction
     configured = parameters.configured_teacher()  # None: the embedded teacher answers
     embedded = configured is None
@@ -136,6 +140,29 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
         summary.evaluation_report_path or "(none)",
     )
     return summary
+
+
+def _check_input_roots(parameters: PipelineParameters) -> None:
+    """A deployment run (a schedule, or a `paper.added` event whose input folder anyone who can post
+    events chooses) reads papers only under the allowed roots: the parameter, else the Prefect
+    variable, else the deployment's own input_directory. A run outside a deployment is the user's own."""
+    from prefect import runtime
+    from prefect.client.orchestration import get_client
+    from prefect.variables import Variable
+
+    deployment_id = runtime.deployment.id
+    if deployment_id is None:
+        return
+    roots = parameters.allowed_input_roots
+    if roots is None:
+        configured = Variable.get(INPUT_ROOTS_VARIABLE, default=None)
+        if configured is not None:
+            roots = [configured] if isinstance(configured, str) else [str(root) for root in configured]  # type: ignore[union-attr]
+    if roots is None:  # the deployment's own default (not this run's: an event may have replaced it)
+        with get_client(sync_client=True) as client:
+            default = (client.read_deployment(deployment_id).parameters or {}).get("input_directory")
+        roots = [str(default)] if default else []
+    check_input_root(parameters.input_directory, roots)
 
 
 def _extract(parameters: PipelineParameters, teacher: TeacherConfig | None) -> tuple[ExtractionSummary, str]:

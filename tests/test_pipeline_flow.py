@@ -271,18 +271,24 @@ def test_the_embedded_server_hands_the_extraction_its_configuration(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The embedded branch with the fake OpenAI server standing in for llama.cpp: the configuration
-    the server hands back reaches the extraction as it is (prompt mode, grammar, no key of the user's),
-    one request at a time, chunks sized for SmolLM2's context."""
+    the server hands back reaches the extraction as it is (prompt mode, grammar, the server's own key,
+    never the user's), one request at a time, chunks sized for SmolLM2's context; the server's key
+    reaches neither the flow's stored parameters nor anything else in Prefect's database."""
     import methyl_distill.flows.pipeline as pipeline_module
     from prefect import flow
+    from pydantic import SecretStr
 
     from methyl_distill.teacher.llama_cpp_server import embedded_teacher_config
     from tests.fake_openai.server import OpenAITestServerConfig, running_test_server
+    from tests.test_extract_flow import _prefect_database
 
     model = EmbeddedTeacherConfig().model_alias
+    server_key = "per-run-SENTINEL-key-5521"
     # Started here, not inside the flow run: uvicorn's logging set-up deadlocks with Prefect's log
-    # handlers when it runs inside one.
-    fake = running_test_server(OpenAITestServerConfig(latency_s=(0.0, 0.01), models=[model]))
+    # handlers when it runs inside one. Like llama.cpp under the embedded teacher, it wants a key.
+    fake = running_test_server(
+        OpenAITestServerConfig(latency_s=(0.0, 0.01), models=[model], api_key=server_key)
+    )
     handle = fake.__enter__()
     request.addfinalizer(lambda: fake.__exit__(None, None, None))
 
@@ -302,7 +308,9 @@ def test_the_embedded_server_hands_the_extraction_its_configuration(
             return None
 
         def teacher_config(self, question_ids: list[str]) -> TeacherConfig:
-            return embedded_teacher_config(self.base_url, self.config, question_ids)
+            return embedded_teacher_config(
+                self.base_url, self.config, question_ids, api_key=SecretStr(server_key)
+            )
 
     handed: list[dict[str, object]] = []
     real_extract_flow = pipeline_module.extract_flow
@@ -337,7 +345,71 @@ def test_the_embedded_server_hands_the_extraction_its_configuration(
     (server,) = StandInServer.started
     teacher = call["teacher_config"]
     assert isinstance(teacher, TeacherConfig) and teacher.base_url == server.base_url
-    assert teacher.api_key_source == "none" and teacher.output_mode == "prompt" and teacher.grammar
+    assert teacher.api_key_source == "session" and teacher.output_mode == "prompt" and teacher.grammar
     assert call["max_concurrency"] == 1 and call["max_chunk_tokens"] == parameters.embedded_chunk_tokens()
     stats = handle.stats()
     assert stats.max_in_flight == 1 and stats.grammar_requests == stats.requests >= 2
+    database = _prefect_database()
+    for path in database.parent.glob(database.name + "*"):
+        assert server_key.encode() not in path.read_bytes()
+
+
+def test_input_roots_hold_deployment_runs_to_their_folders(tmp_path: Path) -> None:
+    from methyl_distill.pipeline.parameters import InputOutsideRootsError, check_input_root
+
+    root = tmp_path / "papers"
+    (root / "lung").mkdir(parents=True)
+    (tmp_path / "papers-private").mkdir()
+    (root / "escape").symlink_to(tmp_path / "papers-private", target_is_directory=True)
+    check_input_root(root, [str(root)])
+    check_input_root(root / "lung", [str(tmp_path / "elsewhere"), str(root)])
+    for outside in (tmp_path / "papers-private", root / "escape", Path("/etc")):
+        with pytest.raises(InputOutsideRootsError, match="outside the allowed input roots"):
+            check_input_root(outside, [str(root)])
+    with pytest.raises(InputOutsideRootsError, match=r"\(none\)"):
+        check_input_root(root, [])
+
+
+@pytest.mark.flow
+def test_an_event_cannot_point_a_deployment_run_at_another_folder(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """What a `paper.added` event with a forged input folder meets: the deployment's own folder (or
+    the configured roots) bounds what the run reads, before anything is read."""
+    from methyl_distill.flows.pipeline import _check_input_roots
+    from prefect.client.orchestration import get_client
+    from prefect.variables import Variable
+
+    from methyl_distill.pipeline.parameters import INPUT_ROOTS_VARIABLE, InputOutsideRootsError
+
+    papers, secrets = tmp_path / "papers", tmp_path / "secrets"
+    papers.mkdir()
+    secrets.mkdir()
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("pipeline")
+        deployment_id = client.create_deployment(
+            flow_id=flow_id,
+            name="roots-test",
+            entrypoint="flows/pipeline.py:pipeline_flow",
+            parameters={"input_directory": str(papers), "output_directory": str(tmp_path / "out")},
+        )
+
+    def run_with(input_directory: Path, **extra: object) -> None:
+        parameters = PipelineParameters(
+            input_directory=str(input_directory), output_directory=str(tmp_path / "out"), **extra
+        )
+        _check_input_roots(parameters)
+
+    run_with(secrets)  # not a deployment run: the user's own choice
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(deployment_id))
+    run_with(papers)
+    with pytest.raises(InputOutsideRootsError, match="outside the allowed input roots"):
+        run_with(secrets)
+    run_with(secrets, allowed_input_roots=[str(tmp_path)])
+    Variable.set(INPUT_ROOTS_VARIABLE, [str(secrets)], overwrite=True)
+    try:
+        run_with(secrets)
+        with pytest.raises(InputOutsideRootsError):
+            run_with(papers)
+    finally:
+        Variable.unset(INPUT_ROOTS_VARIABLE)

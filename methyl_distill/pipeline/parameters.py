@@ -59,6 +59,27 @@ def embedded_chunk_tokens(config: EmbeddedTeacherConfig) -> int:
     return max(512, config.n_ctx // 4)
 
 
+INPUT_ROOTS_VARIABLE = "methyl-distill-input-roots"
+
+
+class InputOutsideRootsError(ValueError):
+    """A run was asked to read papers from a folder outside the allowed input roots."""
+
+
+def check_input_root(input_directory: str | Path, roots: list[str]) -> None:
+    """Raise `InputOutsideRootsError` unless `input_directory` is one of `roots` or lies inside one
+    (symlinks resolved, so a link cannot lead out)."""
+    source = Path(input_directory).expanduser().resolve()
+    resolved = [Path(root).expanduser().resolve() for root in roots]
+    if not any(source == root or root in source.parents for root in resolved):
+        raise InputOutsideRootsError(
+            f"input_directory {source} is outside the allowed input roots "
+            f"({', '.join(str(root) for root in resolved) or 'none'}): a deployment run reads papers only "
+            "from there; add the folder to allowed_input_roots or the Prefect variable "
+            f"{INPUT_ROOTS_VARIABLE!r}"
+        )
+
+
 class PipelineParameters(BaseModel):
     """Everything a pipeline run takes, validated before any stage starts."""
 
@@ -145,6 +166,12 @@ class PipelineParameters(BaseModel):
         default=DEFAULT_MAX_FILE_MB,
         gt=0,
         description="Largest paper file read, in MB; a larger one is listed in failures.jsonl, not read.",
+    )
+    allowed_input_roots: list[str] | None = Field(
+        default=None,
+        description="Folders a deployment run may read papers from (input_directory must lie inside one); "
+        f"default: the Prefect variable {INPUT_ROOTS_VARIABLE!r}, else the deployment's own input_directory. "
+        "Runs outside a deployment are not restricted.",
     )
 
     @model_validator(mode="after")
