@@ -7,6 +7,9 @@ other process using it). Results land in the Prefect cache as each task finishes
 readable Q&A file is written then; the aggregate files (records.jsonl, all_results.json,
 failures.jsonl) are rewritten atomically as papers finish (`LiveAggregates`) and at the end, so a
 run killed half way shows what it finished, loses nothing, and its rerun repeats no finished paper.
+A stop (`methyl_distill.extraction.stopping`: the command's SIGINT / SIGTERM) submits no further
+paper, lets the teacher send no further request, waits a grace period for those in flight, writes
+the aggregate files with what was finished and raises `ExtractionStopped`.
 
 The parameters are `ExtractParameters` (methyl_distill/extraction/parameters.py). The API key is
 never a parameter: it is resolved where the client is built (environment, `.env` or a Prefect
@@ -34,6 +37,7 @@ from methyl_distill.extraction.progress import ThrottledProgress
 from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.extraction.run_tally import ExtractionSummary, RunTally, files_by_format
+from methyl_distill.extraction.stopping import PROCESS_STOP, ExtractionStopped
 from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.teacher.config import TeacherConfig
 from methyl_distill.teacher.openai_client import build_teacher
@@ -74,7 +78,8 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     claim_output_directory(parameters.output_directory)  # before any work: a foreign folder is refused
     discovery = discover_papers(parameters.input_directory, parameters.reading_options())
     papers = discovery.papers
-    teacher = build_teacher(teacher_config) if papers else None
+    stop = PROCESS_STOP  # requested by the command's signal handlers; never in a deployment's run
+    teacher = build_teacher(teacher_config, stop=stop.requested, abandon=stop.abandon) if papers else None
     logger.info(
         "%d file(s) (%s): %d distinct paper(s), %d not readable, %d hidden skipped; question bank %s; %s",
         discovery.file_count,
@@ -109,8 +114,14 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
                 }
                 return list(runner.map(extraction_task, arguments))  # type: ignore[arg-type]
 
-            for paper, future in map_in_batches(papers, submit_batch, parameters.batch_size):
+            done = 0
+            for paper, future in map_in_batches(
+                papers, submit_batch, parameters.batch_size, stop=stop, cancel=_cancel_if_not_started
+            ):
                 outcome = paper_outcome(future)
+                if outcome is None:
+                    continue  # stopped before it was done: neither cached nor a failure
+                done += 1
                 if isinstance(outcome, FailureRecord):
                     tally.fail(paper, outcome)
                 else:
@@ -121,6 +132,12 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
                     )
                 aggregates.paper_done(paper, tally)
                 progress.advance()
+            if stop.is_requested and done < len(papers):
+                # Written here, before the runner waits for its threads: a request abandoned in
+                # flight may hold one for long.
+                aggregates.finish(tally, stopped=True)
+                logger.warning("Stopped by %s: %s; %s", stop.reason, tally.counts(), tally.spent())
+                raise ExtractionStopped(stop.reason, done, len(papers) - done)
 
     paths = aggregates.finish(tally)
     create_table_artifact(
@@ -131,6 +148,11 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     )
     output_mode = teacher.settled_output_mode if teacher else None
     return tally.summary(discovery, paths).model_copy(update={"output_mode": output_mode})
+
+
+def _cancel_if_not_started(future: PrefectFuture[PaperRecord]) -> bool:
+    wrapped = getattr(future, "wrapped_future", None)  # the thread pool's concurrent future
+    return bool(wrapped is not None and wrapped.cancel())
 
 
 def _progress_artifact(total: int) -> Any:

@@ -11,7 +11,15 @@ folder (METHYL_DISTILL_CACHE_DIR, default ~/.cache/methyl-distill) or to a Prefe
 A paper that fails is NOT cached: the task raises `PaperExtractionFailed` carrying the
 `FailureRecord`, so Prefect records a Failed state (never cached) and the flow reads the record
 from the exception. Those failures are the paper's (bad output, too large), so they are not
-retried; other exceptions (infrastructure) are retried by Prefect.
+retried; other exceptions (infrastructure) are retried by Prefect. A paper whose teacher request
+was refused or abandoned because the run is stopping (`TeacherStopped`) is neither cached nor
+retried, and is no failure of the paper: `paper_outcome` gives None for it.
+
+Prefect persists every final failure's exception to the result storage too (under a random key,
+never the cache key; no task option turns that off). Nobody reads those files: the flow takes the
+failure from the exception in memory, then `paper_outcome` deletes the file from a local cache
+folder, so error texts (raw model output among them) do not pile up there. A storage block has no
+generic delete: its failure files stay.
 
 Only the paper record is persisted: the teacher object (which holds the API key) is a task
 parameter that the cache key function ignores and Prefect never serialises.
@@ -34,6 +42,7 @@ from methyl_distill.extraction.extract import ExtractionConfig, extract_paper, e
 from methyl_distill.extraction.papers import Paper
 from methyl_distill.extraction.question_bank import QuestionBank
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
+from methyl_distill.teacher.openai_client import TeacherStopped
 from methyl_distill.teacher.protocol import Teacher
 
 INFRASTRUCTURE_RETRIES = 2
@@ -90,24 +99,41 @@ def extraction_task_cache_key(context: TaskRunContext, parameters: dict[str, Any
     )
 
 
-def paper_outcome(future: PrefectFuture[PaperRecord]) -> tuple[PaperRecord, bool] | FailureRecord:
-    """What a finished extraction task run gave: (record, whether it came from the cache), or the
-    paper's failure record (for a failure that is not the paper's, one of stage `request`)."""
+def paper_outcome(future: PrefectFuture[PaperRecord]) -> tuple[PaperRecord, bool] | FailureRecord | None:
+    """What a finished extraction task run gave: (record, whether it came from the cache), the
+    paper's failure record (for a failure that is not the paper's, one of stage `request`), or None
+    when the run stopped before the paper was done."""
     if future.state.is_completed():
         return future.result(), future.state.name == "Cached"
     error = future.result(raise_on_failure=False)
+    discard_persisted_failure(future.state)
     if isinstance(error, PaperExtractionFailed):
         return error.failure
+    if isinstance(error, TeacherStopped):
+        return None
     reason = (
         f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(future.state.message)
     )
     return FailureRecord(file_id="", source_path="", stage="request", reason=reason)
 
 
+def discard_persisted_failure(state: State[Any]) -> None:
+    """Delete the file Prefect wrote a failed state's exception to, when it is a local file (see the
+    module docstring); anything else is left alone."""
+    data = state.data
+    metadata = getattr(data, "metadata", data)
+    storage_key = getattr(metadata, "storage_key", None)
+    if getattr(metadata, "storage_block_id", None) is not None or not isinstance(storage_key, str):
+        return
+    path = Path(storage_key)
+    if path.is_absolute():
+        path.unlink(missing_ok=True)
+
+
 def _retry_unless_paper_failed(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     try:
         state.result(raise_on_failure=True)
-    except PaperExtractionFailed:
+    except (PaperExtractionFailed, TeacherStopped):
         return False
     except Exception:
         return True

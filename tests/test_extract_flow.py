@@ -230,6 +230,70 @@ def test_failures_are_reported_and_not_cached(server: ServerHandle, tmp_path: Pa
     assert _failures(third) == []
 
 
+def _nowhere_on_disk(needles: list[str], *folders: Path) -> None:
+    """None of `needles` in any file under `folders` or in Prefect's database (and its WAL)."""
+    database = _prefect_database()
+    stored = [*database.parent.glob(database.name + "*"), *(p for f in folders for p in f.rglob("*"))]
+    for path in stored:
+        if path.is_file():
+            content = path.read_bytes()
+            assert [needle for needle in needles if needle.encode() in content] == [], path
+
+
+def test_endpoint_credentials_are_used_but_shown_and_stored_nowhere(
+    server: ServerHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OPENAI_BASE_URL with user:password and ?api-key=: requests work, and neither the credentials
+    nor the key reach logs, the summary, the outputs, the cache or Prefect's database (the
+    configuration is a stored flow parameter); a failed paper leaves no exception file in the cache."""
+    caplog.set_level(logging.INFO)
+    secrets = ["USER-SENTINEL-31", "PASS-SENTINEL-59", "QUERY-SENTINEL-26"]
+    host = server.base_url.split("://", 1)[1]
+    base_url = f"http://{secrets[0]}:{secrets[1]}@{host}?api-key={secrets[2]}&api-version=1"
+    papers = tmp_path / "papers"
+    _copy_papers(papers, ["shox2_ptger4_lung_cancer.txt"])
+    (papers / "broken.txt").write_text(
+        (SAMPLE_PAPERS / "rassf1a_breast_cancer_serum.txt").read_text(encoding="utf-8")
+        + f"\n{FAIL_MARKER}\n",
+        encoding="utf-8",
+    )
+    server.inject("invalid_json", marker=FAIL_MARKER)
+    try:
+        summary = _run(server, papers, tmp_path, {"base_url": base_url})
+    finally:
+        server.clear_faults()
+    assert (summary.extracted, summary.failed) == (1, 1)  # the URL's query did not break the requests
+    assert [path.name for path in (tmp_path / "cache").iterdir()] != []
+    # One cache file: the record. The failed paper's exception, which Prefect persists, is gone.
+    cached = [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+    assert len(cached) == 1 and b"PaperExtractionFailed" not in cached[0].read_bytes()
+    assert "***" in caplog.text and "api-version=1" in caplog.text  # the endpoint is shown, redacted
+    for secret in secrets:
+        assert secret not in caplog.text and secret not in summary.model_dump_json()
+    _nowhere_on_disk(secrets, tmp_path / "out", tmp_path / "cache")
+
+
+def test_a_secret_block_key_is_redacted_in_failure_texts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key comes from a Prefect Secret block; the server refuses it with a 401 that quotes it."""
+    from prefect.blocks.system import Secret
+
+    block_key = "sk-block-SENTINEL-key-4410"
+    Secret(value=block_key).save("methyl-distill-test-teacher-key", overwrite=True)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    papers = tmp_path / "papers"
+    _copy_papers(papers, ["shox2_ptger4_lung_cancer.txt"])
+    wants_another_key = OpenAITestServerConfig(api_key="sk-the-right-one", latency_s=(0.0, 0.01))
+    with running_test_server(wants_another_key) as other:
+        summary = _run(other, papers, tmp_path, {"api_key_secret_block": "methyl-distill-test-teacher-key"})
+    assert summary.failed == 1
+    (failure,) = _failures(summary)
+    assert "401" in failure.reason and "***" in failure.reason and block_key not in failure.reason
+    assert block_key not in caplog.text
+    _nowhere_on_disk([block_key], tmp_path / "out", tmp_path / "cache")
+
+
 def test_under_injected_faults_every_paper_ends_extracted_or_failed(
     server: ServerHandle, tmp_path: Path
 ) -> None:

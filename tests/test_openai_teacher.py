@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from methyl_distill.extraction.records import TeacherExtraction, TokenUsage
 from methyl_distill.teacher.config import (
     TeacherConfig,
+    redact_endpoint,
     resolve_api_key,
     teacher_config_from_environment,
 )
@@ -436,6 +437,51 @@ def test_the_key_never_appears_in_logs_reprs_or_errors(
     ]
     assert all(SECRET not in text for text in shown)
     assert "model_dump" not in caplog.text and "key set" in config.describe(key_set=True)
+
+
+def test_endpoint_credentials_are_redacted_wherever_the_endpoint_is_shown() -> None:
+    assert (
+        redact_endpoint("https://user:pass@host.example/v1?api-key=k1&key=k2&token=t&api-version=2")
+        == "https://***:***@host.example/v1?api-key=***&key=***&token=***&api-version=2"
+    )
+    assert redact_endpoint("https://sk-only@host/v1") == "https://***@host/v1"
+    assert redact_endpoint("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+    config = TeacherConfig(base_url="https://alice:pa55word@host.example/v1?api-key=QUERYKEY")
+    shown = [
+        config.describe(key_set=True),
+        repr(config),
+        str(config),
+        config.model_dump_json(),
+        config.shown_endpoint,
+    ]
+    assert all("pa55word" not in text and "QUERYKEY" not in text and "alice" not in text for text in shown)
+    assert "https://***:***@host.example/v1?api-key=***" in config.describe()
+    assert config.base_url is not None and "pa55word" in config.base_url  # the client still gets it
+
+
+def test_a_query_key_in_the_base_url_is_sent_and_never_logged(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    host = server.base_url.split("://", 1)[1]
+    url = f"http://{host}?api-key=QUERY-KEY-0042&api-version=1"
+    teacher = make_teacher(server, base_url=url)
+    # Sent as the query of every request, not glued before the path (which answered 404).
+    assert teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000).parsed is not None
+    assert "QUERY-KEY-0042" not in caplog.text and "api-key=***" in caplog.text
+    assert teacher.redact(f"GET {url} failed") == f"GET http://{host}?api-key=***&api-version=1 failed"
+    assert "QUERY-KEY-0042" not in repr(teacher)
+
+
+def test_a_session_key_is_sent_but_never_serialised(server: ServerHandle) -> None:
+    config = TeacherConfig(
+        base_url=server.base_url, api_key_source="session", session_api_key=SecretStr("sk-session-77")
+    )
+    assert resolve_api_key(config) == SecretStr("sk-session-77")
+    assert "sk-session-77" not in config.model_dump_json() + str(config.model_dump()) + repr(config)
+    reread = TeacherConfig.model_validate_json(config.model_dump_json())
+    with pytest.raises(ValueError, match="session_api_key"):
+        resolve_api_key(reread)
 
 
 def test_the_configuration_comes_from_flags_then_the_environment_then_a_dotenv_file(

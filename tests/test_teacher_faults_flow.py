@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from methyl_distill.flows.extract import ExtractionSummary, extract_flow
@@ -57,9 +58,9 @@ def test_a_quarter_of_html_pages_and_a_refused_request_leave_every_request_stric
 
     buckets: list[TrackedBucket] = []
 
-    def build_teacher(config: TeacherConfig) -> OpenAITeacher:
+    def build_teacher(config: TeacherConfig, **stopping: Any) -> OpenAITeacher:
         buckets.append(TrackedBucket(config.tpm))
-        return OpenAITeacher(config, api_key=resolve_api_key(config), budget=buckets[-1])
+        return OpenAITeacher(config, api_key=resolve_api_key(config), budget=buckets[-1], **stopping)
 
     monkeypatch.setattr(extract_module, "build_teacher", build_teacher)
     papers = tmp_path / "papers"

@@ -192,8 +192,15 @@ def test_serve_answers_over_openai_api(dataset: Path, model_cache: Path, tmp_pat
     local = load_chat_model(adapter_path=Path(summary.adapter_path), device="cpu", max_new_tokens=6).answer(
         question
     )
-    with serve_adapter(Path(summary.adapter_path), device="cpu", max_new_tokens=6) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    from pydantic import SecretStr
+
+    key = "sk-serve-SENTINEL-3141"
+    served = serve_adapter(Path(summary.adapter_path), device="cpu", max_new_tokens=6, api_key=SecretStr(key))
+    with served as server:
+        stranger = openai.OpenAI(base_url=server.base_url, api_key="not-the-key", max_retries=0)
+        with pytest.raises(openai.APIStatusError):  # ms-swift refuses a request without the key
+            stranger.chat.completions.create(model=server.model_name, messages=question, max_tokens=6)
+        client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
         assert [m.id for m in client.models.list().data] == [server.model_name]
         reply = client.chat.completions.create(
             model=server.model_name, messages=question, temperature=0, max_tokens=6
@@ -201,8 +208,10 @@ def test_serve_answers_over_openai_api(dataset: Path, model_cache: Path, tmp_pat
         assert reply.choices[0].message.content.strip() == local.strip()
         assert reply.usage is not None and reply.usage.completion_tokens <= 6
         group = server.process.pid
+        assert key.encode() not in Path(f"/proc/{group}/cmdline").read_bytes()
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)  # the server's whole process group is gone
+    assert key not in server.log_path.read_text(errors="replace")  # ms-swift logs its arguments
 
     # The command line: serves until SIGTERM (or Ctrl-C), then stops the server's process group.
     import subprocess

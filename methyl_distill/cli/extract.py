@@ -4,12 +4,21 @@ The options are made from `ExtractParameters` (one per scalar field: `--input_di
 `--output_directory`, `--refresh`, `--max_concurrency`, ...), so the command, the flow and the
 deployments share one list of parameters and defaults. The teacher's configuration comes from the
 environment or `.env` (OPENAI_API_KEY, OPENAI_BASE_URL, TEACHER_*), resolved by the flow.
+
+Ctrl-C (SIGINT) or SIGTERM stops the run (`methyl_distill.extraction.stopping`): no new teacher
+request, those in flight get a grace period, the finished papers and the aggregate files are kept,
+and the command exits with 130 / 143. The flow runs in a thread of its own so that the main thread
+handles the signals whatever the flow is doing; the temporary Prefect server (when
+`PREFECT_API_URL` is unset) runs in its own process group, so the terminal's Ctrl-C does not kill
+it before the run has reported its end (`ops/temporary_prefect_server.py`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from methyl_distill.cli.options import add_model_options, given_options
 
@@ -53,9 +62,39 @@ def run_extract(args: argparse.Namespace) -> int:
     from methyl_distill.extraction.outputs import claim_output_directory
 
     claim_output_directory(parameters.output_directory)  # a foreign folder is refused before Prefect starts
+    from methyl_distill.extraction.stopping import (
+        ExtractionStopped,
+        RunAbandoned,
+        run_stoppable,
+        stop_on_signals,
+    )
     from methyl_distill.flows.extract import extract_flow
+    from methyl_distill.ops.temporary_prefect_server import prefect_api
 
-    summary = extract_flow(**{name: getattr(parameters, name) for name in parameters.model_fields_set})
+    given = {name: getattr(parameters, name) for name in parameters.model_fields_set}
+    abandoned = False
+    with stop_on_signals() as stop:
+        try:
+            with prefect_api(cancelled=lambda: stop.is_requested):
+                summary = run_stoppable(lambda: extract_flow(**given), stop)
+        except ExtractionStopped as stopped:
+            print(f"methyl-distill extract: {stopped}", file=sys.stderr)
+            return stop.exit_code
+        except RunAbandoned as gone:
+            print(f"methyl-distill extract: stopped by {stop.reason}: {gone}", file=sys.stderr)
+            abandoned = True
+        except KeyboardInterrupt:
+            if not stop.is_requested:
+                raise
+            print(f"methyl-distill extract: stopped by {stop.reason} before any paper", file=sys.stderr)
+            return stop.exit_code
+        exit_code = stop.exit_code
+    if abandoned:
+        # Threads stuck beyond the grace period (a wait for the token budget, an unanswered API
+        # call) would hold the interpreter's exit: the outputs are written, the server is stopped.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
     formats = ", ".join(f"{count} {name}" for name, count in summary.files_by_format.items())
     print(
         f"{summary.files_found} file(s) ({formats or 'none readable'}; {summary.hidden_skipped} hidden "

@@ -50,8 +50,16 @@ RUN_OPTIONS_SETTING_A_FIELD = {
     "max_steps": "finetune",
     "no_evaluation": "evaluate",
 }
-# Fields with no option: whole configurations, from the environment (teacher) or the defaults.
-RUN_FIELDS_WITHOUT_OPTION = ("teacher_config", "embedded_teacher", "dataset", "finetune", "evaluate")
+# Fields with no option: whole configurations, from the environment (teacher) or the defaults; and
+# allowed_input_roots, which bounds deployment runs only (a command's run is the user's own choice).
+RUN_FIELDS_WITHOUT_OPTION = (
+    "teacher_config",
+    "embedded_teacher",
+    "dataset",
+    "finetune",
+    "evaluate",
+    "allowed_input_roots",
+)
 
 
 def _register_run(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

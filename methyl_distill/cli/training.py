@@ -94,7 +94,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="Serve the tuned model as an OpenAI-compatible API (ms-swift deploy) until Ctrl-C.",
     )
     serve.add_argument("--adapter", required=True, help="Adapter folder of a fine-tune.")
-    serve.add_argument("--host", default="127.0.0.1", help="Bind address (default loopback only).")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="Bind address (default loopback only); any other needs an API key.",
+    )
+    serve.add_argument(
+        "--api_key",
+        default=None,
+        help="Key clients must send as 'Authorization: Bearer <key>'; default: METHYL_DISTILL_SERVE_API_KEY "
+        "(prefer the variable: a flag shows in the process list and shell history). Required with a "
+        "non-loopback --host.",
+    )
     serve.add_argument("--port", type=int, default=8000, help="Port (default 8000; 0 picks a free one).")
     serve.add_argument("--model_name", default="methyl-distill-student", help="Model name clients use.")
     serve.add_argument("--max_new_tokens", type=int, default=2048, help="Default longest answer.")
@@ -189,9 +200,16 @@ def run_infer(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import os
     import signal
 
-    from methyl_distill.training.serving import start_server
+    from pydantic import SecretStr
+
+    from methyl_distill.training.serving import SERVE_API_KEY_VARIABLE, check_host_needs_key, start_server
+
+    key = args.api_key or os.environ.get(SERVE_API_KEY_VARIABLE) or None
+    api_key = SecretStr(key) if key else None
+    check_host_needs_key(args.host, api_key)  # before anything loads
 
     def stop_on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -204,8 +222,10 @@ def run_serve(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         max_new_tokens=args.max_new_tokens,
         device=args.device,
+        api_key=api_key,
     )
-    print(f"Serving {server.model_name} at {server.base_url} (OpenAI-compatible). Ctrl-C stops it.")
+    auth = "; requests need the API key" if api_key else ""
+    print(f"Serving {server.model_name} at {server.base_url} (OpenAI-compatible{auth}). Ctrl-C stops it.")
     sys.stdout.flush()
     try:
         server.process.wait()

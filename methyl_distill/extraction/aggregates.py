@@ -10,7 +10,7 @@ Rewriting costs time that grows with the corpus, so a rewrite waits at least `CO
 long as the last one took (never more than `MAX_INTERVAL_S`): with a few hundred papers every paper
 is written at once; with tens of thousands the files lag by seconds. The end of the run writes them
 once more and removes the `processed_files/` entries of files that no longer hold an extracted paper
-(deleted, renamed, or now failing).
+(deleted, renamed, or now failing); a stopped run keeps the previous records of papers it did not reach.
 """
 
 from __future__ import annotations
@@ -77,12 +77,15 @@ class LiveAggregates:
         if self._clock() >= self._next_write:
             self._write(tally)
 
-    def finish(self, tally: RunTally) -> ExtractionOutputPaths:
-        """The final files of the run, and no processed file of a file that holds no extracted paper."""
-        self._carried.clear()
+    def finish(self, tally: RunTally, *, stopped: bool = False) -> ExtractionOutputPaths:
+        """The final files of the run, and no processed file of a file that holds no extracted paper.
+        A `stopped` run keeps the previous run's records of the papers it did not reach."""
+        if not stopped:
+            self._carried.clear()
         paths = self._write(tally)
+        kept = [*tally.records, *self._carried.values()]
         removed = prune_processed_files(
-            paths.output_directory, {file_id for record in tally.records for file_id in record.file_ids}
+            paths.output_directory, {file_id for record in kept for file_id in record.file_ids}
         )
         if removed:
             logger.info("Removed %d processed file(s) of papers that are gone or now fail", removed)

@@ -27,6 +27,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 logger = logging.getLogger(__name__)
 
 
@@ -142,16 +144,24 @@ class LocalServerProcess:
     def log_tail(self, lines: int = 40, characters: int = 4000) -> str:
         return read_log_tail(self.log_path, lines=lines, characters=characters)
 
-    def wait_until_serving(self, model_name: str, timeout_s: float, poll_interval_s: float = 0.25) -> None:
-        """Return once `GET {base_url}/models` lists `model_name`. Raises `LocalServerExited` when the
-        process ends first and `LocalServerStartTimeout` after `timeout_s`, both with the log's end;
-        the server is left running on a timeout (the caller stops it)."""
+    def wait_until_serving(
+        self,
+        model_name: str,
+        timeout_s: float,
+        poll_interval_s: float = 0.25,
+        api_key: SecretStr | None = None,
+    ) -> None:
+        """Return once `GET {base_url}/models` lists `model_name` (asked with `api_key` as a bearer
+        token when the server wants one). Raises `LocalServerExited` when the process ends first and
+        `LocalServerStartTimeout` after `timeout_s`, both with the log's end; the server is left
+        running on a timeout (the caller stops it)."""
         url = f"{self.base_url}/models"
         deadline = time.monotonic() + timeout_s
         import httpx  # here, not at import: `methyl-distill --help` stays fast
 
         # trust_env=False: a proxy from the environment must not stand between us and loopback.
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
+        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {}
+        with httpx.Client(timeout=2.0, trust_env=False, headers=headers) as client:
             while True:
                 exit_code = self.process.poll()
                 if exit_code is not None:

