@@ -260,7 +260,8 @@ def test_under_a_quarter_of_faults_every_request_stays_strict_and_every_reservat
 
 def test_concurrent_first_requests_agree_on_the_fallback() -> None:
     with running_test_server(OpenAITestServerConfig(json_schema="rejected_500")) as handle:
-        teacher = make_teacher(handle)
+        # Eight requests at once on two loaded cores: a generous timeout, the test is about agreement.
+        teacher = make_teacher(handle, timeout_s=60.0)
         with ThreadPoolExecutor(max_workers=8) as pool:
             replies = list(
                 pool.map(
