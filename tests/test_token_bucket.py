@@ -204,3 +204,43 @@ def test_prefect_bucket_reserves_and_refunds_global_concurrency_slots(prefect_ha
     assert read()[:2] == (600, 10.0)
     ensure_limit(name, 1_200, 20.0)
     assert read()[:2] == (1_200, 20.0)
+
+
+def test_processes_share_one_budget_when_a_prefect_server_is_configured(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from uuid import uuid4
+
+    from prefect.settings import PREFECT_API_URL
+
+    from methyl_distill.teacher.config import TeacherConfig
+    from methyl_distill.teacher.token_bucket import (
+        LocalTokenBucket,
+        PrefectTokenBucket,
+        build_token_bucket,
+    )
+
+    name = f"test-shared-tpm-{uuid4().hex[:8]}"
+    config = TeacherConfig(tpm=60_000, bucket_limit_name=name)
+    assert config.bucket_backend == "auto"
+    # The test harness's server lives in this process's settings only, like a command's temporary
+    # server: nothing to share with other processes.
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert isinstance(build_token_bucket(config), LocalTokenBucket)
+    # A configured server (the environment, as a worker or a user sets it): the shared bucket.
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+    first = build_token_bucket(config)
+    assert isinstance(first, PrefectTokenBucket) and first.limit_tokens == 60_000
+
+    # A second process configured differently uses the server's budget, and says so.
+    with caplog.at_level("WARNING"):
+        second = build_token_bucket(config.model_copy(update={"tpm": 600_000}))
+    assert second.limit_tokens == 60_000
+    assert "using the server's" in caplog.text
+
+    # A 429's retry-after holds back every process sharing the budget, not only the one that got it.
+    other = PrefectTokenBucket(name, 60_000)
+    first.penalize(2.0)
+    started = time.monotonic()
+    other.reserve(10)
+    assert time.monotonic() - started >= 1.5

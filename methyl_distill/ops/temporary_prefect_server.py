@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 # The longest wait for the client's queued logs and events, each, at the end of a command.
 FLUSH_TIMEOUT_S = 5.0
 
+# The URLs of the temporary servers this process runs now: they serve this command alone, so nothing
+# there is shared with another process (the teacher's token bucket stays local).
+_RUNNING_URLS: set[str] = set()
+
+
+def is_temporary_api(url: str) -> bool:
+    """Whether `url` is a temporary server this process started for one command."""
+    return url in _RUNNING_URLS
+
 
 def flush_prefect_client(timeout_s: float = FLUSH_TIMEOUT_S) -> None:
     """Send the logs and events Prefect's client still holds, waiting at most `timeout_s` for each."""
@@ -105,11 +114,13 @@ def prefect_api(cancelled: Callable[[], bool] = lambda: False) -> Iterator[str |
         logger.info("temporary Prefect server at %s (pid %d)", api_url, server.pid)
         # In the environment, not only in this thread's settings context: threads started without
         # it (a progress reporter, Prefect's own workers) read the process-wide settings.
+        _RUNNING_URLS.add(api_url)
         with _environment_variable("PREFECT_API_URL", api_url):
             try:
                 yield api_url
             finally:
                 flush_prefect_client()
+                _RUNNING_URLS.discard(api_url)
     finally:
         server.stop(grace_s=5.0)
         if started:

@@ -45,7 +45,7 @@ from methyl_distill.teacher.protocol import TokenUsage
 logger = logging.getLogger(__name__)
 
 OutputModeSetting = Literal["auto", "json_schema", "json_object", "prompt"]
-BucketBackend = Literal["local", "prefect"]
+BucketBackend = Literal["auto", "local", "prefect"]
 ApiKeySource = Literal["environment", "none", "session"]
 
 OPENAI_PUBLIC_HOST = "api.openai.com"
@@ -120,9 +120,11 @@ class TeacherConfig(BaseModel):
         default=10.00, ge=0, description="USD per 1M output tokens (gpt-4o list price) for the cost estimate."
     )
     bucket_backend: BucketBackend = Field(
-        default="local",
-        description="local: one in-process bucket shared by the threads of this process; prefect: a "
-        "Prefect global concurrency limit shared by every process and worker using the same name.",
+        default="auto",
+        description="prefect: a Prefect global concurrency limit shared by every process and worker using "
+        "the same name; local: one in-process bucket shared by the threads of this process; auto: prefect "
+        "when a Prefect server is configured (PREFECT_API_URL in the environment or the Prefect profile), "
+        "local with a temporary server of one command.",
     )
     bucket_limit_name: str = Field(
         default="methyl-distill-teacher",

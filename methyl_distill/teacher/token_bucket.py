@@ -340,8 +340,11 @@ class PrefectTokenBucket:
     """The same budget over Prefect global concurrency limits, shared across processes and workers.
 
     Slots of the limit `name` are tokens (capacity TPM, decay TPM/60 per second); with an RPM, a
-    second limit `name + "-requests"` counts requests. `penalize` holds this process only; the
-    shared level is tightened from response headers by occupying the surplus slots.
+    second limit `name + "-requests"` counts requests. A limit that exists with other values is used
+    as it is (a process does not overwrite a budget others share). `penalize` holds every process: the
+    429's retry-after goes into the Prefect variable `name + "-hold-until"`, which each process reads
+    before it reserves (at most once a second). The shared level is tightened from response headers
+    by occupying the surplus slots.
     """
 
     def __init__(
@@ -361,10 +364,16 @@ class PrefectTokenBucket:
         self._lock = threading.Lock()
         self._blocked_until = 0.0
         self._last_header_sync = -math.inf
+        self.hold_variable = f"{name}-hold-until"
+        self._hold_checked_at = -math.inf
         if ensure:
-            ensure_limit(name, tokens_per_minute, tokens_per_minute / 60.0)
+            self._limit_tokens = ensure_limit(
+                name, tokens_per_minute, tokens_per_minute / 60.0, adopt_existing=True
+            )
             if requests_per_minute is not None:
-                ensure_limit(self.requests_name, requests_per_minute, requests_per_minute / 60.0)
+                self._limit_requests = ensure_limit(
+                    self.requests_name, requests_per_minute, requests_per_minute / 60.0, adopt_existing=True
+                )
 
     def __repr__(self) -> str:
         return (
@@ -386,6 +395,7 @@ class PrefectTokenBucket:
                 requested_tokens=tokens,
                 limit_tokens=self._limit_tokens,
             )
+        self._read_shared_hold()
         with self._lock:
             hold = self._blocked_until - self._clock()
         if hold > 0:
@@ -442,12 +452,44 @@ class PrefectTokenBucket:
                     logger.debug("could not occupy %d surplus slots of %r: %s", surplus, self.name, exc)
 
     def penalize(self, retry_after_s: float) -> None:
+        """Hold this process and, through a Prefect variable, every process sharing the budget."""
+        wait = max(0.0, retry_after_s)
         with self._lock:
-            self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, retry_after_s))
+            self._blocked_until = max(self._blocked_until, self._clock() + wait)
+        from prefect.variables import Variable
+
+        until = time.time() + wait
+        try:
+            current = Variable.get(self.hold_variable, default=None)
+            if not isinstance(current, int | float) or current < until:
+                Variable.set(self.hold_variable, until, overwrite=True)
+        except Exception as exc:  # the local hold still applies
+            logger.debug("could not share the hold of %r: %s", self.name, exc)
+
+    def _read_shared_hold(self) -> None:
+        """Adopt a hold another process set after a 429 (read at most once a second)."""
+        now = self._clock()
+        with self._lock:
+            if now - self._hold_checked_at < 1.0:
+                return
+            self._hold_checked_at = now
+        from prefect.variables import Variable
+
+        try:
+            until = Variable.get(self.hold_variable, default=None)
+        except Exception as exc:
+            logger.debug("could not read the shared hold of %r: %s", self.name, exc)
+            return
+        if isinstance(until, int | float) and until > time.time():
+            with self._lock:
+                self._blocked_until = max(self._blocked_until, now + (until - time.time()))
 
 
-def ensure_limit(name: str, limit: int, slot_decay_per_second: float) -> None:
-    """Create the Prefect global concurrency limit `name`, or update it to these values (idempotent)."""
+def ensure_limit(name: str, limit: int, slot_decay_per_second: float, *, adopt_existing: bool = False) -> int:
+    """Create the Prefect global concurrency limit `name`, or bring it to these values (idempotent);
+    returns the limit in force. With `adopt_existing`, a limit that exists with other values is left
+    as it is and its value returned, with a warning: a process must not overwrite a budget others share
+    (`methyl-distill setup-prefect` is where it is set on purpose)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -468,14 +510,24 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float) -> None:
                     limit,
                     slot_decay_per_second,
                 )
-                return
+                return limit
             except ObjectAlreadyExists:  # another process created it first
                 existing = client.read_global_concurrency_limit_by_name(name)
-        if (
-            existing.limit != limit
-            or not math.isclose(existing.slot_decay_per_second or 0.0, slot_decay_per_second)
-            or not existing.active
-        ):
+        differs = existing.limit != limit or not math.isclose(
+            existing.slot_decay_per_second or 0.0, slot_decay_per_second
+        )
+        if differs and adopt_existing:
+            logger.warning(
+                "the shared budget %r on the Prefect server is %d per minute, this process is configured for "
+                "%d: using the server's (change it with `methyl-distill setup-prefect`)",
+                name,
+                existing.limit,
+                limit,
+            )
+            if not existing.active:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=True))
+            return existing.limit
+        if differs or not existing.active:
             client.update_global_concurrency_limit(
                 name,
                 GlobalConcurrencyLimitUpdate(
@@ -485,10 +537,32 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float) -> None:
             logger.info(
                 "updated global concurrency limit %r to %d, decay %.3f/s", name, limit, slot_decay_per_second
             )
+        return limit
+
+
+def prefect_server_configured() -> bool:
+    """Whether this process talks to a Prefect server of the user's configuration (PREFECT_API_URL in
+    the environment or the active Prefect profile), not a temporary one started for a single command
+    or test: only then can other processes share a budget kept there."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.settings.profiles import load_current_profile
+
+    from methyl_distill.ops.temporary_prefect_server import is_temporary_api
+
+    url = os.environ.get("PREFECT_API_URL") or load_current_profile().settings.get(PREFECT_API_URL)
+    return bool(url) and not is_temporary_api(str(url))
 
 
 def build_token_bucket(config: TeacherConfig) -> TokenBudget:
-    """The budget the teacher configuration asks for."""
-    if config.bucket_backend == "prefect":
+    """The budget the teacher configuration asks for (`auto`: shared when a Prefect server is configured)."""
+    backend = config.bucket_backend
+    if backend == "auto":
+        backend = "prefect" if prefect_server_configured() else "local"
+    if backend == "prefect":
+        logger.info(
+            "teacher budget: the Prefect global concurrency limit %r, shared", config.bucket_limit_name
+        )
         return PrefectTokenBucket(config.bucket_limit_name, config.tpm, config.rpm)
     return LocalTokenBucket(config.tpm, config.rpm)
