@@ -24,10 +24,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -144,24 +148,24 @@ class LocalServerProcess:
     def log_tail(self, lines: int = 40, characters: int = 4000) -> str:
         return read_log_tail(self.log_path, lines=lines, characters=characters)
 
-    def wait_until_serving(
+    def wait_until(
         self,
-        model_name: str,
+        ready: Callable[[httpx.Client], bool],
+        what: str,
         timeout_s: float,
         poll_interval_s: float = 0.25,
-        api_key: SecretStr | None = None,
+        headers: dict[str, str] | None = None,
+        cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Return once `GET {base_url}/models` lists `model_name` (asked with `api_key` as a bearer
-        token when the server wants one). Raises `LocalServerExited` when the process ends first and
-        `LocalServerStartTimeout` after `timeout_s`, both with the log's end; the server is left
-        running on a timeout (the caller stops it)."""
-        url = f"{self.base_url}/models"
-        deadline = time.monotonic() + timeout_s
+        """Poll `ready(client)` until it is true. Raises `LocalServerExited` when the process ends
+        first, `LocalServerStartTimeout` after `timeout_s` (both with the log's end; the server is left
+        running: the caller stops it), and `KeyboardInterrupt` when `cancelled()` (a Ctrl-C during
+        start-up). HTTP errors and unreadable replies count as not ready yet."""
         import httpx  # here, not at import: `methyl-distill --help` stays fast
 
+        deadline = time.monotonic() + timeout_s
         # trust_env=False: a proxy from the environment must not stand between us and loopback.
-        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else {}
-        with httpx.Client(timeout=2.0, trust_env=False, headers=headers) as client:
+        with httpx.Client(timeout=2.0, trust_env=False, headers=headers or {}) as client:
             while True:
                 exit_code = self.process.poll()
                 if exit_code is not None:
@@ -170,19 +174,40 @@ class LocalServerProcess:
                         f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
                     )
                 with contextlib.suppress(httpx.HTTPError, ValueError):
-                    response = client.get(url)
-                    if response.status_code == 200 and any(
-                        isinstance(entry, dict) and entry.get("id") == model_name
-                        for entry in response.json().get("data", [])
-                    ):
-                        logger.info("%s serves %s at %s", self.name, model_name, self.base_url)
+                    if ready(client):
                         return
+                if cancelled():
+                    raise KeyboardInterrupt
                 if time.monotonic() > deadline:
                     raise LocalServerStartTimeout(
-                        f"{self.name} did not list model {model_name!r} at {url} within {timeout_s:.0f} s; "
+                        f"{self.name} did not {what} within {timeout_s:.0f} s; "
                         f"its log ({self.log_path}) ends with:\n{self.log_tail()}"
                     )
                 time.sleep(poll_interval_s)
+
+    def wait_until_serving(
+        self,
+        model_name: str,
+        timeout_s: float,
+        poll_interval_s: float = 0.25,
+        api_key: SecretStr | None = None,
+    ) -> None:
+        """Return once `GET {base_url}/models` lists `model_name` (asked with `api_key` as a bearer
+        token when the server wants one); see `wait_until` for the errors."""
+        url = f"{self.base_url}/models"
+
+        def lists_model(client: httpx.Client) -> bool:
+            response = client.get(url)
+            return response.status_code == 200 and any(
+                isinstance(entry, dict) and entry.get("id") == model_name
+                for entry in response.json().get("data", [])
+            )
+
+        headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key is not None else None
+        self.wait_until(
+            lists_model, f"list model {model_name!r} at {url}", timeout_s, poll_interval_s, headers
+        )
+        logger.info("%s serves %s at %s", self.name, model_name, self.base_url)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """End the whole process group: SIGTERM, SIGKILL to the group when the leader has not exited

@@ -18,14 +18,11 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from methyl_distill.ops.local_server import (
-    LocalServerExited,
     LocalServerProcess,
-    LocalServerStartTimeout,
     free_loopback_port,
 )
 
@@ -109,7 +106,13 @@ def prefect_api(cancelled: Callable[[], bool] = lambda: False) -> Iterator[str |
     )
     started = False
     try:
-        _wait_until_healthy(server, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), cancelled)
+        server.wait_until(
+            lambda client: client.get(f"{api_url}/health").status_code == 200,
+            f"answer {api_url}/health",
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(),
+            poll_interval_s=0.1,
+            cancelled=cancelled,
+        )
         started = True
         logger.info("temporary Prefect server at %s (pid %d)", api_url, server.pid)
         # In the environment, not only in this thread's settings context: threads started without
@@ -145,28 +148,3 @@ def _environment_variable(name: str, value: str) -> Iterator[None]:
         else:
             os.environ[name] = previous
         refresh_global_settings_context()
-
-
-def _wait_until_healthy(server: LocalServerProcess, timeout_s: float, cancelled: Callable[[], bool]) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while True:
-            exit_code = server.process.poll()
-            if exit_code is not None:
-                raise LocalServerExited(
-                    f"{server.name} exited with code {exit_code} during start-up; its log "
-                    f"({server.log_path}) ends with:\n{server.log_tail()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{server.base_url}/health").status_code == 200:
-                    return
-            if cancelled():
-                raise KeyboardInterrupt
-            if time.monotonic() > deadline:
-                raise LocalServerStartTimeout(
-                    f"{server.name} did not answer {server.base_url}/health within {timeout_s:.0f} s; "
-                    f"its log ({server.log_path}) ends with:\n{server.log_tail()}"
-                )
-            time.sleep(0.1)
