@@ -199,14 +199,16 @@ def test_extract_cache_rerun_changes_refresh_and_bad_inputs(server: ServerHandle
     assert [path for path in (tmp_path / "out").rglob("*.tmp")] == []
 
 
+def _write_failing_paper(path: Path) -> None:
+    """A sample paper with the marker the test server's injected `invalid_json` fault answers."""
+    text = (SAMPLE_PAPERS / "rassf1a_breast_cancer_serum.txt").read_text(encoding="utf-8")
+    path.write_text(f"{text}\n{FAIL_MARKER}\n", encoding="utf-8")
+
+
 def test_failures_are_reported_and_not_cached(server: ServerHandle, tmp_path: Path) -> None:
     papers = tmp_path / "papers"
     _copy_papers(papers, ["shox2_ptger4_lung_cancer.txt"])
-    (papers / "broken.txt").write_text(
-        (SAMPLE_PAPERS / "rassf1a_breast_cancer_serum.txt").read_text(encoding="utf-8")
-        + f"\n{FAIL_MARKER}\n",
-        encoding="utf-8",
-    )
+    _write_failing_paper(papers / "broken.txt")
     shutil.copy(papers / "broken.txt", papers / "broken copy.md")  # the same paper in a second file
     server.inject("invalid_json", marker=FAIL_MARKER)
     try:
@@ -252,11 +254,7 @@ def test_endpoint_credentials_are_used_but_shown_and_stored_nowhere(
     base_url = f"http://{secrets[0]}:{secrets[1]}@{host}?api-key={secrets[2]}&api-version=1"
     papers = tmp_path / "papers"
     _copy_papers(papers, ["shox2_ptger4_lung_cancer.txt"])
-    (papers / "broken.txt").write_text(
-        (SAMPLE_PAPERS / "rassf1a_breast_cancer_serum.txt").read_text(encoding="utf-8")
-        + f"\n{FAIL_MARKER}\n",
-        encoding="utf-8",
-    )
+    _write_failing_paper(papers / "broken.txt")
     server.inject("invalid_json", marker=FAIL_MARKER)
     try:
         summary = _run(server, papers, tmp_path, {"base_url": base_url})
