@@ -486,7 +486,7 @@ def test_every_shipped_dataset_config_loads(tmp_path: Path) -> None:
         ("grounding = 'maybe'", "grounding"),
         ("val_fraction = 0.6\ntest_fraction = 0.5", "val_fraction \\+ test_fraction"),
         ("grounded_template = 'no placeholders'", "grounded_template lacks"),
-        ("push_to_hub = true", "hub_repo_id"),
+        ("push_to_hub = true", "push_to_hub: publishing is no longer part of the dataset configuration"),
         ("[mix]\nclosed_book = 0\ngrounded = 0\nextraction = 0", "selects nothing"),
         ("max_length = ", "not valid TOML"),
     ],
@@ -497,15 +497,6 @@ def test_bad_config_files_are_clear_errors(tmp_path: Path, content: str, message
     with pytest.raises(DatasetConfigError, match=message) as raised:
         DatasetConfig.from_toml(path)
     assert str(path) in str(raised.value)
-
-
-def test_push_to_hub_without_a_token_fails_before_any_work(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    config = DatasetConfig(push_to_hub=True, hub_repo_id="org/methyl-sft")
-    with pytest.raises(DatasetConfigError, match=r"\$HF_TOKEN is not set"):
-        build_sft_dataset([tmp_path / "absent.jsonl"], tmp_path / "out", None, config)
 
 
 def test_cli_builds_without_prefect_and_flags_override_the_config(

@@ -11,13 +11,14 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from methyl_distill.ops.run_progress import tracked
 from methyl_distill.sft_dataset.config import DatasetConfig
 from methyl_distill.sft_dataset.dataset_card import render_card
 from methyl_distill.sft_dataset.dataset_writer import (
@@ -149,8 +150,6 @@ def build_sft_dataset(
     config = config or DatasetConfig()
     output = Path(output_directory).absolute()
     check_output_directory(output)
-    if config.push_to_hub:
-        config.hub_token()  # fail before the work, not after
     token_counting = token_counter(config).description  # a bad tokenizer folder fails here, before any work
     PaperLibrary(papers_directory)  # likewise a missing papers directory
     records_paths = [Path(path) for path in records]
@@ -174,7 +173,10 @@ def build_sft_dataset(
     store = SampleStore(staging / ".samples.jsonl")
     try:
         papers_used = 0
-        for shard_output in build_shards(shards, papers_directory, config, workers):
+        # Reported to the command's console, if one watches: papers read, shard by shard.
+        built = build_shards(shards, papers_directory, config, workers)
+        papers_per_shard = [len(shard.groups) for shard in shards]
+        for shard_output in tracked(built, "dataset", "papers", papers_per_shard, _samples_so_far(store)):
             coverage_tally.add(shard_output.coverage, first_sample=len(store))
             store.add_shard(shard_output)
             if shard_output.signatures is not None:
@@ -277,8 +279,6 @@ def build_sft_dataset(
         store.remove()
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if config.push_to_hub:
-        push_dataset_to_hub(summary)
     logger.info(
         "Dataset: %s samples (train/val/test), %d dropped, %d of %d grounded markers covered, in %.1f s",
         "/".join(str(split_stats[s].samples) for s in SPLITS),
@@ -292,20 +292,6 @@ def build_sft_dataset(
     return summary
 
 
-def push_dataset_to_hub(summary: DatasetSummary) -> None:
-    """Push the DatasetDict and the card to the Hugging Face Hub (opt-in; the token comes from the env)."""
-    import os
-
-    from datasets import load_from_disk
-    from huggingface_hub import HfApi
-
-    config = summary.config
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        raise RuntimeError("push_to_hub is on but HF_HUB_OFFLINE is set: the hub cannot be reached")
-    token = config.hub_token().get_secret_value()
-    repo_id = config.hub_repo_id or ""
-    load_from_disk(summary.dataset_dict).push_to_hub(repo_id, private=config.hub_private, token=token)
-    HfApi(token=token).upload_file(
-        path_or_fileobj=summary.card, path_in_repo="README.md", repo_id=repo_id, repo_type="dataset"
-    )
-    logger.info("Pushed the dataset to the hub as %s", repo_id)
+def _samples_so_far(store: SampleStore) -> Callable[[object], dict[str, str]]:
+    """The console's detail of the dataset stage: samples made so far."""
+    return lambda _shard_output: {"samples": f"{len(store):,}"}

@@ -7,12 +7,11 @@ yours); every field has a default, so an empty file (or no file) is a valid conf
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are an expert in DNA methylation biomarkers. Answer precisely and only with what the evidence "
@@ -70,6 +69,10 @@ class SampleMix(BaseModel):
         if self.closed_book == 0 and self.grounded == 0 and self.extraction == 0:
             raise ValueError("sample mix selects nothing: closed_book, grounded and extraction are all 0")
         return self
+
+
+# Settings that were fields of DatasetConfig before publishing moved to methyl_distill.ops.hub_publish.
+_MOVED_HUB_SETTINGS = ("push_to_hub", "hub_repo_id", "hub_private", "hub_token_env")
 
 
 class DatasetConfig(BaseModel):
@@ -177,14 +180,23 @@ class DatasetConfig(BaseModel):
             "Write a 'meta' object (paper, style, flags) beside 'messages' in each line; ms-swift ignores it."
         ),
     )
-    push_to_hub: bool = Field(
-        default=False, description="Push the DatasetDict and card to the Hugging Face Hub."
+    card_license: str = Field(
+        default="other",
+        description="License id in the dataset card's metadata (a Hub license id such as cc-by-4.0); 'other' "
+        "when the papers' licenses differ.",
     )
-    hub_repo_id: str | None = Field(default=None, description="Hub dataset id, e.g. 'org/methyl-sft'.")
-    hub_private: bool = Field(default=True, description="Create the hub repository as private.")
-    hub_token_env: str = Field(
-        default="HF_TOKEN", description="Environment variable holding the hub token (never stored)."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_hub_settings(cls, data: Any) -> Any:
+        moved = sorted(set(_MOVED_HUB_SETTINGS) & set(data)) if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(
+                f"{', '.join(moved)}: publishing is no longer part of the dataset configuration; use "
+                "`build-dataset --push_to_hub OWNER/NAME` (the token comes from HF_TOKEN, a Prefect Secret "
+                "block or the huggingface_hub login; docs/dataset.md#publishing-to-the-hub)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DatasetConfig:
@@ -202,16 +214,7 @@ class DatasetConfig(BaseModel):
                 template.format(excerpt="", question="")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"{name} is not a valid format string: {exc!r}") from exc
-        if self.push_to_hub and not self.hub_repo_id:
-            raise ValueError("push_to_hub needs hub_repo_id")
         return self
-
-    def hub_token(self) -> SecretStr:
-        """The hub token from the environment; raises a clear error when it is not set."""
-        token = os.environ.get(self.hub_token_env, "")
-        if not token:
-            raise DatasetConfigError(f"push_to_hub is on but ${self.hub_token_env} is not set")
-        return SecretStr(token)
 
     def fingerprint(self) -> str:
         """Canonical JSON of the configuration (for cache keys and the dataset card)."""

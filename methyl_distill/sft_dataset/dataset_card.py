@@ -1,10 +1,20 @@
-"""The dataset card (README.md): Hugging Face metadata header, counts, tokens, markers, drops, config."""
+"""The dataset card (README.md): Hugging Face metadata, counts, tokens, markers, drops, config.
+
+The metadata is `huggingface_hub.DatasetCardData`; its one `default` config names the split files
+that hold samples, the same files `methyl_distill.ops.hub_publish` pushes beside the card, so the
+card in the output folder and the card on the Hub are the same bytes and name only files that are
+there.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from methyl_distill.sft_dataset.dataset_writer import SPLIT_FILES
 
 if TYPE_CHECKING:
     from methyl_distill.sft_dataset.build import DatasetSummary
@@ -80,35 +90,39 @@ def statistics_markdown(summary: DatasetSummary) -> str:
     return "\n\n".join(parts)
 
 
+def hub_split_files(summary: DatasetSummary) -> dict[str, str]:
+    """Split -> file name of the splits that hold samples: what the card's `configs` name and what a
+    push uploads (an empty JSON lines file is no split `load_dataset` can read)."""
+    return {split: SPLIT_FILES[split] for split, stats in summary.splits.items() if stats.samples > 0}
+
+
+def card_metadata(summary: DatasetSummary) -> DatasetCardData:
+    """The card's Hub metadata: license, language, tasks, size, and one config naming the split files."""
+    return DatasetCardData(
+        pretty_name="methyl-distill SFT dataset",
+        license=summary.config.card_license,
+        language=["en"],
+        task_categories=["text-generation", "question-answering"],
+        size_categories=[_size_category(summary.total_samples)],
+        tags=["dna-methylation", "biomarkers", "sft", "methyl-distill"],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [
+                    {"split": split, "path": path} for split, path in hub_split_files(summary).items()
+                ],
+            }
+        ],
+    )
+
+
 def render_card(summary: DatasetSummary) -> str:
+    """The dataset card, README.md of the output folder and of the Hub repository alike."""
     total = summary.total_samples
-    header = [
-        "---",
-        "language:",
-        "- en",
-        "task_categories:",
-        "- text-generation",
-        "- question-answering",
-        "tags:",
-        "- dna-methylation",
-        "- biomarkers",
-        "- sft",
-        "- methyl-distill",
-        f"size_categories:\n- {_size_category(total)}",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: train.jsonl",
-        "  - split: validation",
-        "    path: val.jsonl",
-        "  - split: test",
-        "    path: test.jsonl",
-        "---",
-    ]
     status = ", ".join(f"{name} {count}" for name, count in summary.paper_status.items())
     records = "\n".join(f"- `{path}` (sha256 `{sha}`)" for path, sha in summary.records_files.items())
     markers = list(summary.markers_covered.items())
+    files = ", ".join(f"`{path}`" for path in hub_split_files(summary).values())
     marker_lines = (
         _table(("marker", "samples"), markers[:_TOP_MARKERS])
         + (f"\n\n... and {len(markers) - _TOP_MARKERS} more." if len(markers) > _TOP_MARKERS else "")
@@ -132,13 +146,15 @@ def render_card(summary: DatasetSummary) -> str:
 Chat samples distilled from teacher extractions of DNA-methylation marker papers, in the
 `{{"messages": [...]}}` format that ms-swift, TRL and OpenAI fine-tuning read. Each line also carries a
 `meta` object (paper file id, sample style, flags, markers, tokens) unless `include_meta` is off.
-The same splits are saved as a Hugging Face `DatasetDict` in `dataset_dict/`. Splits are by paper:
-no paper contributes samples to two splits.
+`load_dataset` reads the JSON lines files named in this card's metadata ({files}); the build's
+output folder also holds the same splits as a Hugging Face `DatasetDict` (`dataset_dict/`, not
+pushed to the Hub). Splits are by paper: no paper contributes samples to two splits.
 
 Sample styles: **closed_book** (the question alone -> the answer), **grounded** (a paper excerpt
 around the evidence + the question -> the answer), **extraction** (an excerpt -> JSON marker records).
 
-{total} samples from {summary.papers} papers.
+{total} samples from {summary.papers} papers. License of the dataset: `{summary.config.card_license}`;
+the excerpts quote the papers, which keep their own licenses.
 
 {statistics_markdown(summary)}
 
@@ -165,4 +181,4 @@ Papers: {status}.{missing}{corrupt}
 
 Built in {summary.build_seconds:.1f} s.
 """
-    return "\n".join(header) + "\n\n" + body
+    return str(DatasetCard(f"---\n{card_metadata(summary).to_yaml()}\n---\n\n{body}"))
