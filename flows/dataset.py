@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from methyl_distill.tasks.dataset import build_dataset
 from methyl_distill.tasks.extraction import resolve_cache_storage
+from methyl_distill.tasks.publishing import check_hub_access_task, push_dataset_task
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from methyl_distill.ops.hub_publish import HubTarget
 from methyl_distill.sft_dataset import DatasetConfig, DatasetSummary
 from methyl_distill.sft_dataset.dataset_card import statistics_markdown
 
@@ -22,10 +24,14 @@ def build_dataset_flow(
     papers_directory: str | None = None,
     config: DatasetConfig | None = None,
     refresh: bool = False,
+    push_to_hub: HubTarget | None = None,
 ) -> DatasetSummary:
-    """Build the fine-tuning dataset from one or more records.jsonl files (cached on its inputs)."""
+    """Build the fine-tuning dataset from one or more records.jsonl files (cached on its inputs);
+    with `push_to_hub`, publish it with its card (docs/dataset.md#publishing-to-the-hub)."""
     logger = get_run_logger()
     config = config or DatasetConfig()
+    if push_to_hub is not None:
+        check_hub_access_task(push_to_hub)  # a missing or refused token fails before the build
     task = build_dataset.with_options(result_storage=resolve_cache_storage(), refresh_cache=refresh)
     summary = task(records, output_directory, papers_directory, config)
     if not summary.files_exist():
@@ -66,4 +72,6 @@ def build_dataset_flow(
     )
     if (warning := coverage.warning()) is not None:  # also for a cached build, whose core did not run
         logger.warning("%s", warning)
+    if push_to_hub is not None:  # after the build and outside its cache: a cached build is pushed too
+        push_dataset_task(summary, push_to_hub)
     return summary

@@ -9,11 +9,13 @@ one resumes from its last checkpoint), so rerunning the flow is always safe.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from methyl_distill.training.distributed_launch import launch_plan
 from methyl_distill.training.evaluation import EvaluationSummary, evaluate
 from methyl_distill.training.finetune import FinetuneConfig, FinetuneSummary, finetune
 from methyl_distill.training.loss_plot import png_data_uri
@@ -40,6 +42,10 @@ def finetune_markdown(summary: FinetuneSummary) -> str:
         ("training time", f"{_number(summary.train_runtime_s, 1)} s"),
         ("trainable parameters", summary.trainable_parameters or "n/a"),
         ("resumed from", f"`{summary.resumed_from}`" if summary.resumed_from else "no (fresh run)"),
+        (
+            "TensorBoard",
+            f"`tensorboard --logdir {summary.tensorboard_path}`" if summary.tensorboard_path else "n/a",
+        ),
         ("adapter", f"`{summary.adapter_path}`"),
         ("merged model", f"`{summary.merged_model_path}`" if summary.merged_model_path else "not merged"),
     ]
@@ -66,6 +72,9 @@ def finetune_task(
         config=config,
         cache_dir=Path(cache_dir) if cache_dir else None,
         model_source=model_source,
+        # GPUs and machines: config.num_gpus, else the job's METHYL_DISTILL_GPUS (a deployment's job
+        # variables), and the torchrun rendezvous variables (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
+        launch=launch_plan(config.num_gpus, os.environ),
     )
     create_markdown_artifact(
         key="finetune-loss-curve",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from methyl_distill.cli.hub_options import add_hub_options, hub_target_from_args
 from methyl_distill.cli.options import add_model_options, given_options
 
 # DatasetConfig fields settable from the command line (help, type, choices and default from the model).
@@ -19,8 +20,7 @@ DATASET_OPTIONS = (
     "near_duplicate_threshold",
     "system_prompt",
     "workers",
-    "hub_repo_id",
-    "push_to_hub",
+    "card_license",
 )
 
 
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--config", default=None, help="Dataset config TOML (default: built-in defaults).")
     add_model_options(parser, DatasetConfig, only=DATASET_OPTIONS)
+    add_hub_options(parser, "the split files (train/val/test.jsonl) and stats.json")
     parser.add_argument("--refresh", action="store_true", help="Rebuild even if a cached build matches.")
     parser.add_argument(
         "--without_prefect",
@@ -60,10 +61,19 @@ def run_build_dataset(args: argparse.Namespace) -> int:
 
     base = DatasetConfig.from_toml(args.config) if args.config else DatasetConfig()
     config = DatasetConfig.model_validate({**base.model_dump(), **given_options(args, DATASET_OPTIONS)})
+    hub_target = hub_target_from_args(args)
     if args.without_prefect:
         from methyl_distill.sft_dataset import build_sft_dataset
 
+        if hub_target is not None:
+            from methyl_distill.ops.hub_publish import check_hub_access
+
+            check_hub_access(hub_target)  # a missing or refused token fails before the build
         summary = build_sft_dataset(args.records, args.output_directory, args.papers_directory, config)
+        if hub_target is not None:
+            from methyl_distill.sft_dataset.hub_push import push_dataset_to_hub
+
+            print(f"Pushed: {push_dataset_to_hub(summary, hub_target).commit_url}")
     else:
         from methyl_distill.flows.dataset import build_dataset_flow
 
@@ -73,6 +83,7 @@ def run_build_dataset(args: argparse.Namespace) -> int:
             papers_directory=args.papers_directory,
             config=config,
             refresh=args.refresh,
+            push_to_hub=hub_target,
         )
     counts = " / ".join(f"{split} {stats.samples}" for split, stats in summary.splits.items())
     dropped = sum(summary.drops.values())

@@ -11,6 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from methyl_distill.cli.hub_options import (
+    add_hub_options,
+    add_release_options,
+    hub_target_from_args,
+    release_options_from_args,
+)
 from methyl_distill.cli.options import add_model_options, field_help, given_options
 from methyl_distill.training.presets import PRESET_NAMES
 
@@ -33,6 +39,8 @@ FINETUNE_OPTIONS = (
     "gradient_checkpointing",
     "merge_lora",
     "device",
+    "num_gpus",
+    "deepspeed",
 )
 
 
@@ -70,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help=field_help(FinetuneConfig.model_fields["target_modules"], " (default all-linear)"),
     )
+    add_hub_options(tune, "the adapter (with --hub_merged, the merged model) after training")
+    add_release_options(tune)
     tune.set_defaults(handler=run_finetune)
 
     infer = subparsers.add_parser(
@@ -158,6 +168,7 @@ def finetune_config_from_args(args: argparse.Namespace) -> Any:
 
 def run_finetune(args: argparse.Namespace) -> int:
     config = finetune_config_from_args(args)
+    hub_target = hub_target_from_args(args)
     from methyl_distill.flows.finetune import finetune_flow
 
     summary = finetune_flow(
@@ -167,6 +178,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         config=config,
         cache_dir=args.cache_dir,
         model_source=args.model_source,
+        push_to_hub=hub_target,
+        release=release_options_from_args(args) if hub_target else None,
     )
     print(f"Adapter:     {summary.adapter_path}")
     print(f"Loss curve:  {summary.loss_curve_path}")

@@ -26,16 +26,20 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from methyl_distill.extraction.outputs import atomic_write_text
+from methyl_distill.ops.run_progress import reporting
 from methyl_distill.text.hashing import sha256_of_file
 from methyl_distill.training.chat_jsonl import count_training_samples
+from methyl_distill.training.distributed_launch import LaunchPlan, run_distributed_sft
 from methyl_distill.training.model_spec import ArchitectureShape, count_parameters, resolve_target_modules
 from methyl_distill.training.presets import ResolvedModel, get_preset, preset_config, resolve_model
 from methyl_distill.training.runtime_device import DeviceChoice, DeviceRequest, choose_device
+from methyl_distill.training.telemetry import TENSORBOARD_DIR_VARIABLE, report_targets, tensorboard_directory
+from methyl_distill.training.training_progress import SWIFT_LOG_FILE, TrainingLogProgress
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +126,15 @@ class FinetuneConfig(BaseModel):
         default=None, description="System prompt for samples without one; None: the preset's."
     )
     dataloader_num_workers: int = Field(default=0, ge=0, description="Data loader worker processes.")
+    num_gpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs of this machine to train on, data-parallel (torchrun, as NPROC_PER_NODE=N "
+        "swift sft); None: METHYL_DISTILL_GPUS from the environment, else 1.",
+    )
+    deepspeed: Literal["zero2", "zero3"] | None = Field(
+        default=None, description="DeepSpeed ZeRO stage for several GPUs (--deepspeed); needs deepspeed."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -156,6 +169,9 @@ class FinetuneSummary(BaseModel):
     train_runtime_s: float | None
     trainable_parameters: str | None = Field(description="ms-swift's parameter summary of the PEFT model.")
     resumed_from: str | None
+    tensorboard_path: str | None = Field(
+        default=None, description="TensorBoard event files of the run: tensorboard --logdir <this>."
+    )
 
 
 class FinetuneOutputConflict(ValueError):
@@ -191,6 +207,7 @@ class LoraFinetuneRecipe:
         config: FinetuneConfig | None = None,
         cache_dir: Path | None = None,
         model_source: str | None = None,
+        launch: LaunchPlan | None = None,
     ) -> None:
         self.dataset_directory = Path(dataset_directory)
         self.output_directory = Path(output_directory)
@@ -198,6 +215,9 @@ class LoraFinetuneRecipe:
         self.config = config or FinetuneConfig()
         self.cache_dir = cache_dir
         self.model_source = model_source
+        # One process unless the caller's plan (the fine-tune task reads it from the environment) or
+        # config.num_gpus asks for more: see methyl_distill/training/distributed_launch.py.
+        self.launch = launch or LaunchPlan(nproc_per_node=self.config.num_gpus or 1)
         self.checkpoints_dir = self.output_directory / "checkpoints"
         self.summary_path = self.output_directory / "finetune_summary.json"
         self.request_path = self.output_directory / "finetune_request.json"
@@ -226,6 +246,8 @@ class LoraFinetuneRecipe:
                 f"this run would use {self.device.attn_impl} on {self.device.device}: set packing false"
             )
         self._check_memory_fits()
+        self._check_launch()
+        report_targets()  # W&B configured where wandb is not installed fails here, before the model loads
         request = self._request()
         if self.request_path.is_file():
             previous = _read_json_object(self.request_path)
@@ -279,10 +301,36 @@ class LoraFinetuneRecipe:
         return {
             "preset": self.preset.name,
             "model_source": self.model_source,
-            "config": self.config.model_dump(mode="json"),
+            # How many GPUs share the work is not what is learnt: another count resumes the same run.
+            "config": self.config.model_dump(mode="json", exclude={"num_gpus"}),
             "train_sha256": sha256_of_file(self.train_file),
             "val_sha256": sha256_of_file(self.val_file) if self.val_samples else None,
         }
+
+    def _check_launch(self) -> None:
+        """Refuse more training processes than GPUs, and DeepSpeed where it cannot run, before loading."""
+        assert self.device is not None
+        if not self.launch.writes_outputs:
+            raise ValueError(
+                f"NODE_RANK={self.launch.node_rank}: the fine-tune recipe runs on the rank-0 machine only; "
+                "the other machines run torchrun on the arguments file it writes (docs/deployments.md)"
+            )
+        if self.device.device == "cuda":
+            import torch
+
+            visible = torch.cuda.device_count()
+            if self.launch.nproc_per_node > visible:
+                raise RuntimeError(
+                    f"{self.launch.nproc_per_node} GPUs were asked for (num_gpus / METHYL_DISTILL_GPUS) but "
+                    f"torch sees {visible} on this machine"
+                )
+        if self.config.deepspeed is not None:
+            import importlib.util
+
+            if self.device.device != "cuda":
+                raise ValueError(f"deepspeed {self.config.deepspeed} needs CUDA GPUs; this run is on CPU")
+            if importlib.util.find_spec("deepspeed") is None:
+                raise ModuleNotFoundError(f"deepspeed {self.config.deepspeed} needs the deepspeed package")
 
     def _check_memory_fits(self) -> None:
         """Refuse a model whose weights alone would not fit in the CPU's memory (e.g. Mistral-7B in fp32)."""
@@ -342,12 +390,16 @@ class LoraFinetuneRecipe:
             "system": config.system if config.system is not None else model.default_system,
             "dataloader_num_workers": config.dataloader_num_workers,
             "check_model": False,
-            "report_to": ["none"],
+            # TensorBoard event files in the run's folder; W&B too when configured (training/telemetry.py).
+            "report_to": report_targets(),
+            "logging_dir": str(tensorboard_directory(self.output_directory).resolve()),
         }
         if model.swift_template:
             arguments["template"] = model.swift_template
         if device.device == "cpu":
             arguments["use_cpu"] = True
+        if config.deepspeed is not None:
+            arguments["deepspeed"] = config.deepspeed
         if self.resume_checkpoint is not None:
             arguments["resume_from_checkpoint"] = str(self.resume_checkpoint.resolve())
         return arguments
@@ -366,7 +418,18 @@ class LoraFinetuneRecipe:
             self.train_samples,
             self.val_samples,
         )
-        self.result = sft_main(SftArguments(**arguments))
+        # transformers reads it (ms-swift sets it only when unset: a later run in this process would
+        # write into the first run's folder); launched processes inherit it.
+        os.environ[TENSORBOARD_DIR_VARIABLE] = arguments["logging_dir"]
+        if self.launch.distributed:
+            logger.info(
+                "Data-parallel over %d process(es) on each of %d machine(s)",
+                self.launch.nproc_per_node,
+                self.launch.nnodes,
+            )
+            self.result = run_distributed_sft(arguments, self.launch, self.output_directory / "launch")
+        else:
+            self.result = sft_main(SftArguments(**arguments))
         return self.result
 
     # ---- save -------------------------------------------------------------------------------------
@@ -396,6 +459,7 @@ class LoraFinetuneRecipe:
         train_losses = [e["loss"] for e in log_history if isinstance(e.get("loss"), int | float)]
         eval_losses = [e["eval_loss"] for e in log_history if isinstance(e.get("eval_loss"), int | float)]
         runtime = next((e["train_runtime"] for e in reversed(log_history) if "train_runtime" in e), None)
+        tensorboard = tensorboard_directory(self.output_directory)
         summary = FinetuneSummary(
             output_directory=str(self.output_directory.resolve()),
             adapter_path=str(adapter_dir.resolve()),
@@ -417,6 +481,7 @@ class LoraFinetuneRecipe:
             train_runtime_s=runtime,
             trainable_parameters=self.result.get("model_parameter_info"),
             resumed_from=str(self.resume_checkpoint.resolve()) if self.resume_checkpoint else None,
+            tensorboard_path=str(tensorboard.resolve()) if tensorboard.is_dir() else None,
         )
         if summary.final_train_loss is not None and not math.isfinite(summary.final_train_loss):
             raise RuntimeError(f"training diverged: final loss {summary.final_train_loss}")
@@ -457,8 +522,12 @@ class LoraFinetuneRecipe:
         done = self.setup()
         if done is not None:
             return done
-        self.train()
-        return self.save()
+        # Followed on the command's console, if one watches: phase, step of the total, loss.
+        progress = TrainingLogProgress(self.checkpoints_dir / SWIFT_LOG_FILE)
+        with reporting(progress):
+            self.train()
+            progress.phase = "saving"
+            return self.save()
 
 
 def finetune(
@@ -469,8 +538,10 @@ def finetune(
     config: FinetuneConfig | None = None,
     cache_dir: Path | None = None,
     model_source: str | None = None,
+    launch: LaunchPlan | None = None,
 ) -> FinetuneSummary:
-    """Fine-tune `preset` with LoRA on the dataset folder's train.jsonl (and val.jsonl)."""
+    """Fine-tune `preset` with LoRA on the dataset folder's train.jsonl (and val.jsonl), on one process
+    or data-parallel as `launch` (default: `config.num_gpus` processes on this machine) says."""
     recipe = LoraFinetuneRecipe(
         dataset_directory,
         output_directory,
@@ -478,5 +549,6 @@ def finetune(
         config=config,
         cache_dir=cache_dir,
         model_source=model_source,
+        launch=launch,
     )
     return recipe.run()
