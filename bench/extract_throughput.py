@@ -208,7 +208,9 @@ class ServerProcess:
             self.process.wait()
 
 
-def start_server(port: int, tpm: int, latency: tuple[float, float], seed: int) -> ServerProcess:
+def start_server(
+    port: int, tpm: int, latency: tuple[float, float], seed: int, accounting: str = "settle"
+) -> ServerProcess:
     command = [
         sys.executable,
         "-m",
@@ -222,6 +224,8 @@ def start_server(port: int, tpm: int, latency: tuple[float, float], seed: int) -
         str(latency[1]),
         "--seed",
         str(seed),
+        "--accounting",
+        accounting,
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server = ServerProcess(port, process)
@@ -318,18 +322,24 @@ def one_request_at_a_time(
 
 
 def run_flow(
-    input_directory: Path, output_directory: Path, base_url: str, cache_dir: Path, concurrency: int, tpm: int
+    input_directory: Path,
+    output_directory: Path,
+    base_url: str,
+    cache_dir: Path,
+    tpm: int,
+    concurrency: int | None = None,
 ):
     from methyl_distill.flows.extract import extract_flow
 
     from methyl_distill.teacher.config import TeacherConfig
 
+    extra = {"max_concurrency": concurrency} if concurrency is not None else {}  # None: the default
     return extract_flow(
         input_directory=str(input_directory),
         output_directory=str(output_directory),
         teacher_config=TeacherConfig(base_url=base_url, model="gpt-4o", tpm=tpm),
         cache_dir=str(cache_dir),
-        max_concurrency=concurrency,
+        **extra,
     )
 
 
@@ -342,109 +352,207 @@ def steady_state_window(stats: StatsSnapshot, warmup_s: float) -> tuple[float, f
     return admissions[0] + warmup_s, admissions[-1]
 
 
+@dataclass
+class Scenario:
+    accounting: str
+    tpm: int
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        accounting, _, tpm = text.partition(":")
+        if accounting not in ("settle", "admission") or not tpm.isdigit():
+            raise argparse.ArgumentTypeError(f"scenario {text!r}: expected settle:TPM or admission:TPM")
+        return cls(accounting, int(tpm))
+
+    @property
+    def name(self) -> str:
+        return f"{self.accounting} {self.tpm // 1000}k TPM"
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    papers: int
+    extracted: int
+    failed: int
+    requests: int
+    responses_429: int
+    share_of_limit: float
+    papers_per_min: float
+    tokens_charged_per_paper: float
+    max_in_flight: int
+    wall_s: float
+    window_s: float
+    pacing: str
+
+
+def measure_scenario(
+    scenario: Scenario,
+    papers_dir: Path,
+    work: Path,
+    latency: tuple[float, float],
+    warmup_s: float,
+    concurrency: int | None,
+    loop: tuple[LoopResult, float] | None = None,
+) -> ScenarioResult:
+    """One extraction flow against a test server with this accounting and TPM limit; with `loop`, the
+    one-request-at-a-time loop runs beside it against a second server for `loop[1]` seconds."""
+    label = f"{scenario.accounting}-{scenario.tpm}"
+    server = start_server(free_port(), scenario.tpm, latency, seed=1, accounting=scenario.accounting)
+    loop_server = (
+        start_server(free_port(), scenario.tpm, latency, seed=2, accounting=scenario.accounting)
+        if loop
+        else None
+    )
+    stop = threading.Event()
+    loop_thread = stopper = None
+    try:
+        if loop is not None and loop_server is not None:
+            loop_thread = threading.Thread(
+                target=one_request_at_a_time,
+                args=(sorted(papers_dir.iterdir()), loop_server.base_url, scenario.tpm, stop, loop[0]),
+                daemon=True,
+            )
+            loop_thread.start()
+            stopper = threading.Timer(loop[1], stop.set)
+            stopper.start()
+        began = time.monotonic()
+        summary = run_flow(
+            papers_dir,
+            work / f"out-{label}",
+            server.base_url,
+            work / f"cache-{label}",
+            scenario.tpm,
+            concurrency,
+        )
+        wall = time.monotonic() - began
+        stop.set()
+        if stopper is not None:
+            stopper.cancel()
+        if loop_thread is not None:
+            loop_thread.join()
+        stats = server.stats()
+    finally:
+        server.stop()
+        if loop_server is not None:
+            loop_server.stop()
+    start_s, end_s = steady_state_window(stats, warmup_s)
+    per_minute = stats.tokens_charged_per_minute(start_s, end_s)
+    answered = sum(1 for at in stats.completed_at if start_s <= at < end_s)
+    requests_per_paper = max(1, stats.completed) / max(1, summary.papers)
+    charged = sum(delta for _, delta in stats.ledger)
+    return ScenarioResult(
+        scenario=scenario,
+        papers=summary.papers,
+        extracted=summary.extracted,
+        failed=summary.failed,
+        requests=stats.requests,
+        responses_429=stats.responses_429,
+        share_of_limit=per_minute / scenario.tpm,
+        papers_per_min=answered * 60 / (end_s - start_s) / requests_per_paper,
+        tokens_charged_per_paper=charged / max(1, summary.extracted),
+        max_in_flight=stats.max_in_flight,
+        wall_s=wall,
+        window_s=end_s - start_s,
+        pacing=summary.teacher_pacing or "",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--papers", type=int, default=200)
-    parser.add_argument("--cached-papers", type=int, default=1000)
-    parser.add_argument("--tpm", type=int, default=200_000)
-    parser.add_argument("--latency", type=float, nargs=2, default=(10.0, 20.0))
-    parser.add_argument("--concurrency", type=int, default=16, help="The flow's max_concurrency.")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: [Scenario.parse(part) for part in text.split(",")],
+        default=[
+            Scenario("admission", 200_000),
+            Scenario("settle", 200_000),
+            Scenario("admission", 1_000_000),
+            Scenario("settle", 1_000_000),
+        ],
+        help="Comma-separated ACCOUNTING:TPM (settle or admission), each against a fresh test server.",
+    )
+    parser.add_argument(
+        "--papers-per-100k-tpm", type=int, default=80, help="Papers of a scenario, per 100k TPM of its limit."
+    )
+    parser.add_argument("--cached-papers", type=int, default=1000, help="0 skips the all-cached rerun.")
+    parser.add_argument("--latency", type=float, nargs=2, default=(12.0, 12.0))
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="The flow's max_concurrency (default: the flow's)."
+    )
     parser.add_argument("--loop-window-s", type=float, default=240.0, help="Longest time the loop runs.")
+    parser.add_argument("--no-loop", action="store_true", help="Skip the one-request-at-a-time loop.")
     parser.add_argument("--warmup-s", type=float, default=60.0, help="Excluded from the steady-state window.")
     parser.add_argument("--seed", type=int, default=20261128)
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="extract-bench-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    papers_dir, cache_dir = work / "papers", work / "cache"
-    write_papers(papers_dir, args.papers, args.seed)
-    sizes = [len(p.read_text()) for p in papers_dir.iterdir()]
-    print(f"work directory {work}; {args.papers} papers of {min(sizes)}-{max(sizes)} characters", flush=True)
+    largest = max(scenario.tpm for scenario in args.scenarios)
+    papers_needed = {s.tpm: max(20, s.tpm * args.papers_per_100k_tpm // 100_000) for s in args.scenarios}
+    papers_dir = work / "papers"
+    write_papers(papers_dir, papers_needed[largest], args.seed)
+    print(f"work directory {work}; server latency {args.latency[0]:g}-{args.latency[1]:g} s", flush=True)
 
-    flow_server = start_server(free_port(), args.tpm, tuple(args.latency), seed=1)
-    loop_server = start_server(free_port(), args.tpm, tuple(args.latency), seed=2)
-    try:
-        stop, loop = threading.Event(), LoopResult()
-        loop_papers = sorted(papers_dir.iterdir())
-        loop_thread = threading.Thread(
-            target=one_request_at_a_time,
-            args=(loop_papers, loop_server.base_url, args.tpm, stop, loop),
-            daemon=True,
+    results: list[ScenarioResult] = []
+    loop = LoopResult()
+    for index, scenario in enumerate(args.scenarios):
+        subset = work / f"papers-{papers_needed[scenario.tpm]}"
+        if not subset.exists():
+            subset.mkdir()
+            for path in sorted(papers_dir.iterdir())[: papers_needed[scenario.tpm]]:
+                os.link(path, subset / path.name)  # a symlink out of the folder would be refused
+        with_loop = (loop, args.loop_window_s) if index == 0 and not args.no_loop else None
+        print(f"-- {scenario.name}: {papers_needed[scenario.tpm]} papers", flush=True)
+        result = measure_scenario(
+            scenario, subset, work, tuple(args.latency), args.warmup_s, args.concurrency, with_loop
         )
-        began = time.monotonic()
-        loop_thread.start()
-        stopper = threading.Timer(args.loop_window_s, stop.set)
-        stopper.start()
-        summary = run_flow(
-            papers_dir, work / "out-1", flow_server.base_url, cache_dir, args.concurrency, args.tpm
-        )
-        flow_wall = time.monotonic() - began
-        stop.set()
-        stopper.cancel()
-        loop_thread.join()
-        stats = flow_server.stats()
-    finally:
-        flow_server.stop()
-        loop_server.stop()
-
-    start_s, end_s = steady_state_window(stats, args.warmup_s)
-    per_minute = stats.tokens_charged_per_minute(start_s, end_s)
-    completions = stats.completed
-    throughput_window = [at for at, delta in stats.ledger if delta <= 0]  # settlements: one per response
-    settled_in_window = sum(1 for at in throughput_window if start_s <= at < end_s)
-    flow_ppm_steady = settled_in_window * 60 / (end_s - start_s) * (summary.papers / max(1, completions))
-    # Overall: first admission to last response, i.e. without the Prefect start-up.
-    busy_s = stats.ledger[-1][0] - stats.ledger[0][0]
-    flow_ppm_overall = summary.extracted * 60 / busy_s
-    loop_minutes = (loop.stopped - loop.started) / 60
-    loop_ppm = loop.papers_done / loop_minutes if loop_minutes > 0 else 0.0
-    print("\n== Phase 1: extraction under one TPM budget ==")
-    print(f"server: {args.tpm} TPM, latency uniform {args.latency[0]:g}-{args.latency[1]:g} s")
-    print(
-        f"flow: {summary.extracted} extracted, {summary.failed} failed, {summary.cached} cached, "
-        f"max_concurrency {args.concurrency}, wall {flow_wall:.0f} s (Prefect start-up included)"
-    )
-    print(
-        f"flow requests {stats.requests}, completed {completions}, 429s {stats.responses_429} "
-        f"({stats.responses_429 / max(1, stats.requests):.2%} of requests), "
-        f"max in flight {stats.max_in_flight}"
-    )
-    print(
-        f"steady-state window {start_s:.0f}-{end_s:.0f} s after server start "
-        f"({(end_s - start_s) / 60:.1f} min): "
-        f"{per_minute:,.0f} tokens charged/min = {per_minute / args.tpm:.3f} of the limit"
-    )
-    print(
-        f"peak tokens charged in any 60 s window: {stats.peak_tokens_in_any_minute():,} "
-        f"(the bucket starts full, so up to 2x the limit in the first minute)"
-    )
-    print(
-        f"flow papers/min: {flow_ppm_steady:.1f} steady-state, {flow_ppm_overall:.1f} overall "
-        f"(first request to last response, {busy_s:.0f} s)"
-    )
-    print(
-        f"one-request-at-a-time loop: {loop.papers_done} papers ({loop.failures} failed) in "
-        f"{loop_minutes:.1f} min = {loop_ppm:.2f} papers/min"
-    )
-    if loop_ppm:
+        results.append(result)
         print(
-            f"ratio flow/loop: {flow_ppm_steady / loop_ppm:.1f}x steady-state, "
-            f"{flow_ppm_overall / loop_ppm:.1f}x overall"
+            f"   {result.extracted} extracted, {result.failed} failed, {result.requests} requests, "
+            f"{result.responses_429} 429s, {result.share_of_limit:.3f} of the limit, "
+            f"{result.papers_per_min:.1f} papers/min, wall {result.wall_s:.0f} s\n   pacing: {result.pacing}",
+            flush=True,
         )
+
+    print("\n== Phase 1: extraction under one TPM budget, default flags ==")
+    print(
+        "| accounting | TPM limit | papers | requests | 429s (share) | share of the limit used | papers/min "
+        "| tokens charged per paper | most in flight | steady window |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.scenario.accounting} | {r.scenario.tpm:,} | {r.papers} | {r.requests} | "
+            f"{r.responses_429} ({r.responses_429 / max(1, r.requests):.1%}) | {r.share_of_limit:.3f} | "
+            f"{r.papers_per_min:.1f} | {r.tokens_charged_per_paper:,.0f} | {r.max_in_flight} | "
+            f"{r.window_s / 60:.1f} min |"
+        )
+    if not args.no_loop and loop.stopped > loop.started:
+        loop_minutes = (loop.stopped - loop.started) / 60
+        loop_ppm = loop.papers_done / loop_minutes
+        first = results[0]
+        print(
+            f"one-request-at-a-time loop beside the first scenario: {loop.papers_done} papers "
+            f"({loop.failures} failed) in {loop_minutes:.1f} min = {loop_ppm:.2f} papers/min; "
+            f"ratio flow/loop {first.papers_per_min / max(loop_ppm, 1e-9):.1f}x"
+        )
+    if args.cached_papers <= 0:
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
+    cache_dir = work / "cache-rerun"
 
     # Phase 2: all-cached rerun of 1000 papers.
-    cached_dir = work / "papers-1000"
-    shutil.copytree(papers_dir, cached_dir)
-    write_papers(cached_dir, args.cached_papers - args.papers, args.seed + 1, start=args.papers)
+    cached_dir = work / "papers-cached"
+    write_papers(cached_dir, args.cached_papers, args.seed + 1)
     fast = start_server(free_port(), 10**9, (0.0, 0.0), seed=3)
     try:
         began = time.monotonic()
-        fill = run_flow(cached_dir, work / "out-2", fast.base_url, cache_dir, 16, 10**9)
+        fill = run_flow(cached_dir, work / "out-2", fast.base_url, cache_dir, 10**9)
         fill_wall = time.monotonic() - began
         settle_s = wait_until_prefect_server_idle()
         before = fast.stats().requests
         began, cpu_before = time.monotonic(), cpu_seconds()
-        rerun = run_flow(cached_dir, work / "out-3", fast.base_url, cache_dir, 16, 10**9)
+        rerun = run_flow(cached_dir, work / "out-3", fast.base_url, cache_dir, 10**9)
         rerun_wall, cpu_after = time.monotonic() - began, cpu_seconds()
         calls = fast.stats().requests - before
     finally:

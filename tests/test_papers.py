@@ -111,6 +111,7 @@ def test_markdown_headings_are_sections() -> None:
         ("paper.epub", b"PK\x03\x04" + b"\x00" * 40, ".epub files (EPUB book) are not supported"),
         ("notes.rtf", b"{\\rtf1\\ansi hello}", ".rtf files (RTF document) are not supported"),
         ("figure.png", b"\x89PNG\r\n\x1a\n\x00\x00", "image file (.png): no text to read"),
+        ("scan.txt", b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00", "image file (.txt): no text to read"),
         ("data.csv", b"a,b\n1,2\n", ".csv files (table) are not supported"),
         ("script.py", b"print('hi')\n", ".py files are not supported: methyl-distill reads .pdf"),
         ("README", b"hello\n", "files without a suffix are not supported"),
@@ -132,6 +133,8 @@ def test_format_follows_content_before_suffix() -> None:
     assert detect_format("article.dat", b'<?xml version="1.0"?>\n<article>') == "jats"
     assert detect_format("nxml.nxml", b"\n<article>") == "jats"
     assert detect_format("paper.MD", b"# Title") == "markdown"
+    # A bitmap starts with "BM", and so does a paper about BMP3 methylation.
+    assert detect_format("bmp3.txt", b"BMP3 and HOXA9 promoter methylation in whole blood") == "text"
 
 
 def test_file_ids_are_stable_readable_and_never_collide() -> None:

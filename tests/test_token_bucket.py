@@ -8,12 +8,11 @@ import time
 import pytest
 
 from methyl_distill.teacher.protocol import RequestTooLargeError
+from methyl_distill.teacher.rate_limit_headers import format_reset_duration, parse_reset_duration
 from methyl_distill.teacher.token_bucket import (
     LocalTokenBucket,
     RateLimitHeaders,
     RefillingBucket,
-    format_reset_duration,
-    parse_reset_duration,
 )
 
 

@@ -13,7 +13,7 @@ it is not given, the configuration is read from the environment or `.env` here, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,13 +21,17 @@ from methyl_distill.extraction.chunking import MIN_CHUNK_TOKENS, ChunkingConfig
 from methyl_distill.extraction.outputs import refuse_output_inside_input
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE
 from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB, ReadingOptions
-from methyl_distill.teacher.config import TeacherConfig, resolve_teacher_config
+from methyl_distill.teacher.config import TeacherApi, TeacherConfig, resolve_teacher_config
 
 if TYPE_CHECKING:  # the extraction core (numpy, the prompts) stays out of `methyl-distill --help`
     from methyl_distill.extraction.extract import ExtractionConfig
 
-DEFAULT_MAX_CONCURRENCY = 16
+# An upper bound: the requests in flight follow the budget and the latency (`teacher.request_pacing`).
+# 1M TPM with 12 s replies of ~5k tokens charged each needs about 60 in flight.
+DEFAULT_MAX_CONCURRENCY = 128
 _DEFAULT_CHUNK = ChunkingConfig()
+# local: the threads of this process; task_workers: Prefect task workers (tasks/extraction_workers.py).
+ExtractionWorkers = Literal["local", "task_workers"]
 
 
 class ExtractParameters(BaseModel):
@@ -53,7 +57,10 @@ class ExtractParameters(BaseModel):
         default=None, description="Teacher model name; overrides TEACHER_MODEL and teacher_config."
     )
     max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, ge=1, description="Most teacher requests in flight."
+        default=DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        description="Upper bound of the teacher requests in flight (papers extracted at once); within it, "
+        "the number in flight follows the TPM/RPM budget and the latency observed.",
     )
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE, ge=1, description="Task runs created at once (papers per burst)."
@@ -93,6 +100,18 @@ class ExtractParameters(BaseModel):
         description="Largest paper file read, in MB; a larger one is listed in failures.jsonl, not read.",
     )
 
+    workers: ExtractionWorkers = Field(
+        default="local",
+        description="Where papers are extracted: local (threads of this process), or task_workers "
+        "(`methyl-distill extract-worker` processes on the same Prefect server, sharing its budget and "
+        "the cache; needs PREFECT_API_URL).",
+    )
+    teacher_api: TeacherApi | None = Field(
+        default=None,
+        description="online, or batch: OpenAI's Batch API (half price, results within 24 h); overrides "
+        "TEACHER_API and teacher_config.",
+    )
+
     @model_validator(mode="after")
     def _output_outside_input(self) -> ExtractParameters:
         refuse_output_inside_input(self.input_directory, self.output_directory)
@@ -104,7 +123,9 @@ class ExtractParameters(BaseModel):
     def resolved_teacher(self) -> TeacherConfig:
         """The teacher configuration of this run: `teacher_config` or the environment's, with the
         overrides."""
-        return resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+        return resolve_teacher_config(
+            self.teacher_config, self.teacher_base_url, self.teacher_model, self.teacher_api
+        )
 
     def extraction_config(self, teacher: TeacherConfig) -> ExtractionConfig:
         from methyl_distill.extraction.extract import ExtractionConfig

@@ -57,6 +57,11 @@ class ExtractionSummary(BaseModel):
         description="Structured-output mode of this run's requests: the configured one, or with auto the "
         "one the endpoint answered in (None when it answered none: every paper cached, or no paper).",
     )
+    teacher_pacing: str | None = Field(
+        default=None,
+        description="How the requests were paced: the endpoint's rate-limit accounting (configured or found "
+        "from its headers), the max_tokens sent (sized or configured) and the requests in flight.",
+    )
 
 
 def record_for_files_of(record: PaperRecord, paper: Paper) -> PaperRecord:

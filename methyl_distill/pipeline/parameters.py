@@ -17,7 +17,12 @@ from methyl_distill.extraction.outputs import refuse_output_inside_input
 from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY
 from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.sft_dataset import DatasetConfig
-from methyl_distill.teacher.config import TeacherConfig, api_key_in_environment, resolve_teacher_config
+from methyl_distill.teacher.config import (
+    TeacherApi,
+    TeacherConfig,
+    api_key_in_environment,
+    resolve_teacher_config,
+)
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig
 from methyl_distill.training.finetune import FinetuneConfig
 from methyl_distill.training.presets import get_preset
@@ -26,6 +31,7 @@ TeacherChoice = Literal["auto", "embedded", "configured"]
 PIPELINE_SUMMARY_FILE = "pipeline_summary.json"
 STAGE_DIRECTORIES = {
     "extraction": "extraction",
+    "markers": "markers",
     "dataset": "dataset",
     "finetune": "finetune",
     "evaluation": "evaluation",
@@ -89,7 +95,7 @@ class PipelineParameters(BaseModel):
         description="Directory of papers (.pdf, JATS .xml, .html, .txt, .md), searched recursively."
     )
     output_directory: str = Field(
-        description="Directory for every stage's outputs: extraction/, dataset/, finetune/<run>/, "
+        description="Directory for every stage's outputs: extraction/, markers/, dataset/, finetune/<run>/, "
         f"evaluation/<run>/ and {PIPELINE_SUMMARY_FILE}; <run> names the student preset and a digest of "
         "the training data and hyper-parameters."
     )
@@ -153,7 +159,8 @@ class PipelineParameters(BaseModel):
     max_concurrency: int = Field(
         default=DEFAULT_MAX_CONCURRENCY,
         ge=1,
-        description="Teacher requests in flight at once (the embedded teacher serves one at a time).",
+        description="Upper bound of the teacher requests in flight (within it they follow the TPM budget and "
+        "the latency; the embedded teacher serves one at a time).",
     )
     finetune_timeout_s: float | None = Field(
         default=None, gt=0, description="Longest wait for the fine-tune deployment; default: no limit."
@@ -172,6 +179,11 @@ class PipelineParameters(BaseModel):
         description="Folders a deployment run may read papers from (input_directory must lie inside one); "
         f"default: the Prefect variable {INPUT_ROOTS_VARIABLE!r}, else the deployment's own input_directory. "
         "Runs outside a deployment are not restricted.",
+    )
+    teacher_api: TeacherApi | None = Field(
+        default=None,
+        description="online, or batch: the configured teacher through OpenAI's Batch API (half price, "
+        "results within 24 h); overrides TEACHER_API.",
     )
 
     @model_validator(mode="after")
@@ -212,7 +224,9 @@ class PipelineParameters(BaseModel):
         key, endpoint or Secret block configured."""
         if self.teacher == "embedded":
             return None
-        configured = resolve_teacher_config(self.teacher_config, self.teacher_base_url, self.teacher_model)
+        configured = resolve_teacher_config(
+            self.teacher_config, self.teacher_base_url, self.teacher_model, self.teacher_api
+        )
         if self.teacher == "configured" or self.teacher_base_url or self.teacher_config is not None:
             return configured
         if api_key_in_environment() or configured.base_url or configured.api_key_secret_block:

@@ -50,7 +50,13 @@ _NAMED_UNSUPPORTED = {
     ".tar": "archive",
     ".json": "JSON file",
 }
-_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*", b"BM")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"II*\x00", b"MM\x00*")
+
+
+def _is_bitmap(head: bytes) -> bool:
+    """A Windows bitmap: "BM", then the file size and two reserved 16-bit fields, zero in practice.
+    "BM" alone is no proof: a text about BMP3 methylation starts with it too."""
+    return head.startswith(b"BM") and len(head) >= 10 and head[6:10] == b"\x00\x00\x00\x00"
 
 
 DEFAULT_MAX_FILE_MB = 256.0
@@ -102,7 +108,7 @@ def detect_format(name: str, head: bytes) -> PaperFormat:
         raise _unsupported(suffix, _NAMED_UNSUPPORTED.get(suffix, "ZIP container"))
     if opening.startswith(b"{\\rtf"):
         raise _unsupported(suffix, "RTF document")
-    if head.startswith(_IMAGE_MAGIC):
+    if head.startswith(_IMAGE_MAGIC) or _is_bitmap(head):
         raise UnreadablePaperError(
             f"image file{f' ({suffix})' if suffix else ''}: no text to read (scanned pages need OCR)"
         )

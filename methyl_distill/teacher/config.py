@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 OutputModeSetting = Literal["auto", "json_schema", "json_object", "prompt"]
 BucketBackend = Literal["auto", "local", "prefect"]
 ApiKeySource = Literal["environment", "none", "session"]
+TeacherApi = Literal["online", "batch"]
+AccountingSetting = Literal["auto", "admission", "settle"]
 
 OPENAI_PUBLIC_HOST = "api.openai.com"
 
@@ -126,6 +128,20 @@ class TeacherConfig(BaseModel):
         "when a Prefect server is configured (PREFECT_API_URL in the environment or the Prefect profile), "
         "local with a temporary server of one command.",
     )
+    rate_limit_accounting: AccountingSetting = Field(
+        default="auto",
+        description="How the endpoint counts a request against the TPM limit. admission: the charge made "
+        "at admission (estimated prompt + max_tokens) stays in the 60 s window, as OpenAI's rate-limit "
+        "guide describes; settle: the unused part of max_tokens is given back when the reply arrives; "
+        "auto: start as admission (the safe side) and follow what the x-ratelimit-remaining-tokens "
+        "headers show.",
+    )
+    size_max_tokens: bool = Field(
+        default=True,
+        description="Send a max_tokens sized from the replies seen so far (with headroom, never above "
+        "max_output_tokens) instead of max_output_tokens, so that the admission charge stays close to "
+        "what replies use; a reply cut off at the sized budget is asked again at max_output_tokens.",
+    )
     bucket_limit_name: str = Field(
         default="methyl-distill-teacher",
         description="Prefect global-concurrency-limit name of the token budget (the request budget uses "
@@ -137,6 +153,60 @@ class TeacherConfig(BaseModel):
         "credentials, query or fragment. For a server whose address changes from run to run while its "
         "answers do not (the embedded teacher on a free port).",
     )
+    # -- OpenAI's Batch API (methyl_distill/teacher/batch_api.py) --------------------------------
+    api: TeacherApi = Field(
+        default="online",
+        description="online: one chat-completion request per chunk, paced by the TPM budget; batch: the "
+        "requests of uncached papers go through OpenAI's Batch API (half price, its own enqueued-token "
+        "limit, results within 24 h), re-asks in follow-up batches. Not part of the cache key.",
+    )
+    batch_queue_tokens: int = Field(
+        default=90_000,
+        gt=0,
+        description="Enqueued-token limit of the Batch API: prompt tokens of this model's unfinished "
+        "batches (gpt-4o: 90,000 at usage tier 1, 1,350,000 at tier 2, 50,000,000 at tier 3).",
+    )
+    batch_price_input_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per 1M input tokens in batch mode; unset: half the online price.",
+    )
+    batch_price_output_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="USD per 1M output tokens in batch mode; unset: half the online price.",
+    )
+    batch_poll_min_s: float = Field(
+        default=5.0, gt=0, description="First wait between two looks at the open batches."
+    )
+    batch_poll_max_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait between two looks at the open batches (the wait grows while nothing "
+        "changes).",
+    )
+    batch_online_max_requests: int = Field(
+        default=4,
+        ge=0,
+        description="Follow-up requests (re-asks, failed lines) sent online instead of in one more batch "
+        "when no more than this many are left; 0: always a batch.",
+    )
+
+    @property
+    def input_price_per_mtok(self) -> float:
+        """USD per 1M input tokens of this configuration's requests: the batch price in batch mode."""
+        if self.api == "batch":
+            batch = self.batch_price_input_per_mtok
+            return batch if batch is not None else self.price_input_per_mtok / 2
+        return self.price_input_per_mtok
+
+    @property
+    def output_price_per_mtok(self) -> float:
+        """USD per 1M output tokens of this configuration's requests: the batch price in batch mode."""
+        if self.api == "batch":
+            batch = self.batch_price_output_per_mtok
+            return batch if batch is not None else self.price_output_per_mtok / 2
+        return self.price_output_per_mtok
 
     @field_serializer("base_url", when_used="json")
     def _base_url_without_secrets(self, base_url: str | None) -> str | None:
@@ -178,11 +248,9 @@ class TeacherConfig(BaseModel):
         }
 
     def estimate_cost_usd(self, usage: TokenUsage) -> float:
-        """Cost of `usage` at the configured per-million-token prices."""
-        return (
-            usage.prompt_tokens * self.price_input_per_mtok
-            + usage.completion_tokens * self.price_output_per_mtok
-        ) / 1_000_000
+        """Cost of `usage` at the configured per-million-token prices (the batch prices in batch mode)."""
+        input_usd = usage.prompt_tokens * self.input_price_per_mtok
+        return (input_usd + usage.completion_tokens * self.output_price_per_mtok) / 1_000_000
 
     def describe(self, *, key_set: bool | None = None) -> str:
         """One log line about the endpoint and budget: never the key, at most whether one is set."""
@@ -312,13 +380,18 @@ def teacher_config_from_environment(**overrides: Any) -> TeacherConfig:
 
 
 def resolve_teacher_config(
-    given: TeacherConfig | None, base_url: str | None = None, model: str | None = None
+    given: TeacherConfig | None,
+    base_url: str | None = None,
+    model: str | None = None,
+    api: TeacherApi | None = None,
 ) -> TeacherConfig:
-    """`given`, or the environment's configuration when None, with `base_url` / `model` (when given)
-    taking precedence: how a flow parameter or CLI flag meets the environment."""
+    """`given`, or the environment's configuration when None, with `base_url` / `model` / `api` (when
+    given) taking precedence: how a flow parameter or CLI flag meets the environment."""
     if given is None:
-        return teacher_config_from_environment(base_url=base_url, model=model)
-    overrides = {name: value for name, value in {"base_url": base_url, "model": model}.items() if value}
+        return teacher_config_from_environment(base_url=base_url, model=model, api=api)
+    overrides = {
+        name: value for name, value in {"base_url": base_url, "model": model, "api": api}.items() if value
+    }
     return given.model_copy(update=overrides) if overrides else given
 
 

@@ -8,7 +8,12 @@ token bucket). Other 4xx are not retried.
 Every HTTP attempt reserves estimated prompt tokens + max_tokens on the shared budget first and is
 always reconciled afterwards: with `usage` when a completion came back, with 0 after a 429 (the
 request was refused, nothing was consumed), with the estimated prompt after any other failure
-(failed requests count), with the whole reservation when something unforeseen was raised.
+(failed requests count), with the whole reservation when something unforeseen was raised. Whether a
+reconcile gives unused tokens back follows the endpoint's rate-limit accounting, found out from the
+reply headers (`teacher.rate_limit_accounting`). Where the admission charge is kept, `max_tokens` is
+sized from the replies seen (`teacher.request_pacing.ReplyBudget`; a reply cut off at a sized budget
+is asked again at the configured one), and the requests in flight follow budget x latency
+(`InFlightGate`).
 
 Structured output, most to least strict: `json_schema` (strict), then `json_object` with the schema
 in the prompt (and llama.cpp's `{"type": "json_object", "schema": ...}` extension), then the schema
@@ -66,6 +71,9 @@ from methyl_distill.teacher.protocol import (
     TokenUsage,
 )
 from methyl_distill.teacher.quotes import quote_candidates, symbol_candidates
+from methyl_distill.teacher.rate_limit_accounting import RateLimitAccounting
+from methyl_distill.teacher.rate_limit_headers import RateLimitHeaders
+from methyl_distill.teacher.request_pacing import InFlightGate, ReplyBudget
 from methyl_distill.teacher.structured_output import (
     json_text,
     outline_instruction,
@@ -240,7 +248,14 @@ class OpenAITeacher:
     ) -> None:
         self.config = config
         self.model = config.model
-        self.budget: TokenBudget = budget or LocalTokenBucket(config.tpm, config.rpm)
+        self.budget: TokenBudget = budget or LocalTokenBucket(
+            config.tpm, config.rpm, accounting=RateLimitAccounting(config.rate_limit_accounting)
+        )
+        self.accounting: RateLimitAccounting = getattr(
+            self.budget, "accounting", None
+        ) or RateLimitAccounting(config.rate_limit_accounting)
+        self.reply_budget = ReplyBudget(config.size_max_tokens)
+        self.in_flight = InFlightGate(lambda: self.budget.limit_tokens, config.rpm)
         if api_key is None and config.is_openai_public_endpoint:
             raise TeacherError(
                 "no API key for api.openai.com: set OPENAI_API_KEY (or TEACHER_API_KEY_SECRET_BLOCK), "
@@ -284,6 +299,17 @@ class OpenAITeacher:
         answered in (None while it has answered none). What a run's summary reports."""
         return self.output_mode.settled
 
+    def describe_pacing(self) -> str:
+        """The run's rate-limit accounting, reply budget and requests in flight, for its log."""
+        ceiling = self.config.max_output_tokens
+        sized = self.reply_budget.max_tokens(ceiling, self.accounting)
+        budget = f"max_tokens {sized}" + (f" (sized; configured {ceiling})" if sized < ceiling else "")
+        cut = self.reply_budget.cut_off_at_sized
+        return (
+            f"accounting {self.accounting.describe()}; {budget}, {self.reply_budget.sized_requests} "
+            f"sized request(s), {cut} cut off and asked again; {self.in_flight.describe()}"
+        )
+
     @property
     def has_key(self) -> bool:
         """Whether a key is sent (never the key itself)."""
@@ -311,10 +337,26 @@ class OpenAITeacher:
         finish = ""
         for attempt in range(self.config.max_reasks + 1):
             attempts = attempt + 1
-            completion, mode = self._complete_in_some_mode(
-                conversation, response_model, max_tokens, source_text, log
-            )
-            parsed, raw_text, error, finish = self._validate(completion, response_model, max_tokens)
+            sized = True
+            while True:
+                completion, mode, sent = self._complete_in_some_mode(
+                    conversation, response_model, max_tokens, source_text, log, sized=sized
+                )
+                parsed, raw_text, error, finish = self._validate(completion, response_model, sent)
+                if finish == "length" and sent < max_tokens:
+                    # Our sizing's miss, not the model's: the same request at the configured budget.
+                    self.reply_budget.cut_off()
+                    logger.info(
+                        "%s reply cut off at the sized max_tokens=%d: asking again at %d",
+                        self.model,
+                        sent,
+                        max_tokens,
+                    )
+                    sized = False
+                    continue
+                break
+            if finish != "length" and (reported := _reported_tokens(completion)) is not None:
+                self.reply_budget.replied(reported[1])
             if parsed is not None:
                 return TeacherReply(
                     parsed=parsed, raw_text=raw_text, usage=log.usage, mode=mode, attempts=attempts
@@ -347,16 +389,20 @@ class OpenAITeacher:
         max_tokens: int,
         source_text: str | None,
         log: _CallLog,
-    ) -> tuple[Any, OutputMode]:
+        *,
+        sized: bool = False,
+    ) -> tuple[Any, OutputMode, int]:
+        """(completion, its mode, the max_tokens it was sent with: `max_tokens` or, with `sized`, the
+        reply budget's size at the moment the request was admitted)."""
         while True:  # ends: every refusal moves the mode down, and the prompt mode is never refused
             mode = self.output_mode.current
             arguments = self._request_arguments(messages, response_model, max_tokens, mode, source_text)
             try:
-                completion = self._complete(arguments, max_tokens, mode, log)
+                completion, sent = self._complete(arguments, max_tokens, mode, log, sized=sized)
             except _ModeRejected:
                 continue
             self.output_mode.answered(mode)
-            return completion, mode
+            return completion, mode, sent
 
     def _request_arguments(
         self,
@@ -416,8 +462,14 @@ class OpenAITeacher:
 
     # -- one request, with retries ------------------------------------------------------------
     def _complete(
-        self, arguments: dict[str, Any], max_tokens: int, mode: OutputMode, log: _CallLog
-    ) -> ChatCompletion:
+        self,
+        arguments: dict[str, Any],
+        max_tokens: int,
+        mode: OutputMode,
+        log: _CallLog,
+        *,
+        sized: bool = False,
+    ) -> tuple[ChatCompletion, int]:
         prompt_estimate = estimate_chat_tokens(arguments["messages"])
         requested = prompt_estimate + max_tokens
         if requested > self.config.context_tokens:
@@ -429,21 +481,46 @@ class OpenAITeacher:
                 limit_tokens=self.config.context_tokens,
             )
 
-        def attempt() -> ChatCompletion:
+        def attempt() -> tuple[ChatCompletion, int]:
             self._refuse_if_stopped()
-            reservation = self.budget.reserve(requested)
+            try:
+                with self.in_flight.slot(self._stop):
+                    return send_once()
+            except InterruptedError:  # stopped while waiting for a place in flight
+                self._refuse_if_stopped()
+                raise
+
+        def send_once() -> tuple[ChatCompletion, int]:
+            # The reply budget is chosen when the request reaches the budget and again once admitted
+            # (replies seen meanwhile may have shrunk it): a request that waited long for its turn
+            # is not sent with a size decided before the first replies came back.
+            reply_tokens = self.reply_budget.max_tokens(max_tokens, self.accounting) if sized else max_tokens
+            reservation = self.budget.reserve(prompt_estimate + reply_tokens)
             if self._stop is not None and self._stop.is_set():  # stopped while waiting for budget
                 self.budget.reconcile(reservation, 0)
                 self._refuse_if_stopped()
+            if (
+                sized
+                and (smaller := self.reply_budget.max_tokens(max_tokens, self.accounting)) < reply_tokens
+            ):
+                self.budget.shrink(reservation, reply_tokens - smaller)
+                reply_tokens = smaller
+            self.reply_budget.asked(reply_tokens, max_tokens)
+            requested = prompt_estimate + reply_tokens
+            self.accounting.reserved(requested)
+            sent_at = time.monotonic()
             try:
-                raw = self._send(arguments)
+                raw = self._send({**arguments, "max_tokens": reply_tokens})
                 completion = _chat_completion(raw)
                 reported = _reported_tokens(completion)
             except openai.APIStatusError as exc:
                 log.add()
                 refused = exc.status_code == 429
-                self.budget.reconcile(reservation, 0 if refused else prompt_estimate)
-                self.budget.observe_headers(exc.response.headers)
+                if refused:
+                    self.accounting.refused(requested)
+                self.budget.reconcile(
+                    reservation, 0 if refused else prompt_estimate, headers=exc.response.headers
+                )
                 if refused and (retry_after := _retry_after_s(exc)) is not None:
                     self.budget.penalize(retry_after)
                 self._raise_for_status(exc, mode, requested)
@@ -456,15 +533,19 @@ class OpenAITeacher:
                 log.add()
                 self.budget.reconcile(reservation, requested)
                 raise
+            answered_at = time.monotonic()
+            used = sum(reported) if reported is not None else requested
             if reported is not None:
                 log.add(*reported)
-                self.budget.reconcile(reservation, sum(reported))
             else:  # no usage reported: keep the whole reservation, the safe side
                 log.add()
-                self.budget.reconcile(reservation, requested)
-            # After the refund: the server's remaining count already includes its own settlement.
-            self.budget.observe_headers(raw.headers)
-            return completion
+            # With the refund, in one step: the server's remaining count already includes its own
+            # settlement, and no other request may take a refund the server did not grant.
+            self.budget.reconcile(reservation, used, headers=raw.headers)
+            self.accounting.answered(answered_at, requested, used, RateLimitHeaders.parse(raw.headers))
+            charged = requested if self.accounting.keeps_admission_charge else used
+            self.in_flight.observed(charged, answered_at - sent_at)
+            return completion, reply_tokens
 
         retrying = Retrying(
             stop=stop_after_attempt(self.config.max_retries + 1),

@@ -2,12 +2,17 @@
 
 OpenAI's limits replenish continuously: a limit of L tokens per minute is a bucket of capacity L
 that refills at L/60 tokens per second. A request is charged at admission (estimated prompt tokens
-+ max_tokens) and settled afterwards against the `usage` the server reports.
++ max_tokens); whether that charge is later settled against the `usage` the server reports depends
+on the endpoint (`teacher.rate_limit_accounting`: `admission` keeps it, `settle` settles it).
 
 Reconcile semantics (both backends): `reserve` takes the estimate before the HTTP call;
-`reconcile(reservation, actual)` gives back `estimate - actual` when the request cost less (the
-usual case: max_tokens is a ceiling) and takes the difference when it cost more. A refund never
-lifts the level above the capacity, so refunds cannot create a burst the server would refuse.
+`reconcile(reservation, actual)` settles it. With `settle` accounting it gives back `estimate -
+actual` when the request cost less (the usual case: max_tokens is a ceiling); with `admission`
+accounting an admitted request keeps its whole charge, and only a request that was never admitted
+(`actual == 0`: a 429, a stop before sending) is given back. Both take the difference when a request
+cost more than reserved. A refund never lifts the level above the capacity, so refunds cannot create
+a burst the server would refuse. The reply's rate-limit headers are applied in the same step
+(`reconcile(..., headers=...)`), so no other thread can take a refund the server did not grant.
 
 Backends:
 - `LocalTokenBucket`: in-process and thread-safe; waiters are served first come, first served,
@@ -20,7 +25,10 @@ Backends:
 
 Both adapt when the server says the budget is tighter than configured: `observe_headers` lowers
 the limit or level from `x-ratelimit-*` headers, `penalize` holds every new reservation until a
-429's retry-after has passed.
+429's retry-after has passed. Once the accounting is decided, the local bucket also catches up when
+the server says more is left than it counts (the prompt estimate errs high), less what was reserved
+in the last `IN_TRANSIT_S` seconds; the shared Prefect bucket does not (other processes' requests in
+transit are unknown to it), so it errs by the estimate's margin on the safe side.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import re
 import threading
 import time
 from collections import deque
@@ -39,6 +46,24 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 
 from methyl_distill.teacher.protocol import RequestTooLargeError
+from methyl_distill.teacher.rate_limit_accounting import RateLimitAccounting
+from methyl_distill.teacher.rate_limit_headers import (
+    RateLimitHeaders,
+    format_reset_duration,
+    parse_reset_duration,
+)
+
+__all__ = [
+    "LocalTokenBucket",
+    "PrefectTokenBucket",
+    "RateLimitHeaders",
+    "RefillingBucket",
+    "Reservation",
+    "TokenBudget",
+    "build_token_bucket",
+    "format_reset_duration",
+    "parse_reset_duration",
+]
 
 if TYPE_CHECKING:
     from methyl_distill.teacher.config import TeacherConfig
@@ -105,6 +130,9 @@ class RefillingBucket:
 
 
 _reservation_ids = itertools.count(1)
+# A request reserved this recently may not have reached the server when a reply's remaining count
+# was taken: a local bucket catching up with that count leaves these out.
+IN_TRANSIT_S = 0.5
 
 
 @dataclass
@@ -121,6 +149,8 @@ class Reservation:
 class TokenBudget(Protocol):
     """What the teacher client needs from a budget."""
 
+    accounting: RateLimitAccounting
+
     @property
     def limit_tokens(self) -> int: ...
 
@@ -128,8 +158,15 @@ class TokenBudget(Protocol):
         """Block until `tokens` and one request are admitted; RequestTooLargeError if they never can be."""
         ...
 
-    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
-        """Settle a reservation against what the request really cost."""
+    def reconcile(
+        self, reservation: Reservation, actual_tokens: int, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Settle a reservation against what the request really cost (0: it was never admitted), and
+        apply the reply's x-ratelimit-* headers in the same step."""
+        ...
+
+    def shrink(self, reservation: Reservation, tokens: int) -> None:
+        """Give back `tokens` of a reservation whose request has not been sent yet (a smaller max_tokens)."""
         ...
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
@@ -139,72 +176,6 @@ class TokenBudget(Protocol):
     def penalize(self, retry_after_s: float) -> None:
         """Hold every new reservation for `retry_after_s` seconds (after a 429)."""
         ...
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_reset_duration(value: str) -> float | None:
-    """Parse OpenAI's reset durations ('6m0s', '1.5s', '20ms', '1h2m') into seconds."""
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(value)
-    if not parts or "".join(n + u for n, u in parts) != value:
-        return None
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
-
-
-def format_reset_duration(seconds: float) -> str:
-    """The inverse, in OpenAI's style: '0s', '250ms', '1.5s', '2m3.5s'."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000))}ms"
-    minutes, rest = divmod(seconds, 60)
-    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{int(minutes)}m{rest_text}" if minutes else rest_text
-
-
-@dataclass(frozen=True)
-class RateLimitHeaders:
-    """The x-ratelimit-* headers of one response (absent ones are None)."""
-
-    limit_tokens: int | None = None
-    remaining_tokens: int | None = None
-    reset_tokens_s: float | None = None
-    limit_requests: int | None = None
-    remaining_requests: int | None = None
-    reset_requests_s: float | None = None
-
-    @classmethod
-    def parse(cls, headers: Mapping[str, str]) -> RateLimitHeaders:
-        lowered = {key.lower(): value for key, value in headers.items()}
-
-        def integer(name: str) -> int | None:
-            raw = lowered.get(name)
-            try:
-                return int(float(raw)) if raw is not None else None
-            except ValueError:
-                return None
-
-        def duration(name: str) -> float | None:
-            raw = lowered.get(name)
-            return parse_reset_duration(raw) if raw is not None else None
-
-        return cls(
-            limit_tokens=integer("x-ratelimit-limit-tokens"),
-            remaining_tokens=integer("x-ratelimit-remaining-tokens"),
-            reset_tokens_s=duration("x-ratelimit-reset-tokens"),
-            limit_requests=integer("x-ratelimit-limit-requests"),
-            remaining_requests=integer("x-ratelimit-remaining-requests"),
-            reset_requests_s=duration("x-ratelimit-reset-requests"),
-        )
 
 
 def _condition_wait(condition: threading.Condition, timeout: float | None) -> object:
@@ -225,7 +196,9 @@ class LocalTokenBucket:
         *,
         clock: Clock = time.monotonic,
         wait: Waiter = _condition_wait,
+        accounting: RateLimitAccounting | None = None,
     ) -> None:
+        self.accounting = accounting or RateLimitAccounting("settle")
         self._clock = clock
         self._wait = wait
         self._condition = threading.Condition()
@@ -236,6 +209,7 @@ class LocalTokenBucket:
         )
         self._blocked_until = 0.0
         self._queue: deque[object] = deque()
+        self._recent: deque[tuple[float, int]] = deque()  # (when, tokens) of recent reservations
 
     def __repr__(self) -> str:
         rpm = int(self._requests.capacity) if self._requests else None
@@ -285,6 +259,7 @@ class LocalTokenBucket:
                         delay = self._delay(tokens, now)
                         if delay <= 0:
                             self._tokens.take(tokens, now)
+                            self._recent.append((now, tokens))
                             if self._requests is not None:
                                 self._requests.take(1, now)
                             return Reservation(tokens=tokens)
@@ -298,37 +273,61 @@ class LocalTokenBucket:
                 self._queue.remove(me)
                 self._condition.notify_all()
 
-    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+    def reconcile(
+        self, reservation: Reservation, actual_tokens: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         with self._condition:
-            if reservation.settled:
+            if not reservation.settled:
+                reservation.settled = True
+                now = self._clock()
+                difference = settlement(reservation.tokens, actual_tokens, self.accounting)
+                if difference > 0:
+                    self._tokens.give(difference, now)
+                elif difference < 0:
+                    self._tokens.take(-difference, now)
+            if headers is not None:
+                self._observe(RateLimitHeaders.parse(headers))
+            self._condition.notify_all()
+
+    def shrink(self, reservation: Reservation, tokens: int) -> None:
+        tokens = min(max(0, tokens), reservation.tokens)
+        with self._condition:
+            if reservation.settled or not tokens:
                 return
-            reservation.settled = True
-            now = self._clock()
-            difference = reservation.tokens - max(0, actual_tokens)
-            if difference > 0:
-                self._tokens.give(difference, now)
-            elif difference < 0:
-                self._tokens.take(-difference, now)
+            reservation.tokens -= tokens
+            self._tokens.give(tokens, self._clock())
             self._condition.notify_all()
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        parsed = RateLimitHeaders.parse(headers)
         with self._condition:
-            now = self._clock()
-            if parsed.limit_tokens is not None and 0 < parsed.limit_tokens < self._tokens.capacity:
-                logger.warning(
-                    "server limit is %d tokens/min, below the configured %d: adopting it",
-                    parsed.limit_tokens,
-                    self.limit_tokens,
-                )
-                self._tokens.set_capacity(parsed.limit_tokens, now)
-            if parsed.remaining_tokens is not None:
-                self._tokens.cap_level(parsed.remaining_tokens, now)
-            if self._requests is not None:
-                if parsed.limit_requests is not None and 0 < parsed.limit_requests < self._requests.capacity:
-                    self._requests.set_capacity(parsed.limit_requests, now)
-                if parsed.remaining_requests is not None:
-                    self._requests.cap_level(parsed.remaining_requests, now)
+            self._observe(RateLimitHeaders.parse(headers))
+
+    def _observe(self, parsed: RateLimitHeaders) -> None:
+        """Tighten the budget to what the server says (the condition held)."""
+        now = self._clock()
+        if parsed.limit_tokens is not None and 0 < parsed.limit_tokens < self._tokens.capacity:
+            logger.warning(
+                "server limit is %d tokens/min, below the configured %d: adopting it",
+                parsed.limit_tokens,
+                self.limit_tokens,
+            )
+            self._tokens.set_capacity(parsed.limit_tokens, now)
+        if parsed.remaining_tokens is not None:
+            self._tokens.cap_level(parsed.remaining_tokens, now)
+            if self.accounting.decided:
+                # The server has more left than we count (our prompt estimate errs high): catch up,
+                # less what was reserved here too recently for the server to have admitted it yet.
+                while self._recent and self._recent[0][0] < now - IN_TRANSIT_S:
+                    self._recent.popleft()
+                target = parsed.remaining_tokens - sum(tokens for _, tokens in self._recent)
+                level = self._tokens.level(now)
+                if target > level:
+                    self._tokens.give(target - level, now)
+        if self._requests is not None:
+            if parsed.limit_requests is not None and 0 < parsed.limit_requests < self._requests.capacity:
+                self._requests.set_capacity(parsed.limit_requests, now)
+            if parsed.remaining_requests is not None:
+                self._requests.cap_level(parsed.remaining_requests, now)
 
     def penalize(self, retry_after_s: float) -> None:
         with self._condition:
@@ -355,7 +354,9 @@ class PrefectTokenBucket:
         *,
         ensure: bool = True,
         clock: Clock = time.monotonic,
+        accounting: RateLimitAccounting | None = None,
     ) -> None:
+        self.accounting = accounting or RateLimitAccounting("settle")
         self.name = name
         self.requests_name = f"{name}-requests"
         self._limit_tokens = tokens_per_minute
@@ -406,12 +407,27 @@ class PrefectTokenBucket:
             rate_limit(self.requests_name, occupy=1, timeout_seconds=timeout, strict=True)
         return Reservation(tokens=tokens)
 
-    def reconcile(self, reservation: Reservation, actual_tokens: int) -> None:
+    def reconcile(
+        self, reservation: Reservation, actual_tokens: int, headers: Mapping[str, str] | None = None
+    ) -> None:
         with self._lock:
-            if reservation.settled:
-                return
+            first = not reservation.settled
             reservation.settled = True
-        difference = reservation.tokens - max(0, actual_tokens)
+        if first:
+            self._settle(reservation, actual_tokens)
+        if headers is not None:
+            self.observe_headers(headers)
+
+    def shrink(self, reservation: Reservation, tokens: int) -> None:
+        tokens = min(max(0, tokens), reservation.tokens)
+        with self._lock:
+            if reservation.settled or not tokens:
+                return
+            reservation.tokens -= tokens
+        self._release(tokens, held_s=time.monotonic() - reservation.reserved_at)
+
+    def _settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        difference = settlement(reservation.tokens, actual_tokens, self.accounting)
         if difference > 0:
             self._release(difference, held_s=time.monotonic() - reservation.reserved_at)
         elif difference < 0:
@@ -483,6 +499,15 @@ class PrefectTokenBucket:
         if isinstance(until, int | float) and until > time.time():
             with self._lock:
                 self._blocked_until = max(self._blocked_until, now + (until - time.time()))
+
+
+def settlement(reserved: int, actual_tokens: int, accounting: RateLimitAccounting) -> int:
+    """Tokens to give back (positive) or take (negative) when a request of `reserved` tokens settles."""
+    actual = max(0, actual_tokens)
+    difference = reserved - actual
+    if difference > 0 and actual > 0 and accounting.keeps_admission_charge:
+        return 0  # admitted: the server keeps the whole admission charge for the window
+    return difference
 
 
 def ensure_limit(name: str, limit: int, slot_decay_per_second: float, *, adopt_existing: bool = False) -> int:
@@ -558,11 +583,12 @@ def prefect_server_configured() -> bool:
 def build_token_bucket(config: TeacherConfig) -> TokenBudget:
     """The budget the teacher configuration asks for (`auto`: shared when a Prefect server is configured)."""
     backend = config.bucket_backend
+    accounting = RateLimitAccounting(config.rate_limit_accounting)
     if backend == "auto":
         backend = "prefect" if prefect_server_configured() else "local"
     if backend == "prefect":
         logger.info(
             "teacher budget: the Prefect global concurrency limit %r, shared", config.bucket_limit_name
         )
-        return PrefectTokenBucket(config.bucket_limit_name, config.tpm, config.rpm)
-    return LocalTokenBucket(config.tpm, config.rpm)
+        return PrefectTokenBucket(config.bucket_limit_name, config.tpm, config.rpm, accounting=accounting)
+    return LocalTokenBucket(config.tpm, config.rpm, accounting=accounting)

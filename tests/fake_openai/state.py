@@ -20,7 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from methyl_distill.teacher.token_bucket import RefillingBucket, format_reset_duration
+from methyl_distill.teacher.rate_limit_headers import format_reset_duration
+from methyl_distill.teacher.token_bucket import RefillingBucket
 
 # html_200: a proxy's HTML error page with status 200 (a body that is no chat completion);
 # content_rejected: a 400 for this request's content (OpenAI's invalid_prompt), whatever its format.
@@ -37,6 +38,10 @@ FaultKind = Literal[
     "content_rejected",
 ]
 SchemaSupport = Literal["supported", "rejected_400", "rejected_500"]
+# settle: the admission charge is settled to the usage reported when the reply is sent (unused
+# max_tokens given back); admission: what OpenAI's rate-limit guide describes, the charge made at
+# admission (estimated prompt + max_tokens) stays in the window, nothing is given back or added.
+RateLimitAccounting = Literal["settle", "admission"]
 
 # What the server says answered, whatever alias the request named: a test server's replies must
 # never pass for a real model's.
@@ -77,6 +82,11 @@ class OpenAITestServerConfig(BaseModel):
     context_tokens: int = Field(default=128_000, gt=0, description="Context window of the served models.")
     default_max_tokens: int = Field(
         default=4096, gt=0, description="Charged when a request sets no max_tokens."
+    )
+    accounting: RateLimitAccounting = Field(
+        default="settle",
+        description="settle: a request's admission charge is settled to its usage when answered; "
+        "admission: the charge (estimated prompt + max_tokens) is kept for the whole window.",
     )
     retry_after_s: float = Field(default=1.0, ge=0, description="retry-after of injected 429s.")
     slow_s: float = Field(default=30.0, ge=0, description="Delay of the `slow` fault.")
@@ -128,6 +138,9 @@ class StatsSnapshot(BaseModel):
     completion_tokens: int
     max_in_flight: int
     ledger: list[tuple[float, int]] = Field(description="(seconds since start, token charge delta).")
+    completed_at: list[float] = Field(
+        default_factory=list, description="Seconds since start at which each completion was answered."
+    )
 
     @property
     def responses_429(self) -> int:
@@ -179,6 +192,7 @@ class ServerStats:
         self._in_flight = 0
         self._max_in_flight = 0
         self._ledger: list[tuple[float, int]] = []
+        self._completed_at: list[float] = []
         self._formats: list[str] = []
         self._before_first_completion: int | None = None
 
@@ -226,6 +240,7 @@ class ServerStats:
     def completed(self, prompt_tokens: int, completion_tokens: int) -> None:
         with self._lock:
             self._completed += 1
+            self._completed_at.append(time.monotonic() - self._started)
             if self._before_first_completion is None:
                 self._before_first_completion = len(self._formats)
             self._prompt_tokens += prompt_tokens
@@ -249,6 +264,7 @@ class ServerStats:
                 completion_tokens=self._completion_tokens,
                 max_in_flight=self._max_in_flight,
                 ledger=list(self._ledger),
+                completed_at=list(self._completed_at),
             )
 
 
@@ -321,6 +337,9 @@ class TestServerState:
             return 0.0
 
     def settle(self, charge: int, actual: int) -> None:
+        """Settle an admitted request against what it cost (nothing changes in `admission` accounting)."""
+        if self.config.accounting == "admission":
+            return
         with self._lock:
             now = time.monotonic()
             if charge >= actual:
