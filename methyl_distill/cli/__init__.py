@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per HTTP request (Prefect's API, the teacher) buries the progress
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     if args.verbose:  # over the level the package takes when Prefect's setting names it
         logging.getLogger("methyl_distill").setLevel(logging.DEBUG)
     try:

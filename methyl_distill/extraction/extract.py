@@ -92,8 +92,8 @@ class ExtractionConfig(BaseModel):
             context_tokens=teacher.context_tokens,
             request_token_limit=teacher.tpm,
             chunking=ChunkingConfig(**chunking),
-            input_price_per_million=teacher.price_input_per_mtok,
-            output_price_per_million=teacher.price_output_per_mtok,
+            input_price_per_million=teacher.input_price_per_mtok,  # the batch prices in batch mode
+            output_price_per_million=teacher.output_price_per_mtok,
         )
 
     def estimate_cost(self, usage: TokenUsage) -> float | None:

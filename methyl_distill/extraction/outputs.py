@@ -8,7 +8,8 @@ Layout of the output directory:
   (the original script's layout) plus the file's `source_path`, `format`, `title`, `doi`, `pmid`,
   `pmcid` and `record`, the structured `PaperRecord`;
 - `records.jsonl`: one `PaperRecord` per distinct paper (the dataset stage reads this);
-- `failures.jsonl`: one `FailureRecord` per file that could not be read or extracted.
+- `failures.jsonl`: one `FailureRecord` per file that could not be read or extracted;
+- `batch_state.json` (batch mode only): the ids of the run's batches, so a killed run resumes them.
 
 Every file is written to a temporary file in the same directory, flushed, fsynced and renamed over
 the target, so a crash (even `kill -9`) leaves either the old or the new file, never half of one;
@@ -39,8 +40,10 @@ ALL_RESULTS_FILE = "all_results.json"
 RECORDS_FILE = "records.jsonl"
 FAILURES_FILE = "failures.jsonl"
 OUTPUT_MARKER_FILE = ".methyl-distill-extraction"
+# The batch ids of a run with the Batch API (`batch_extraction`), so a killed run resumes them.
+BATCH_STATE_FILE = "batch_state.json"
 _AGGREGATE_FILES = (RECORDS_FILE, ALL_RESULTS_FILE, FAILURES_FILE)
-_OUR_ENTRIES = frozenset((*_AGGREGATE_FILES, PROCESSED_FILES_DIR, OUTPUT_MARKER_FILE))
+_OUR_ENTRIES = frozenset((*_AGGREGATE_FILES, PROCESSED_FILES_DIR, OUTPUT_MARKER_FILE, BATCH_STATE_FILE))
 
 
 class ForeignOutputDirectoryError(ValueError):
@@ -95,7 +98,8 @@ def _our_temporaries(directory: Path) -> list[Path]:
     """Temporary files `atomic_write_bytes` makes for our outputs in `directory` (`.<name>.<random>.tmp`)."""
     if directory.name == PROCESSED_FILES_DIR:
         return list(directory.glob(".*.txt.*.tmp"))
-    return [path for name in _AGGREGATE_FILES for path in directory.glob(f".{name}.*.tmp")]
+    names = (*_AGGREGATE_FILES, BATCH_STATE_FILE)
+    return [path for name in names for path in directory.glob(f".{name}.*.tmp")]
 
 
 def remove_stale_temporaries(directory: str | Path) -> int:

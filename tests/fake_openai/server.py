@@ -1,10 +1,12 @@
 """The project's own OpenAI-compatible HTTP server, for tests and benchmarks.
 
 It speaks the parts of the Chat Completions API the teacher uses (`/v1/models`,
-`/v1/chat/completions`, non-streaming) and enforces TPM and RPM as OpenAI documents it: a request is
+`/v1/chat/completions`, non-streaming; the Batch API's files and batches: `tests.fake_openai.batches`)
+and enforces TPM and RPM as OpenAI documents it: a request is
 charged at admission (estimated prompt tokens + max_tokens), one request alone above the TPM limit
 is refused outright ("Request too large"), the charge is settled to the actual usage when the
-response completes, the buckets refill continuously, and every response carries
+response completes (`accounting="settle"`) or kept for the whole window as OpenAI's rate-limit guide
+describes (`accounting="admission"`), the buckets refill continuously, and every response carries
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (429s also `retry-after`).
 
 Its answers are grounded `TeacherExtraction` JSON (`tests.fake_openai.extractive_answers`), and every
@@ -37,12 +39,14 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from methyl_distill.teacher.token_bucket import format_reset_duration
+from methyl_distill.teacher.rate_limit_headers import format_reset_duration
+from tests.fake_openai.batches import BatchEndpoints, BatchServerConfig
 from tests.fake_openai.extractive_answers import extract_grounded, parse_prompt
 from tests.fake_openai.state import (
     FaultKind,
     FaultRule,
     OpenAITestServerConfig,
+    RateLimitAccounting,
     StatsSnapshot,
     TestServerState,
     cut_to_tokens,
@@ -106,9 +110,10 @@ class TestServerApp:
 
     __test__ = False
 
-    def __init__(self, state: TestServerState) -> None:
+    def __init__(self, state: TestServerState, batch_config: BatchServerConfig | None = None) -> None:
         self.state = state
         self.shutdown = asyncio.Event()
+        self.batches = BatchEndpoints(self, batch_config)  # /v1/files and /v1/batches
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -151,6 +156,8 @@ class TestServerApp:
         elif path == "/control/faults" and method == "DELETE":
             self.state.clear_faults()
             response = JSONResponse({"cleared": True})
+        elif BatchEndpoints.serves(path):
+            response = await self.batches.handle(request, path, method)
         else:
             response = JSONResponse(
                 _error_body(f"Unknown route {method} {path}", "invalid_request_error"), 404
@@ -429,9 +436,10 @@ class TestServerApp:
 class ServerHandle:
     """A running server: its base URL and its controls."""
 
-    def __init__(self, base_url: str, state: TestServerState) -> None:
+    def __init__(self, base_url: str, state: TestServerState, batches: BatchEndpoints | None = None) -> None:
         self.base_url = base_url
         self.state = state
+        self.batches = batches
 
     def stats(self) -> StatsSnapshot:
         return self.state.stats.snapshot()
@@ -451,10 +459,12 @@ class ServerHandle:
 
 
 @contextlib.contextmanager
-def running_test_server(config: OpenAITestServerConfig | None = None) -> Iterator[ServerHandle]:
+def running_test_server(
+    config: OpenAITestServerConfig | None = None, batch_config: BatchServerConfig | None = None
+) -> Iterator[ServerHandle]:
     """Serve on a free loopback port in a background thread; stop (cancelling slow requests) on exit."""
     state = TestServerState(config or OpenAITestServerConfig())
-    app = TestServerApp(state)
+    app = TestServerApp(state, batch_config)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -486,7 +496,7 @@ def running_test_server(config: OpenAITestServerConfig | None = None) -> Iterato
             raise RuntimeError(f"the OpenAI test server did not start on port {port}")
         time.sleep(0.01)
     try:
-        yield ServerHandle(f"http://127.0.0.1:{port}/v1", state)
+        yield ServerHandle(f"http://127.0.0.1:{port}/v1", state, app.batches)
     finally:
         loop = loop_box.get("loop")
         if loop is not None and not loop.is_closed():
@@ -525,6 +535,12 @@ def main(argv: list[str] | None = None) -> None:
         "--json-schema", choices=["supported", "rejected_400", "rejected_500"], default="supported"
     )
     parser.add_argument(
+        "--accounting",
+        choices=get_args(RateLimitAccounting),
+        default="settle",
+        help="settle: charges settled to usage when answered; admission: kept for the window.",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -539,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         models=args.model or ["gpt-4o"],
         json_schema=args.json_schema,
+        accounting=args.accounting,
         faults=args.fault,
     )
     app = TestServerApp(TestServerState(config))
