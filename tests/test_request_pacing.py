@@ -61,10 +61,13 @@ def test_a_decided_bucket_catches_up_with_the_server_less_what_is_still_in_trans
     first = bucket.reserve(40_000)
     now[0] = 1.0  # refilled 1,000
     bucket.reserve(5_000)  # just now: possibly not yet admitted there
-    bucket.reconcile(first, 30_000, headers={"x-ratelimit-remaining-tokens": "30000"})
+    headers = {"x-ratelimit-limit-tokens": "60000", "x-ratelimit-remaining-tokens": "30000"}
+    bucket.reconcile(first, 30_000, headers=headers)
     assert bucket.available_tokens() == 25_000  # 30,000 left there, less the 5,000 in transit
+    bucket.observe_headers({"x-ratelimit-limit-tokens": "90000", "x-ratelimit-remaining-tokens": "80000"})
+    assert bucket.available_tokens() == 25_000  # a larger limit than ours: its remaining is not ours
     undecided = LocalTokenBucket(60_000, clock=lambda: now[0], accounting=RateLimitAccounting("auto"))
-    undecided.reconcile(undecided.reserve(40_000), 30_000, headers={"x-ratelimit-remaining-tokens": "30000"})
+    undecided.reconcile(undecided.reserve(40_000), 30_000, headers=headers)
     assert undecided.available_tokens() == 20_000  # not sure what the count means yet: no catching up
 
 

@@ -314,9 +314,11 @@ class LocalTokenBucket:
             self._tokens.set_capacity(parsed.limit_tokens, now)
         if parsed.remaining_tokens is not None:
             self._tokens.cap_level(parsed.remaining_tokens, now)
-            if self.accounting.decided:
+            same_limit = parsed.limit_tokens is not None and parsed.limit_tokens <= self._tokens.capacity
+            if self.accounting.decided and same_limit:
                 # The server has more left than we count (our prompt estimate errs high): catch up,
                 # less what was reserved here too recently for the server to have admitted it yet.
+                # Never towards a larger limit than configured: that budget is not all ours.
                 while self._recent and self._recent[0][0] < now - IN_TRANSIT_S:
                     self._recent.popleft()
                 target = parsed.remaining_tokens - sum(tokens for _, tokens in self._recent)
