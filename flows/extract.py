@@ -19,7 +19,7 @@ Secret block).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from methyl_distill.tasks.extraction import extract_paper_task, paper_outcome, resolve_cache_storage
 from prefect import flow, get_run_logger
@@ -29,18 +29,24 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
 from methyl_distill.extraction.aggregates import LiveAggregates
+from methyl_distill.extraction.batch_extraction import BatchReplayTeacher, answer_uncached_in_batches
+from methyl_distill.extraction.live_progress import reporting_extraction
 from methyl_distill.extraction.outputs import claim_output_directory, write_processed_files
 from methyl_distill.extraction.paper_batches import DEFAULT_BATCH_SIZE, map_in_batches
 from methyl_distill.extraction.papers import Paper, discover_papers
-from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY, ExtractParameters
+from methyl_distill.extraction.parameters import DEFAULT_MAX_CONCURRENCY, ExtractionWorkers, ExtractParameters
 from methyl_distill.extraction.progress import ThrottledProgress
 from methyl_distill.extraction.question_bank import load_question_bank
 from methyl_distill.extraction.records import FailureRecord, PaperRecord
 from methyl_distill.extraction.run_tally import ExtractionSummary, RunTally, files_by_format
 from methyl_distill.extraction.stopping import PROCESS_STOP, ExtractionStopped
 from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
-from methyl_distill.teacher.config import TeacherConfig
-from methyl_distill.teacher.openai_client import build_teacher
+from methyl_distill.teacher.config import TeacherApi, TeacherConfig
+from methyl_distill.teacher.openai_client import OpenAITeacher, build_teacher
+
+if TYPE_CHECKING:
+    from methyl_distill.extraction.extract import ExtractionConfig
+    from methyl_distill.extraction.question_bank import QuestionBank
 
 __all__ = ["ExtractionSummary", "extract_flow", "run_extraction"]
 
@@ -61,6 +67,8 @@ def extract_flow(
     teacher_config: TeacherConfig | None = None,
     keep_back_matter: bool = False,
     max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    workers: ExtractionWorkers = "local",
+    teacher_api: TeacherApi | None = None,
 ) -> ExtractionSummary:
     """Extract every paper under `input_directory` into `output_directory`; cached papers cost nothing.
 
@@ -79,7 +87,10 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     discovery = discover_papers(parameters.input_directory, parameters.reading_options())
     papers = discovery.papers
     stop = PROCESS_STOP  # requested by the command's signal handlers; never in a deployment's run
-    teacher = build_teacher(teacher_config, stop=stop.requested, abandon=stop.abandon) if papers else None
+    local = parameters.workers == "local"  # else task workers build their own teachers
+    teacher: OpenAITeacher | BatchReplayTeacher | None = (
+        build_teacher(teacher_config, stop=stop.requested, abandon=stop.abandon) if papers and local else None
+    )
     logger.info(
         "%d file(s) (%s): %d distinct paper(s), %d not readable, %d hidden skipped; question bank %s; %s",
         discovery.file_count,
@@ -95,6 +106,9 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     for item in discovery.rejected:
         logger.warning("Not read: %s: %s", item.source_path, item.reason)
         tally.reject(item)
+    if isinstance(teacher, OpenAITeacher) and teacher_config.api == "batch":
+        # The uncached papers' requests through the Batch API; the tasks below then answer from them.
+        teacher = answer_uncached_in_batches(papers, teacher, bank, config, parameters, stop)
     if teacher is not None:
         extraction_task = extract_paper_task.with_options(
             result_storage=resolve_cache_storage(parameters.cache_dir), refresh_cache=parameters.refresh
@@ -102,6 +116,7 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
         runner: ThreadPoolTaskRunner[Any]
         with (
             ThrottledProgress(len(papers), _progress_artifact(len(papers))) as progress,
+            reporting_extraction(len(papers), tally, teacher),  # the command's console, if any
             ThreadPoolTaskRunner(max_workers=parameters.max_concurrency) as runner,
         ):
 
@@ -138,6 +153,8 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
                 aggregates.finish(tally, stopped=True)
                 logger.warning("Stopped by %s: %s; %s", stop.reason, tally.counts(), tally.spent())
                 raise ExtractionStopped(stop.reason, done, len(papers) - done)
+    if papers and not local:
+        _extract_on_task_workers(parameters, papers, (bank, config, teacher_config), tally, aggregates)
 
     paths = aggregates.finish(tally)
     create_table_artifact(
@@ -146,8 +163,58 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
     logger.info(
         "Extraction done: %s; %s; outputs in %s", tally.counts(), tally.spent(), paths.output_directory
     )
+    pacing = teacher.describe_pacing() if teacher is not None else None
+    if pacing:
+        logger.info("Teacher pacing: %s", pacing)
     output_mode = teacher.settled_output_mode if teacher else None
-    return tally.summary(discovery, paths).model_copy(update={"output_mode": output_mode})
+    return tally.summary(discovery, paths).model_copy(
+        update={"output_mode": output_mode, "teacher_pacing": pacing}
+    )
+
+
+def _extract_on_task_workers(
+    parameters: ExtractParameters,
+    papers: Sequence[Paper],
+    request: tuple[QuestionBank, ExtractionConfig, TeacherConfig],
+    tally: RunTally,
+    aggregates: LiveAggregates,
+) -> None:
+    """The papers as background task runs for `methyl-distill extract-worker` processes
+    (`tasks/extraction_workers.py`), their outcomes taken as in the local path."""
+    from methyl_distill.tasks.extraction_workers import TaskWorkerRuns, teacher_for_workers
+
+    bank, config, teacher_config = request
+    stop = PROCESS_STOP
+    runs = TaskWorkerRuns(
+        bank,
+        config,
+        teacher_for_workers(teacher_config),
+        resolve_cache_storage(parameters.cache_dir),
+        refresh=parameters.refresh,
+        stop=stop,
+    )
+    with ThrottledProgress(len(papers), _progress_artifact(len(papers))) as progress, runs:
+        done = 0
+        for paper, run in map_in_batches(
+            papers, runs.submit_batch, parameters.batch_size, stop=stop, cancel=runs.cancel_if_not_started
+        ):
+            outcome = paper_outcome(cast(PrefectFuture[PaperRecord], run))
+            if outcome is None:
+                continue  # the run is stopping: neither cached nor a failure
+            done += 1
+            if isinstance(outcome, FailureRecord):
+                tally.fail(paper, outcome)
+            else:
+                record, from_cache = outcome
+                write_processed_files(
+                    parameters.output_directory, tally.finish(paper, record, from_cache=from_cache)
+                )
+            aggregates.paper_done(paper, tally)
+            progress.advance()
+    if stop.is_requested and done < len(papers):
+        aggregates.finish(tally, stopped=True)
+        get_run_logger().warning("Stopped by %s: %s; %s", stop.reason, tally.counts(), tally.spent())
+        raise ExtractionStopped(stop.reason, done, len(papers) - done)
 
 
 def _cancel_if_not_started(future: PrefectFuture[PaperRecord]) -> bool:

@@ -62,6 +62,14 @@ def run_extract(args: argparse.Namespace) -> int:
     from methyl_distill.extraction.outputs import claim_output_directory
 
     claim_output_directory(parameters.output_directory)  # a foreign folder is refused before Prefect starts
+    if parameters.workers == "task_workers":
+        from methyl_distill.teacher.token_bucket import prefect_server_configured
+
+        if not prefect_server_configured():
+            raise ValueError(
+                "--workers task_workers needs the Prefect server the workers use: set PREFECT_API_URL "
+                "(and start `methyl-distill extract-worker` processes against it)"
+            )
     from methyl_distill.extraction.stopping import (
         ExtractionStopped,
         RunAbandoned,
@@ -69,13 +77,14 @@ def run_extract(args: argparse.Namespace) -> int:
         stop_on_signals,
     )
     from methyl_distill.flows.extract import extract_flow
+    from methyl_distill.ops.console_progress import console_progress
     from methyl_distill.ops.temporary_prefect_server import prefect_api
 
     given = {name: getattr(parameters, name) for name in parameters.model_fields_set}
     abandoned = False
     with stop_on_signals() as stop:
         try:
-            with prefect_api(cancelled=lambda: stop.is_requested):
+            with prefect_api(cancelled=lambda: stop.is_requested), console_progress():
                 summary = run_stoppable(lambda: extract_flow(**given), stop)
         except ExtractionStopped as stopped:
             print(f"methyl-distill extract: {stopped}", file=sys.stderr)

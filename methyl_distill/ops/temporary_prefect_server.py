@@ -31,6 +31,16 @@ logger = logging.getLogger(__name__)
 # The longest wait for the client's queued logs and events, each, at the end of a command.
 FLUSH_TIMEOUT_S = 5.0
 
+# Prefect records task runs from the events clients send, through an in-memory queue of 10,000
+# messages; its recorder writes one task run per transaction by default and fell behind an all-cached
+# rerun of 10,000 papers (~40 a second here: a third of the runs never recorded). In batches it keeps
+# up (bench/extract_10k.py). Defaults: the environment's own values win. Set them on a server of your
+# own too (docs/extraction.md, "Ten thousand papers").
+TASK_RUN_RECORDER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+}
+
 # The URLs of the temporary servers this process runs now: they serve this command alone, so nothing
 # there is shared with another process (the teacher's token bucket stays local).
 _RUNNING_URLS: set[str] = set()
@@ -90,6 +100,7 @@ def prefect_api(cancelled: Callable[[], bool] = lambda: False) -> Iterator[str |
     ]
     # As Prefect's own temporary server (prefect.server.api.server.SubprocessASGIServer).
     environment = {
+        **TASK_RUN_RECORDER_SETTINGS,
         **os.environ,
         "PREFECT_UI_ENABLED": "0",
         "PREFECT__SERVER_EPHEMERAL": "1",
