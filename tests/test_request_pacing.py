@@ -82,12 +82,13 @@ def simulate_replies(
     rng = random.Random(7)
     server = RefillingBucket(limit, now=0.0)
     now = 0.0
+    gap = 0.5 * 200_000 / limit  # a larger limit serves proportionally more requests per second
     for _ in range(replies):
         for _ in range(2):
             server_charge = 4_200 + 4_096
             server.take(server_charge, now)
             accounting.reserved(server_charge + rng.randint(300, 600))  # what the client reserved
-        now += 0.5
+        now += gap
         used = 4_300 + rng.randint(0, 900)
         reserved = 4_200 + 4_096 + rng.randint(300, 600)
         if server_accounting == "settle":
@@ -98,11 +99,14 @@ def simulate_replies(
         )
 
 
+@pytest.mark.parametrize("limit", [200_000, 1_000_000, 30_000_000])
 @pytest.mark.parametrize("server_accounting", ["admission", "settle"])
-def test_auto_finds_the_server_s_accounting_from_the_remaining_tokens(server_accounting: str) -> None:
+def test_auto_finds_the_server_s_accounting_from_the_remaining_tokens(
+    server_accounting: str, limit: int
+) -> None:
     accounting = RateLimitAccounting("auto")
     assert accounting.keeps_admission_charge and not accounting.decided  # the safe side until known
-    simulate_replies(server_accounting, accounting)
+    simulate_replies(server_accounting, accounting, limit=limit)
     assert accounting.decided
     assert accounting.mode == server_accounting
     assert server_accounting in accounting.describe()

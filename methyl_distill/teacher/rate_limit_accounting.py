@@ -39,15 +39,13 @@ logger = logging.getLogger(__name__)
 Accounting = Literal["admission", "settle"]
 AccountingSetting = Literal["auto", "admission", "settle"]
 
-# A reply is a vote only when its unused reservation is at least this many tokens (and this share
-# of the limit): smaller refunds drown in the noise of other requests' estimates.
+# A reply is a vote only when its unused reservation is at least this many tokens: smaller refunds
+# drown in the noise of the prompt estimates of the requests admitted between two replies (a few
+# hundred tokens each). Not a share of the limit: at 1M TPM that would exclude every reply.
 MIN_VISIBLE_REFUND_TOKENS = 500
-MIN_VISIBLE_REFUND_SHARE = 0.005
 # Replies further apart than this say little: much was admitted and refilled between them, and a
 # refill that reached the limit hides what happened.
 MAX_VOTE_GAP_S = 30.0
-# Near a full bucket a refund cannot show (the level is capped at the limit).
-NEAR_FULL_SHARE = 0.9
 
 
 class RateLimitAccounting:
@@ -127,13 +125,12 @@ class RateLimitAccounting:
                 return
             gap = now - previous[0]
             refund = reserved_tokens - used_tokens
-            visible = max(MIN_VISIBLE_REFUND_TOKENS, MIN_VISIBLE_REFUND_SHARE * limit)
-            near_full = NEAR_FULL_SHARE * limit
-            if gap < 0 or gap > MAX_VOTE_GAP_S or refund < visible:
+            if gap < 0 or gap > MAX_VOTE_GAP_S or refund < MIN_VISIBLE_REFUND_TOKENS:
                 return
-            if remaining > near_full or previous[1] > near_full:
-                return
-            predicted = previous[1] + limit / 60.0 * gap - admitted
+            refilled = previous[1] + limit / 60.0 * gap
+            if refilled + refund >= limit:
+                return  # near a full bucket the refill or a refund is capped at the limit: no reading
+            predicted = refilled - admitted
             self._votes.append((remaining - predicted) / refund > 0.5)
             self._decide()
 
