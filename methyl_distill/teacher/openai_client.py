@@ -81,7 +81,12 @@ from methyl_distill.teacher.structured_output import (
     strict_json_schema,
     with_schema_instruction,
 )
-from methyl_distill.teacher.token_bucket import LocalTokenBucket, TokenBudget, build_token_bucket
+from methyl_distill.teacher.token_bucket import (
+    ADMISSION_MARGIN_S,
+    LocalTokenBucket,
+    TokenBudget,
+    build_token_bucket,
+)
 from methyl_distill.text.token_count import estimate_chat_tokens
 
 logger = logging.getLogger(__name__)
@@ -249,7 +254,10 @@ class OpenAITeacher:
         self.config = config
         self.model = config.model
         self.budget: TokenBudget = budget or LocalTokenBucket(
-            config.tpm, config.rpm, accounting=RateLimitAccounting(config.rate_limit_accounting)
+            config.tpm,
+            config.rpm,
+            accounting=RateLimitAccounting(config.rate_limit_accounting),
+            margin_s=ADMISSION_MARGIN_S,
         )
         self.accounting: RateLimitAccounting = getattr(
             self.budget, "accounting", None
