@@ -19,6 +19,7 @@ from methyl_distill.flows.dataset import build_dataset_flow
 from methyl_distill.flows.evaluate import evaluate_flow
 from methyl_distill.flows.extract import extract_flow
 from methyl_distill.flows.finetune import finetune_flow
+from methyl_distill.tasks.markers import build_markers
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
@@ -44,7 +45,7 @@ from methyl_distill.pipeline.run_outputs import (
 )
 from methyl_distill.readers.formats import DEFAULT_MAX_FILE_MB
 from methyl_distill.sft_dataset import DatasetConfig
-from methyl_distill.teacher.config import TeacherConfig
+from methyl_distill.teacher.config import TeacherApi, TeacherConfig
 from methyl_distill.teacher.llama_cpp_server import EmbeddedTeacherConfig, EmbeddedTeacherServer
 from methyl_distill.training.finetune import FinetuneConfig, FinetuneSummary
 from methyl_distill.training.presets import get_preset
@@ -74,6 +75,7 @@ def pipeline_flow(
     keep_back_matter: bool = False,
     max_file_mb: float = DEFAULT_MAX_FILE_MB,
     allowed_input_roots: list[str] | None = None,
+    teacher_api: TeacherApi | None = None,
 ) -> PipelineSummary:
     """Papers in `input_directory` → a LoRA-tuned student and its evaluation, in `output_directory`.
 
@@ -94,6 +96,8 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     extraction, teacher_name = _extract(parameters, configured)
     if extraction.papers == 0:
         raise RuntimeError(f"no readable papers in {parameters.input_directory}: nothing to distil")
+    logger.info("Marker table from %s", extraction.records_path)
+    markers = build_markers([extraction.records_path], parameters.stage_directory("markers"))
 
     logger.info(
         "Stage 2/4: dataset from %s (samples up to %d tokens)",
@@ -124,7 +128,9 @@ def run_pipeline(parameters: PipelineParameters) -> PipelineSummary:
     elif parameters.evaluate:
         logger.warning("Stage 4/4 skipped: the test split is empty (too few papers for one)")
 
-    summary = PipelineSummary.of_stages(parameters, teacher_name, extraction, dataset, finetuned, evaluation)
+    summary = PipelineSummary.of_stages(
+        parameters, teacher_name, extraction, dataset, finetuned, evaluation, markers
+    )
     atomic_write_text(
         Path(summary.output_directory) / PIPELINE_SUMMARY_FILE, summary.model_dump_json(indent=2)
     )

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from methyl_distill.teacher.llama_cpp_server import free_loopback_port
+from tests.source_snapshot import snapshot_repository
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +56,19 @@ class Services:
         self.logs, self.env = logs, env
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, command: list[str], cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.processes.append((name, process))
         return process
 
-    def run(self, name: str, command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, name: str, command: list[str], timeout: float, cwd: Path = ROOT
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
         (self.logs / f"{name}.log").write_text(result.stdout + result.stderr, encoding="utf-8")
         assert result.returncode == 0, (
@@ -128,6 +131,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "METHYL_DISTILL_CACHE_DIR": str(work / "prefect-cache"),
             "METHYL_DISTILL_MODEL_CACHE": str(work / "model-cache"),
             "XDG_CACHE_HOME": str(work / "xdg-cache"),
+            # The CUDA deployments' image build and push steps, without a Docker engine.
+            "PYTHONPATH": str(ROOT / "tests" / "docker_steps_stand_in"),
+            "DOCKER_STEPS_STAND_IN_LOG": str(work / "docker-steps.jsonl"),
         }
         services = Services(logs, env)
         try:
@@ -170,12 +176,22 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
     shutil.copytree(SAMPLE_PAPERS, papers)
     output = work / "outputs"
 
-    # Set-up is idempotent: a second run changes nothing.
-    first = services.run("setup", [str(BIN / "methyl-distill"), "setup-prefect"], timeout=120).stdout
+    # Set-up is idempotent: a second run changes nothing. The process deployments' runs clone their
+    # code from the repository variable: this working tree, committed into a local bare repository.
+    setup = [
+        str(BIN / "methyl-distill"),
+        "setup-prefect",
+        "--repository",
+        snapshot_repository(work),
+        "--image_registry",
+        "registry.example.org/methyl",
+    ]
+    first = services.run("setup", setup, timeout=120).stdout
     assert "work pool 'methyl-distill-process': created" in first
     assert "work pool 'methyl-distill-cuda': created" in first
     assert "tag concurrency limit 'gpu': created" in first
-    again = services.run("setup-again", [str(BIN / "methyl-distill"), "setup-prefect"], timeout=120).stdout
+    assert "prefect variable 'methyl_distill_repository': created" in first
+    again = services.run("setup-again", setup, timeout=120).stdout
     assert again.count(": unchanged") == again.count(": ") and "created" not in again
     cuda = _api(stack, "GET", "/work_pools/methyl-distill-cuda")
     assert cuda["type"] == "docker"
@@ -203,11 +219,23 @@ def test_setup_deploy_run_and_paper_added_trigger(stack: dict[str, Any]) -> None
         "finetune-k8s",
     } <= set(names)
     assert names["finetune-cuda"]["work_pool_name"] == "methyl-distill-cuda"
+    # The CUDA deployments name the image their build step made, under the registry variable.
+    built = [json.loads(line) for line in (work / "docker-steps.jsonl").read_text().splitlines()]
+    assert {(step["step"], step["image_name"]) for step in built} == {
+        ("build", "registry.example.org/methyl/methyl-distill-cuda"),
+        ("push", "registry.example.org/methyl/methyl-distill-cuda"),
+    }
+    for name in ("finetune-cuda", "finetune-k8s"):
+        image = names[name]["job_variables"]["image"]
+        assert image.startswith("registry.example.org/methyl/methyl-distill-cuda:"), (name, image)
     pipeline_id = names["pipeline"]["id"]
 
+    # The worker runs in a folder of its own: each run clones the code there.
+    (work / "worker").mkdir()
     worker = services.start(
         "worker",
         [prefect, "worker", "start", "--pool", "methyl-distill-process", "--type", "process", "--limit", "1"],
+        cwd=work / "worker",
     )
     run = services.run(
         "run-pipeline",

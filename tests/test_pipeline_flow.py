@@ -189,6 +189,8 @@ def test_pipeline_runs_every_stage_and_reruns_from_cache(
     assert extraction["papers"] == 10 and extraction["extracted"] == 10 and extraction["failed"] == 0
     assert extraction["files_by_format"] == {"jats": 1, "pdf": 1, "text": 8}
     assert Path(summary.records_path).parent == output.resolve() / "extraction"
+    assert summary.markers_page_path == str(output.resolve() / "markers" / "markers.html")
+    assert Path(summary.markers_page_path).is_file() and summary.stages["markers"]["papers"] == 10
     assert Path(summary.dataset_directory, "train.jsonl").stat().st_size > 0
     assert Path(summary.adapter_path or "", "adapter_config.json").is_file()
     assert summary.stages["finetune"]["global_step"] == 2

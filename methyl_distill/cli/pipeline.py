@@ -149,6 +149,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     )
     print(f"  outputs:     {summary.output_directory}")
     print(f"  records:     {summary.records_path}")
+    print(f"  markers:     {summary.markers_page_path or '(not built)'}")
     print(f"  dataset:     {summary.dataset_directory}")
     print(f"  adapter:     {summary.adapter_path}")
     print(f"  evaluation:  {summary.evaluation_report_path or '(skipped)'}")
@@ -242,12 +243,31 @@ def _register_setup(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument(
         "--gpu_tag_limit", type=_positive_int, default=1, help="Fine-tunes at once (default 1)."
     )
+    parser.add_argument(
+        "--repository",
+        default=None,
+        help="Git URL the deployments clone their code from (variable methyl_distill_repository); default: "
+        "this git checkout as a file:// URL, set only where the server has none.",
+    )
+    parser.add_argument(
+        "--branch", default=None, help="Branch they clone (methyl_distill_branch); default: this checkout's."
+    )
+    parser.add_argument(
+        "--image_registry",
+        default=None,
+        help="Registry of the image names, e.g. ghcr.io/org (variable methyl_distill_image_registry).",
+    )
     parser.set_defaults(handler=run_setup_command)
 
 
 def run_setup_command(args: argparse.Namespace) -> int:
     _quiet_http_logs()
-    from methyl_distill.ops.prefect_setup import PrefectSetupConfig, setup_prefect
+    from methyl_distill.ops.prefect_setup import (
+        PrefectSetupConfig,
+        checkout_source,
+        setup_prefect,
+        source_variables,
+    )
     from methyl_distill.teacher.config import teacher_config_from_environment
 
     teacher = teacher_config_from_environment()
@@ -261,6 +281,9 @@ def run_setup_command(args: argparse.Namespace) -> int:
         teacher_limit_name=teacher.bucket_limit_name,
         teacher_tpm=teacher.tpm,
         teacher_rpm=teacher.rpm,
+        variables=source_variables(
+            args.repository, args.branch, args.image_registry, checkout_source(Path.cwd())
+        ),
     )
     for action in setup_prefect(config):
         print(action)

@@ -7,7 +7,12 @@
   Creating a pool needs no Docker engine or cluster; only its workers do,
 - the global concurrency limit that serves as the teacher's tokens-per-minute bucket (and the
   requests-per-minute one when TEACHER_RPM is set): limit = budget, slot decay = budget / 60 s,
-- the `gpu` tag concurrency limit (1): one fine-tune per GPU at a time.
+- the `gpu` tag concurrency limit (1): one fine-tune per GPU at a time,
+- the Prefect variables deployments/prefect.yaml reads: where the process deployments clone their
+  code from (`methyl_distill_repository`, `methyl_distill_branch`) and the registry of the image
+  names (`methyl_distill_image_registry`). A value given is set; a default found in the current
+  git checkout (its folder as a file:// URL, its branch) is only created where none exists, so a
+  run from a laptop never redirects a server's deployments.
 
 Running it again changes nothing that is already right and updates what differs; a pool that
 exists with another type is an error (Prefect cannot change a pool's type).
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +35,20 @@ logger = logging.getLogger(__name__)
 JOB_TEMPLATES_DIRECTORY = Path(__file__).resolve().parent / "job_templates"
 DOCKER_GPU_TEMPLATE = "docker-gpu-base-job-template.json"
 KUBERNETES_GPU_TEMPLATE = "k8s-gpu-base-job-template.json"
+# Prefect variables read by deployments/prefect.yaml (`{{ prefect.variables.<name> }}`).
+REPOSITORY_VARIABLE = "methyl_distill_repository"
+BRANCH_VARIABLE = "methyl_distill_branch"
+IMAGE_REGISTRY_VARIABLE = "methyl_distill_image_registry"
+
+
+class DeploymentVariable(BaseModel):
+    """A Prefect variable the deployments read; `overwrite` false: created only where none exists."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    value: str
+    overwrite: bool = True
 
 
 class PrefectSetupConfig(BaseModel):
@@ -62,6 +82,10 @@ class PrefectSetupConfig(BaseModel):
     )
     teacher_tpm: int = Field(default=200_000, gt=0, description="Tokens per minute of the teacher model.")
     teacher_rpm: int | None = Field(default=None, gt=0, description="Requests per minute, if enforced.")
+    variables: list[DeploymentVariable] = Field(
+        default_factory=list,
+        description="Prefect variables of deployments/prefect.yaml: code repository, branch, image registry.",
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,21 @@ def gpu_pools(config: PrefectSetupConfig) -> list[tuple[str, str, dict[str, Any]
     return pools
 
 
+def with_prefect_logging_environment(template: dict[str, Any]) -> dict[str, Any]:
+    """`template` whose runs get the project's logs into the Prefect UI by default: the `env` job
+    variable's default holds `PREFECT_LOGGING_ENVIRONMENT` (ops/prefect_logging.py). A deployment that
+    sets `env` replaces the default, so the shipped prefect.yaml repeats it there."""
+    from copy import deepcopy
+
+    from methyl_distill.ops.prefect_logging import PREFECT_LOGGING_ENVIRONMENT
+
+    template = deepcopy(template)
+    env = template.get("variables", {}).get("properties", {}).get("env")
+    if isinstance(env, dict):
+        env["default"] = {**PREFECT_LOGGING_ENVIRONMENT, **(env.get("default") or {})}
+    return template
+
+
 def _ensure_work_pool(client: Any, name: str, pool_type: str, template: dict[str, Any] | None) -> SetupAction:
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -136,6 +175,7 @@ def _ensure_work_pool(client: Any, name: str, pool_type: str, template: dict[str
         template = run_coro_as_sync(get_default_base_job_template_for_infrastructure_type(pool_type))
         if template is None:
             raise PrefectSetupError(f"Prefect knows no base job template for work pool type {pool_type!r}")
+    template = with_prefect_logging_environment(template)
     try:
         existing = client.read_work_pool(name)
     except ObjectNotFound:
@@ -190,6 +230,61 @@ def _ensure_global_limit(client: Any, name: str, per_minute: int) -> SetupAction
     return SetupAction("global concurrency limit", name, "updated" if changed else "unchanged")
 
 
+def checkout_source(directory: Path) -> tuple[str, str | None] | None:
+    """(file:// URL, branch) of the git checkout holding `directory`, or None outside one (or without git).
+    The branch is None on a detached HEAD (the clone then takes the repository's default branch)."""
+
+    def git(*arguments: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(directory), *arguments], capture_output=True, text=True, check=False
+            )
+        except OSError:
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if not top:
+        return None
+    branch = git("symbolic-ref", "--quiet", "--short", "HEAD")  # fails on a detached HEAD
+    return Path(top).resolve().as_uri(), branch or None
+
+
+def source_variables(
+    repository: str | None,
+    branch: str | None,
+    image_registry: str | None,
+    checkout: tuple[str, str | None] | None,
+) -> list[DeploymentVariable]:
+    """The variables to ensure: those given are set; the checkout's repository and branch fill in,
+    created only where the server has none."""
+    variables: list[DeploymentVariable] = []
+    found_repository, found_branch = checkout if checkout else (None, None)
+    for name, given, found in (
+        (REPOSITORY_VARIABLE, repository, found_repository),
+        (BRANCH_VARIABLE, branch, found_branch if repository is None else None),
+        (IMAGE_REGISTRY_VARIABLE, image_registry, None),
+    ):
+        if given is not None:
+            variables.append(DeploymentVariable(name=name, value=given))
+        elif found is not None:
+            variables.append(DeploymentVariable(name=name, value=found, overwrite=False))
+    return variables
+
+
+def _ensure_variable(client: Any, variable: DeploymentVariable) -> SetupAction:
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    existing = client.read_variable_by_name(variable.name)
+    if existing is None:
+        client.create_variable(VariableCreate(name=variable.name, value=variable.value))
+        return SetupAction("prefect variable", variable.name, "created")
+    if existing.value != variable.value and variable.overwrite:
+        client.update_variable(VariableUpdate(name=variable.name, value=variable.value))
+        return SetupAction("prefect variable", variable.name, "updated")
+    return SetupAction("prefect variable", variable.name, "unchanged")
+
+
 def setup_prefect(config: PrefectSetupConfig | None = None) -> list[SetupAction]:
     """Create or update every object (see module doc) on the configured Prefect API."""
     from prefect.client.orchestration import get_client
@@ -207,6 +302,8 @@ def setup_prefect(config: PrefectSetupConfig | None = None) -> list[SetupAction]
                 _ensure_global_limit(client, f"{config.teacher_limit_name}-requests", config.teacher_rpm)
             )
         actions.append(_ensure_tag_limit(client, config.gpu_tag, config.gpu_tag_limit))
+        for variable in config.variables:
+            actions.append(_ensure_variable(client, variable))
     for action in actions:
         logger.debug("%s", action)
     return actions

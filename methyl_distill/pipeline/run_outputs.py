@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from methyl_distill.extraction.run_tally import ExtractionSummary
+from methyl_distill.markers import MarkerTableSummary
 from methyl_distill.pipeline.parameters import PipelineParameters
 from methyl_distill.sft_dataset import DatasetSummary
 from methyl_distill.text.hashing import update_with_file
@@ -30,6 +31,10 @@ class PipelineSummary(BaseModel):
     dataset_directory: str
     adapter_path: str | None
     evaluation_report_path: str | None
+    markers_page_path: str | None = Field(default=None, description="markers.html: the marker table page.")
+    markers_directory: str | None = Field(
+        default=None, description="The marker table: Parquet and CSV tables, markers.html, summary."
+    )
     stages: dict[str, dict[str, Any]] = Field(description="Each stage's summary, as it returned it.")
 
     @classmethod
@@ -41,9 +46,11 @@ class PipelineSummary(BaseModel):
         dataset: DatasetSummary,
         finetuned: FinetuneSummary,
         evaluation: EvaluationSummary | None,
+        markers: MarkerTableSummary | None = None,
     ) -> PipelineSummary:
         stages = {
             "extraction": extraction,
+            "markers": markers,
             "dataset": dataset,
             "finetune": finetuned,
             "evaluation": evaluation,
@@ -55,6 +62,8 @@ class PipelineSummary(BaseModel):
             dataset_directory=dataset.output_directory,
             adapter_path=finetuned.adapter_path,
             evaluation_report_path=evaluation.report_markdown_path if evaluation is not None else None,
+            markers_page_path=markers.page if markers is not None else None,
+            markers_directory=markers.output_directory if markers is not None else None,
             stages={
                 name: stage.model_dump(mode="json") for name, stage in stages.items() if stage is not None
             },
@@ -112,6 +121,7 @@ def outputs_markdown(summary: PipelineSummary) -> str:
         ("Outputs", summary.output_directory),
         ("Teacher", summary.teacher),
         ("Extraction records", summary.records_path),
+        ("Marker table", summary.markers_page_path or "(not built)"),
         ("Dataset", summary.dataset_directory),
         ("Adapter", summary.adapter_path or "(not trained)"),
         ("Evaluation report", summary.evaluation_report_path or "(not evaluated)"),
