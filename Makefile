@@ -22,8 +22,11 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" \
-		$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,embedded,dev]'
+	# llama-cpp-python first, compiled here with the flags above: pip's wheel cache does not know
+	# build flags, and a wheel it cached from a -march=native build crashes (the range: pyproject).
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip install --quiet --no-cache-dir \
+		-c constraints.txt 'llama-cpp-python[server]>=0.3'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[train,embedded,dev]'
 	touch $(STAMP)
 
 # Debian's Chromium, for the browser test of markers.html (tests/test_markers_page.py): playwright
