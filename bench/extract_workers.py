@@ -39,39 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from extract_throughput import ServerProcess, free_port, steady_state_window, write_papers  # noqa: E402
+from extract_throughput import (  # noqa: E402
+    free_port,
+    start_server,
+    steady_state_window,
+    write_papers,
+)
 
 API_KEY = "sk-bench-workers"
-
-
-def start_test_server(tpm: int, latency: tuple[float, float], accounting: str, seed: int) -> ServerProcess:
-    """The test server as a process of its own, with `--accounting` (see tests/fake_openai/server.py)."""
-    import urllib.request
-
-    port = free_port()
-    command = [sys.executable, "-m", "tests.fake_openai.server", "--port", str(port), "--tpm", str(tpm)]
-    command += [
-        "--latency",
-        str(latency[0]),
-        str(latency[1]),
-        "--seed",
-        str(seed),
-        "--accounting",
-        accounting,
-    ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = ServerProcess(port, process)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/models", timeout=2):
-                return server
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(f"test server exited: {process.stderr.read().decode()}") from None  # type: ignore[union-attr]
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError("test server did not start")
 
 
 def start_workers(
@@ -144,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in args.workers:
             papers = work / f"papers-{count}"
             write_papers(papers, args.papers, args.seed + count)  # new papers: nothing cached
-            server = start_test_server(args.tpm, tuple(args.latency), args.accounting, seed=count)
+            server = start_server(free_port(), args.tpm, tuple(args.latency), count, args.accounting)
             logs = work / f"logs-{count}"
             logs.mkdir()
             workers = start_workers(count, args.limit, api_url, work / "cache", logs)

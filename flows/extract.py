@@ -18,7 +18,7 @@ Secret block).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from methyl_distill.tasks.extraction import extract_paper_task, paper_outcome, resolve_cache_storage
@@ -129,30 +129,12 @@ def run_extraction(parameters: ExtractParameters) -> ExtractionSummary:
                 }
                 return list(runner.map(extraction_task, arguments))  # type: ignore[arg-type]
 
-            done = 0
-            for paper, future in map_in_batches(
+            finished = map_in_batches(
                 papers, submit_batch, parameters.batch_size, stop=stop, cancel=_cancel_if_not_started
-            ):
-                outcome = paper_outcome(future)
-                if outcome is None:
-                    continue  # stopped before it was done: neither cached nor a failure
-                done += 1
-                if isinstance(outcome, FailureRecord):
-                    tally.fail(paper, outcome)
-                else:
-                    record, from_cache = outcome
-                    # Visible at once (written atomically), and in the aggregates below.
-                    write_processed_files(
-                        parameters.output_directory, tally.finish(paper, record, from_cache=from_cache)
-                    )
-                aggregates.paper_done(paper, tally)
-                progress.advance()
-            if stop.is_requested and done < len(papers):
-                # Written here, before the runner waits for its threads: a request abandoned in
-                # flight may hold one for long.
-                aggregates.finish(tally, stopped=True)
-                logger.warning("Stopped by %s: %s; %s", stop.reason, tally.counts(), tally.spent())
-                raise ExtractionStopped(stop.reason, done, len(papers) - done)
+            )
+            # Inside the runner's block: a stop writes the outputs before the runner waits for its
+            # threads (a request abandoned in flight may hold one for long).
+            _take_outcomes(finished, len(papers), parameters.output_directory, tally, aggregates, progress)
     if papers and not local:
         _extract_on_task_workers(parameters, papers, (bank, config, teacher_config), tally, aggregates)
 
@@ -194,27 +176,43 @@ def _extract_on_task_workers(
         stop=stop,
     )
     with ThrottledProgress(len(papers), _progress_artifact(len(papers))) as progress, runs:
-        done = 0
-        for paper, run in map_in_batches(
+        finished = map_in_batches(
             papers, runs.submit_batch, parameters.batch_size, stop=stop, cancel=runs.cancel_if_not_started
-        ):
-            outcome = paper_outcome(cast(PrefectFuture[PaperRecord], run))
-            if outcome is None:
-                continue  # the run is stopping: neither cached nor a failure
-            done += 1
-            if isinstance(outcome, FailureRecord):
-                tally.fail(paper, outcome)
-            else:
-                record, from_cache = outcome
-                write_processed_files(
-                    parameters.output_directory, tally.finish(paper, record, from_cache=from_cache)
-                )
-            aggregates.paper_done(paper, tally)
-            progress.advance()
-    if stop.is_requested and done < len(papers):
+        )
+        runs_as_futures = ((paper, cast(PrefectFuture[PaperRecord], run)) for paper, run in finished)
+        _take_outcomes(runs_as_futures, len(papers), parameters.output_directory, tally, aggregates, progress)
+
+
+def _take_outcomes(
+    finished: Iterable[tuple[Paper, PrefectFuture[PaperRecord]]],
+    total: int,
+    output_directory: str,
+    tally: RunTally,
+    aggregates: LiveAggregates,
+    progress: ThrottledProgress,
+) -> None:
+    """Count each paper as its run finishes (a record, from the cache or not, or a failure), write its
+    processed file at once and the aggregates when due; after a stop, write what was finished and
+    raise `ExtractionStopped`."""
+    stop = PROCESS_STOP
+    done = 0
+    for paper, future in finished:
+        outcome = paper_outcome(future)
+        if outcome is None:
+            continue  # stopped before it was done: neither cached nor a failure
+        done += 1
+        if isinstance(outcome, FailureRecord):
+            tally.fail(paper, outcome)
+        else:
+            record, from_cache = outcome
+            # Visible at once (written atomically), and in the aggregates.
+            write_processed_files(output_directory, tally.finish(paper, record, from_cache=from_cache))
+        aggregates.paper_done(paper, tally)
+        progress.advance()
+    if stop.is_requested and done < total:
         aggregates.finish(tally, stopped=True)
         get_run_logger().warning("Stopped by %s: %s; %s", stop.reason, tally.counts(), tally.spent())
-        raise ExtractionStopped(stop.reason, done, len(papers) - done)
+        raise ExtractionStopped(stop.reason, done, total - done)
 
 
 def _cancel_if_not_started(future: PrefectFuture[PaperRecord]) -> bool:

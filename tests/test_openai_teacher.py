@@ -273,6 +273,20 @@ def test_concurrent_first_requests_agree_on_the_fallback() -> None:
         assert teacher.mode == "json_object"
 
 
+def test_a_refusal_that_comes_back_after_the_weaker_mode_settled_is_sent_again() -> None:
+    """The race behind the test above: request A (json_schema) is refused only after request B,
+    moved down by another refusal, was answered in json_object and settled the mode."""
+    from methyl_distill.teacher.output_mode import EndpointOutputMode
+
+    modes = EndpointOutputMode("auto")
+    assert modes.refused("json_schema", "HTTP 500") and modes.current == "json_object"
+    modes.answered("json_object")
+    assert modes.settled == "json_object"
+    assert modes.refused("json_schema", "HTTP 500")  # A goes again, in json_object
+    assert not modes.refused("json_object", "HTTP 500")  # a refusal of the settled mode stands
+    assert modes.current == "json_object"
+
+
 def test_prompt_mode_parses_fenced_json_and_can_send_a_grammar(server: ServerHandle) -> None:
     teacher = make_teacher(server, output_mode="prompt", grammar=GrammarLimits())
     reply = teacher.complete_structured(messages(), TeacherExtraction, max_tokens=2000)

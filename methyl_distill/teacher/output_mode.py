@@ -95,10 +95,12 @@ class EndpointOutputMode:
         request should be sent again in `current` (one step down, or where another request already
         moved it); False when the refusal stands (a configured or settled mode, or nothing weaker)."""
         with self._lock:
+            if mode != self._mode:
+                # A concurrent request met the same refusal and moved the mode already (and may have
+                # been answered in it, settling it, before this refusal came back).
+                return True
             if self._settled:
                 return False
-            if mode != self._mode:
-                return True  # a concurrent request met the same refusal and moved the mode already
             if mode == MODES[-1]:
                 return False
             self._mode = MODES[MODES.index(mode) + 1]
