@@ -1,19 +1,23 @@
-"""Extraction throughput under one TPM budget: the Prefect flow against a one-request-at-a-time loop.
+"""Extraction throughput under one TPM budget, in both rate-limit accountings, at two tiers.
 
-Prints numbers; it is not a test. Two instances of the project's OpenAI-compatible test server run as
-separate processes, each enforcing the same TPM limit (default 200,000) with GPT-4o-like latency on
-long structured answers (uniform 10-20 s):
+Prints numbers; it is not a test. For each scenario (default: admission and settle accounting at
+200,000 and 1,000,000 TPM) a fresh instance of the project's OpenAI-compatible test server runs as a
+separate process, enforcing that limit with GPT-4o-like latency on long structured answers (12 s):
 
-1. `flows/extract.py:extract_flow` extracts N synthetic paper-like texts (default 200) through the
-   shared token bucket against server A, while a loop like the original script (one request at a
-   time, same prompts, same teacher client) runs against server B for the same window.
-   Reported: the sustained share of the TPM limit used (server-side tokens charged per minute over
-   the steady-state window / limit), 429s and their share of requests, papers/min of both, ratio.
-2. An all-cached rerun over 1000 papers: the cache is filled first against a third server with no
-   latency and no practical limit, then (once the Prefect server has recorded the fill's events) the
-   flow runs again; it must make 0 teacher calls. Wall and CPU seconds of the rerun are reported.
+1. `flows/extract.py:extract_flow` extracts synthetic paper-like texts (80 per 100k TPM of the limit)
+   with default flags: the rate-limit accounting is found from the server's headers, max_tokens is
+   sized where the admission charge is kept, the requests in flight follow budget x latency.
+   Reported per scenario: the sustained share of the TPM limit used (server-side tokens charged per
+   minute over the steady-state window / limit), 429s and their share of requests, papers/min, tokens
+   charged per paper, the most requests in flight and the client's own account of its pacing. Beside
+   the first scenario a loop like the original script (one request at a time, same prompts, same
+   client) runs against a second server for comparison (`--no-loop` to skip).
+2. An all-cached rerun over 1000 papers: the cache is filled first against a server with no latency
+   and no practical limit, then (once the Prefect server has recorded the fill's events) the flow
+   runs again; it must make 0 teacher calls. Wall and CPU seconds of the rerun are reported.
 
-Run: `nice .venv/bin/python bench/extract_throughput.py` (about 10-15 minutes on 2 cores).
+Run: `.venv/bin/python bench/extract_throughput.py` (about 25 minutes on 2 cores; `--scenarios
+admission:200000` for one).
 """
 
 from __future__ import annotations
