@@ -60,7 +60,12 @@ from methyl_distill.teacher.batch_api import (
     request_digest,
 )
 from methyl_distill.teacher.config import endpoint_without_credentials, resolve_api_key
-from methyl_distill.teacher.openai_client import OpenAITeacher, TeacherRequestError, TeacherStopped
+from methyl_distill.teacher.openai_client import (
+    OpenAITeacher,
+    TeacherRequestError,
+    TeacherStopped,
+    failed_reply,
+)
 from methyl_distill.teacher.output_mode import says_output_mode_unsupported
 from methyl_distill.teacher.protocol import (
     ChatMessage,
@@ -273,21 +278,7 @@ class BatchReplayTeacher:
             if finish == "refusal":
                 break
             conversation = [*messages, *self.online._reask_messages(raw_text, error, finish, max_tokens)]
-        truncated = finish == "length"
-        if truncated:
-            error += (
-                f" on every one of {attempts} attempt(s): the input likely needs splitting into smaller "
-                "chunks (or raise TEACHER_MAX_OUTPUT_TOKENS)"
-            )
-        return TeacherReply(
-            parsed=None,
-            raw_text=raw_text,
-            usage=usage,
-            error=error,
-            mode=mode,
-            attempts=attempts,
-            truncated=truncated,
-        )
+        return failed_reply(raw_text, error, finish, usage, mode, attempts)
 
     def _outcome(self, digest: str) -> _Outcome | None:
         """The answer to use, a failure to give up on, or None: ask (again)."""

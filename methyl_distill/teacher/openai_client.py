@@ -373,21 +373,7 @@ class OpenAITeacher:
             if finish == "refusal":
                 break  # asking again will not change a refusal
             conversation = [*messages, *self._reask_messages(raw_text, error, finish, max_tokens)]
-        truncated = finish == "length"
-        if truncated:
-            error += (
-                f" on every one of {attempts} attempt(s): the input likely needs splitting into smaller "
-                "chunks (or raise TEACHER_MAX_OUTPUT_TOKENS)"
-            )
-        return TeacherReply(
-            parsed=None,
-            raw_text=raw_text,
-            usage=log.usage,
-            error=error,
-            mode=mode,
-            attempts=attempts,
-            truncated=truncated,
-        )
+        return failed_reply(raw_text, error, finish, log.usage, mode, attempts)
 
     # -- modes --------------------------------------------------------------------------------
     def _complete_in_some_mode(
@@ -709,6 +695,28 @@ class OpenAITeacher:
             }
         )
         return echoed
+
+
+def failed_reply(
+    raw_text: str, error: str, finish: str, usage: TokenUsage, mode: OutputMode, attempts: int
+) -> TeacherReply[Any]:
+    """The reply of a call whose every attempt failed: the last raw text and error, and for a reply cut
+    off every time, the advice to split the input. Shared with the Batch API's replay."""
+    truncated = finish == "length"
+    if truncated:
+        error += (
+            f" on every one of {attempts} attempt(s): the input likely needs splitting into smaller "
+            "chunks (or raise TEACHER_MAX_OUTPUT_TOKENS)"
+        )
+    return TeacherReply(
+        parsed=None,
+        raw_text=raw_text,
+        usage=usage,
+        error=error,
+        mode=mode,
+        attempts=attempts,
+        truncated=truncated,
+    )
 
 
 def _summarise(exc: ValidationError, limit: int = 8) -> str:
